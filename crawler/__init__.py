@@ -1,0 +1,1 @@
+"""Scrapy project that crawls labelled images into a dataset folder (see docs/dataset.md)."""

@@ -1,0 +1,263 @@
+"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 1 (docs/dataset.md).
+
+SQLite in WAL mode lets readers run beside one writer, and a busy timeout plus ``BEGIN IMMEDIATE``
+around each check-and-insert serialises writers, so several ``scrapy crawl`` processes can write
+one dataset at once. One ``Catalog`` wraps one connection; it may be used from worker threads
+(calls are serialised by a lock), and each process or component opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "Catalog", "SCHEMA_VERSION"]
+
+CATALOG_NAME = "catalog.sqlite"
+CSV_NAME = "catalog.csv"
+SCHEMA_VERSION = "1"
+# Longest `url` kept for data: URIs (docs/dataset.md): a base64 image can be megabytes.
+DATA_URI_KEEP_CHARS = 100
+
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "created_at",
+    "label",
+    "status",
+    "path",
+    "reason",
+    "duplicate_of",
+    "hash_distance",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "bytes",
+    "format",
+    "url",
+    "page_url",
+    "spider",
+    "query",
+    "licence",
+    "author",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('stored', 'duplicate', 'rejected')),
+    path TEXT,
+    reason TEXT,
+    duplicate_of TEXT,
+    hash_distance INTEGER,
+    sha256 TEXT,
+    phash TEXT,
+    width INTEGER,
+    height INTEGER,
+    bytes INTEGER,
+    format TEXT,
+    url TEXT,
+    page_url TEXT,
+    spider TEXT,
+    query TEXT,
+    licence TEXT,
+    author TEXT
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
+CREATE INDEX IF NOT EXISTS images_status_id ON images (status, id);
+CREATE INDEX IF NOT EXISTS images_label ON images (label);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+_META = {"schema_version": SCHEMA_VERSION, "hash": "phash", "hash_size": "8"}
+
+
+class Catalog:
+    """One connection to ``<dataset_dir>/catalog.sqlite``, created with its schema if missing.
+
+    Args:
+        dataset_dir: the dataset folder (created if missing).
+        timeout: seconds a write waits for another writer's lock before ``sqlite3.OperationalError``.
+
+    Raises:
+        sqlite3.DatabaseError: if the file exists and is not a SQLite database.
+    """
+
+    def __init__(self, dataset_dir: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.dataset_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dataset_dir / CATALOG_NAME
+        self._lock = threading.RLock()
+        # isolation_level=None: no implicit transactions, we issue BEGIN IMMEDIATE ourselves.
+        self._conn = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            logger.warning("catalog %s: journal mode is %s, not WAL", self.path, mode)
+        # NORMAL is durable against process kills in WAL mode (only power loss may roll back
+        # the last commits), and avoids an fsync per row.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", _META.items()
+            )
+
+    # -- connection management -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), holding the write lock.
+
+        Other processes' writers wait (busy timeout) until the block ends, so a check made
+        inside the block still holds when its insert commits.
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert(self, row: Mapping[str, Any], *, conn: sqlite3.Connection | None = None) -> int:
+        """Insert one ``images`` row and return its id.
+
+        Unknown keys are ignored; ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
+        URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
+        an open transaction; otherwise the insert is its own transaction.
+        """
+        values = {key: row.get(key) for key in COLUMNS if key != "id"}
+        values["created_at"] = values["created_at"] or datetime.now(UTC).isoformat(
+            timespec="milliseconds"
+        )
+        url = values.get("url")
+        if isinstance(url, str) and url.startswith("data:"):
+            values["url"] = url[:DATA_URI_KEEP_CHARS]
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        sql = f"INSERT INTO images ({names}) VALUES ({marks})"  # noqa: S608 (fixed column names)
+        if conn is not None:
+            return int(conn.execute(sql, tuple(values.values())).lastrowid)
+        with self.transaction() as tx:
+            return int(tx.execute(sql, tuple(values.values())).lastrowid)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def stored_since(self, last_id: int) -> list[sqlite3.Row]:
+        """``stored`` rows with ``id > last_id`` (id, label, path, sha256, phash, width,
+        height), by id."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, label, path, sha256, phash, width, height FROM images "
+                "WHERE status = 'stored' AND id > ? ORDER BY id",
+                (last_id,),
+            ).fetchall()
+
+    def count_stored(self) -> int:
+        """Number of ``stored`` rows."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM images WHERE status = 'stored'").fetchone()[0])
+
+    def find_stored_sha256(self, sha256: str) -> sqlite3.Row | None:
+        """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, label, path, width, height FROM images "
+                "WHERE sha256 = ? AND status = 'stored' "
+                "ORDER BY id LIMIT 1",
+                (sha256,),
+            ).fetchone()
+
+    def find_stored_path(self, path: str) -> sqlite3.Row | None:
+        """The ``stored`` row of this dataset-relative path, or ``None``."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT * FROM images WHERE path = ? AND status = 'stored' ORDER BY id LIMIT 1", (path,)
+            ).fetchone()
+
+    def get(self, row_id: int) -> sqlite3.Row | None:
+        """The row with this id, or ``None``."""
+        with self._lock:
+            return self._conn.execute("SELECT * FROM images WHERE id = ?", (row_id,)).fetchone()
+
+    def rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """All rows (optionally filtered by a trusted SQL ``where`` clause), by id."""
+        clause = f"WHERE {where}" if where else ""
+        with self._lock:
+            return self._conn.execute(
+                f"SELECT * FROM images {clause} ORDER BY id",  # noqa: S608 (trusted callers)
+                params,
+            ).fetchall()
+
+    def meta(self) -> dict[str, str]:
+        """The ``meta`` table as a dict."""
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per label: counts of ``stored``, ``duplicate/<reason>`` and ``rejected/<reason>``."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT label, status, reason, COUNT(*) FROM images "
+                "GROUP BY label, status, reason ORDER BY label"
+            ).fetchall()
+        result: dict[str, dict[str, int]] = {}
+        for label, status, reason, count in found:
+            key = status if status == "stored" else f"{status}/{reason}"
+            result.setdefault(label, {})[key] = count
+        return result
+
+    def export_csv(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write every row as CSV (header = column names) atomically; return the path.
+
+        Defaults to ``<dataset_dir>/catalog.csv``. The file is written to a temporary name in
+        the same folder and renamed, so a reader never sees half a file.
+        """
+        target = Path(path) if path is not None else self.dataset_dir / CSV_NAME
+        with self._lock:
+            cursor = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY id")
+            fd, tmp = tempfile.mkstemp(prefix=".catalog-", suffix=".csv", dir=target.parent)
+            try:
+                with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+                    writer = csv.writer(handle)
+                    writer.writerow(COLUMNS)
+                    writer.writerows(cursor)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        return target

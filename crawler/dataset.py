@@ -1,0 +1,175 @@
+"""Check, repair and export a dataset folder against its catalog (docs/dataset.md).
+
+Usage::
+
+    python -m crawler.dataset check <dir> [--repair]   # exit 1 when anything is wrong
+    python -m crawler.dataset export <dir> [--output catalog.csv]
+
+``check`` finds: stored rows whose file is missing (``missing_file``), image files under a
+label folder with no stored row (``orphan_file``), files whose SHA-256 is not their name
+(``hash_mismatch``), files Pillow cannot fully decode (``undecodable``), and stored files in the
+wrong label folder (``wrong_label``). Leftovers of killed crawls in ``.tmp/`` are reported but are
+not inconsistencies: no reader looks there.
+
+``--repair`` fixes what it safely can, never deleting an image: bad or orphan files are moved to
+``.trash/`` (keeping their relative path); rows of missing or trashed files become ``rejected``
+with reason ``missing_file``/``hash_mismatch``/``undecodable``; ``.tmp/`` is emptied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from crawler.catalog import CATALOG_NAME, Catalog
+from crawler.pipelines.store import TMP_DIR
+from crawler.pipelines.verify import Rejected, verify_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Problem", "check", "main", "repair"]
+
+TRASH_DIR = ".trash"
+# Only the consistency rules apply here, not the crawl's acceptance limits: a stored file that
+# decodes is fine whatever its size.
+_NO_LIMITS = {"min_side": 1, "max_pixels": 2**62, "max_bytes": 2**62}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency: ``kind`` (see module docstring), ``path`` relative to the dataset
+    (POSIX separators), ``detail`` for humans, ``row_id`` of the catalog row if any."""
+
+    kind: str
+    path: str
+    detail: str = ""
+    row_id: int | None = None
+
+
+def _label_files(root: Path) -> list[str]:
+    files = []
+    for label_dir in sorted(root.iterdir()):
+        if not label_dir.is_dir() or label_dir.name.startswith("."):
+            continue
+        for path in sorted(label_dir.rglob("*")):
+            if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+                files.append(path.relative_to(root).as_posix())
+    return files
+
+
+def check(root: Path) -> tuple[list[Problem], list[str]]:
+    """Problems of the dataset at ``root``, and its stale temporary files (relative paths).
+
+    Raises:
+        FileNotFoundError: if ``root`` is not a folder.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a dataset folder: {root}")
+    problems: list[Problem] = []
+    stored: dict[str, tuple[int, str]] = {}
+    has_catalog = (root / CATALOG_NAME).exists()
+    if has_catalog:
+        with Catalog(root) as catalog:
+            for row in catalog.rows("status = 'stored'"):
+                stored[row["path"]] = (row["id"], row["label"])
+    else:
+        logger.info("%s has no catalog: checking files only", root)
+    files = set(_label_files(root))
+    for path, (row_id, label) in sorted(stored.items()):
+        if path not in files:
+            problems.append(Problem("missing_file", path, "catalog row without its file", row_id))
+        elif path.split("/", 1)[0] != label:
+            problems.append(Problem("wrong_label", path, f"row label is {label!r}", row_id))
+    for path in sorted(files):
+        row_id = stored.get(path, (None, ""))[0]
+        if has_catalog and row_id is None:
+            problems.append(Problem("orphan_file", path, "file without a stored catalog row"))
+            continue
+        data = (root / path).read_bytes()
+        stem = Path(path).stem
+        if len(stem) == 64 and hashlib.sha256(data).hexdigest() != stem:
+            problems.append(Problem("hash_mismatch", path, "SHA-256 differs from the name", row_id))
+            continue
+        try:
+            verify_image(data, **_NO_LIMITS)
+        except Rejected as exc:
+            problems.append(Problem("undecodable", path, str(exc), row_id))
+    tmp_dir = root / TMP_DIR
+    stale = sorted(p.relative_to(root).as_posix() for p in tmp_dir.iterdir()) if tmp_dir.is_dir() else []
+    return problems, stale
+
+
+def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
+    """Apply the safe fixes described in the module docstring; return how many were made."""
+    fixed = 0
+    for name in stale:
+        (root / name).unlink(missing_ok=True)
+        fixed += 1
+    catalog = Catalog(root) if (root / CATALOG_NAME).exists() else None
+    try:
+        for problem in problems:
+            if problem.kind in ("orphan_file", "hash_mismatch", "undecodable", "wrong_label"):
+                target = root / TRASH_DIR / problem.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(root / problem.path, target)
+            if catalog is not None and problem.row_id is not None:
+                with catalog.transaction() as tx:
+                    tx.execute(
+                        "UPDATE images SET status = 'rejected', reason = ?, path = NULL WHERE id = ?",
+                        (problem.kind, problem.row_id),
+                    )
+            fixed += 1
+            logger.info("repaired %s: %s", problem.kind, problem.path)
+        if catalog is not None:
+            catalog.export_csv()
+    finally:
+        if catalog is not None:
+            catalog.close()
+    return fixed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 consistent, 1 problems, 2 usage)."""
+    parser = argparse.ArgumentParser(prog="python -m crawler.dataset", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_cmd = commands.add_parser("check", help="check a dataset against its catalog")
+    check_cmd.add_argument("dataset", type=Path)
+    check_cmd.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
+    export_cmd = commands.add_parser("export", help="write the catalog as CSV")
+    export_cmd.add_argument("dataset", type=Path)
+    export_cmd.add_argument("--output", type=Path, default=None, help="default: <dataset>/catalog.csv")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    if args.command == "export":
+        if not (args.dataset / CATALOG_NAME).exists():
+            logger.error("no catalog in %s", args.dataset)
+            return 2
+        with Catalog(args.dataset) as catalog:
+            path = catalog.export_csv(args.output)
+        logger.info("exported %s", path)
+        return 0
+
+    try:
+        problems, stale = check(args.dataset)
+    except FileNotFoundError as exc:
+        logger.error("%s", exc)
+        return 2
+    for problem in problems:
+        logger.warning("%s %s %s", problem.kind, problem.path, problem.detail)
+    if stale:
+        logger.info("%d leftover temporary files in %s/", len(stale), TMP_DIR)
+    if args.repair and (problems or stale):
+        logger.info("repaired %d problems", repair(args.dataset, problems, stale))
+        problems, _ = check(args.dataset)
+    logger.info("%s: %s", args.dataset, "consistent" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

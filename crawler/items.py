@@ -1,0 +1,64 @@
+"""The item that flows from a spider through download -> verify -> dedupe -> store."""
+
+from __future__ import annotations
+
+import scrapy
+
+__all__ = ["ImageItem"]
+
+# Fields too big to log: the downloaded bytes and the decoded image.
+_HEAVY = frozenset({"body", "image", "file_urls", "files"})
+
+
+class ImageItem(scrapy.Item):
+    """One image URL found on one page, and what the pipelines learnt about it.
+
+    Set by the spider: ``url`` (the image URL, ``data:`` URIs included), ``page_url``, ``label``,
+    ``query``, ``spider``, optional ``licence``/``author``, and ``file_urls`` (``[url]``, the
+    field Scrapy's FilesPipeline reads).
+    Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
+    ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
+    ``image`` (the normalised RGB ``PIL.Image`` for hashing, removed after dedupe), ``width`` and
+    ``height`` (pixels, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
+    ``ext``, ``phash`` (16 hex chars), ``catalog_seen_id`` (last catalog id dedupe compared
+    against), and the outcome: ``status`` (``stored``/``duplicate``/``rejected``), ``reason``,
+    ``path``, ``duplicate_of``, ``hash_distance`` (bits); ``replaces`` (``[(path, distance)]`` of
+    smaller stored copies this item supersedes).
+    """
+
+    url = scrapy.Field()
+    page_url = scrapy.Field()
+    label = scrapy.Field()
+    query = scrapy.Field()
+    spider = scrapy.Field()
+    licence = scrapy.Field()
+    author = scrapy.Field()
+    file_urls = scrapy.Field()
+    files = scrapy.Field()
+    body = scrapy.Field()
+    bytes = scrapy.Field()
+    sha256 = scrapy.Field()
+    image = scrapy.Field()
+    width = scrapy.Field()
+    height = scrapy.Field()
+    format = scrapy.Field()
+    ext = scrapy.Field()
+    phash = scrapy.Field()
+    catalog_seen_id = scrapy.Field()
+    status = scrapy.Field()
+    reason = scrapy.Field()
+    path = scrapy.Field()
+    duplicate_of = scrapy.Field()
+    hash_distance = scrapy.Field()
+    replaces = scrapy.Field()
+
+    def __repr__(self) -> str:
+        # Scrapy logs dropped and scraped items with repr(); megabytes of bytes would flood it.
+        shown = {}
+        for key, value in self.items():
+            if key in _HEAVY:
+                continue
+            if isinstance(value, str) and value.startswith("data:") and len(value) > 60:
+                value = value[:60] + "..."
+            shown[key] = value
+        return f"ImageItem({shown!r})"

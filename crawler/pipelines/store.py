@@ -1,0 +1,230 @@
+"""Store stage: write the image to ``<DATASET_DIR>/<label>/<sha256>.<ext>`` and its catalog row.
+
+The write is atomic: bytes go to a temporary file in ``DATASET_DIR/.tmp/`` (same filesystem),
+are fsynced, then renamed into the label folder with ``os.replace``; the catalog row is committed
+after the rename, so a killed crawl can leave at worst an uncatalogued file, never a row without
+its file or half an image under a label.
+
+The rename and the insert happen inside one ``BEGIN IMMEDIATE`` catalog transaction that first
+re-checks the rows stored since the item's dedupe decision (``catalog_seen_id``): two copies of
+one picture in flight at once, in this process or another, cannot both be stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter
+from scrapy.exceptions import DropItem, NotConfigured
+from scrapy.utils.defer import deferred_from_coro
+
+from crawler.catalog import Catalog
+from crawler.labels import sanitize_label
+from crawler.pipelines.dedupe import DedupePipeline, Match, find_in_rows, mark_duplicate
+from crawler.threads import run_in_thread
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TMP_DIR", "StorePipeline", "write_atomic"]
+
+TMP_DIR = ".tmp"
+TRASH_DIR = ".trash"
+_FULL = "max_images"
+_REPLACED = "replaced"
+
+
+def write_atomic(data: bytes, target: Path, tmp_dir: Path) -> None:
+    """Write ``data`` to ``target`` through a fsynced temporary file in ``tmp_dir``.
+
+    ``tmp_dir`` must be on the same filesystem as ``target`` (``os.replace`` is a rename).
+
+    Raises:
+        OSError: from the filesystem; the temporary file is removed first.
+    """
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _write_tmp(data, tmp_dir)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _write_tmp(data: bytes, tmp_dir: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix="img-", suffix=".part", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class StorePipeline:
+    """Store each surviving image once, folder by label, with a ``stored`` catalog row.
+
+    Settings:
+        DATASET_DIR: the dataset folder (required; created if missing).
+        DEDUPE_MAX_DISTANCE: shared with the dedupe stage, for the in-transaction re-check.
+
+    The spider's ``max_images`` attribute (if set) caps how many images this crawl stores:
+    when reached, the spider is closed (reason ``max_images``) and later items are dropped
+    without a catalog row (they were never judged). Sets ``path`` and ``status = "stored"``
+    and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>`` for late duplicates.
+
+    Raises:
+        NotConfigured: without DATASET_DIR.
+        DropItem: ``exact``/``near``/``label_conflict`` for a duplicate found at commit time,
+            ``max_images`` once the cap is reached.
+    """
+
+    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int) -> None:
+        self.crawler = crawler
+        self.dataset_dir = dataset_dir
+        self.tmp_dir = dataset_dir / TMP_DIR
+        self.max_distance = max_distance
+        self.catalog: Catalog | None = None
+        self.stored = 0
+        self._closing: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        settings = crawler.settings
+        dataset_dir = settings.get("DATASET_DIR")
+        if not dataset_dir:
+            raise NotConfigured("DATASET_DIR is not set (the dataset folder to store images in)")
+        max_distance = settings.getint("DEDUPE_MAX_DISTANCE", DedupePipeline.MAX_DISTANCE)
+        return cls(crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance)
+
+    def open_spider(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(self.dataset_dir)
+
+    def close_spider(self) -> None:
+        if self.catalog is not None:
+            self.catalog.close()
+
+    async def process_item(self, item: Any) -> Any:
+        adapter = ItemAdapter(item)
+        stats = self.crawler.stats
+        assert stats is not None
+        max_images = getattr(self.crawler.spider, "max_images", None)
+        if max_images is not None and self.stored >= max_images:
+            adapter.pop("body", None)
+            raise DropItem("max_images", log_level="DEBUG")
+        label = sanitize_label(adapter["label"])
+        adapter["label"] = label
+        body: bytes = adapter.pop("body")
+        path = f"{label}/{hashlib.sha256(body).hexdigest()}.{adapter['ext']}"
+        adapter["path"] = path
+        adapter["status"] = "stored"
+        outcome = await run_in_thread(self._commit, body, dict(adapter), max_images)
+        if outcome == _FULL:
+            for key in ("path", "status"):
+                adapter.pop(key, None)
+            raise DropItem("max_images", log_level="DEBUG")
+        if isinstance(outcome, Match):
+            adapter.pop("path", None)
+            mark_duplicate(adapter, outcome)
+            stats.inc_value(f"dedupe/{adapter['reason']}")
+            raise DropItem(adapter["reason"])
+        if outcome != _REPLACED:
+            stats.inc_value("store/stored")
+        if max_images is not None and self.stored >= max_images and self._closing is None:
+            logger.info("stored %d images (max_images): closing the spider", self.stored)
+            self._closing = deferred_from_coro(
+                self.crawler.engine.close_spider_async(reason="max_images")
+            )
+        return item
+
+    def _commit(self, body: bytes, row: dict[str, Any], max_images: int | None) -> Match | str | None:
+        """Write the file and its row unless a duplicate was stored meanwhile or the crawl's
+        ``max_images`` is reached (blocking). Returns ``None`` for a new image, ``"replaced"``
+        when it took the place of a smaller stored copy, the ``Match`` of a late duplicate,
+        or ``"max_images"``. Commits of this process are serialised by the
+        catalog's lock, so the count checked here is exact."""
+        assert self.catalog is not None
+        tmp = _write_tmp(body, self.tmp_dir)
+        try:
+            with self.catalog.transaction() as tx:
+                if max_images is not None and self.stored >= max_images:
+                    return _FULL
+                newer = self.catalog.stored_since(row.get("catalog_seen_id") or 0)
+                match = find_in_rows(newer, row["sha256"], row["phash"], self.max_distance)
+                pixels = (row.get("width") or 0) * (row.get("height") or 0)
+                if match is not None:
+                    if not match.upgraded_by(row["label"], pixels):
+                        return match
+                    row["replaces"] = [*(row.get("replaces") or []), (match.path, match.distance)]
+                target = self.dataset_dir / row["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+                self.catalog.insert(row, conn=tx)
+                demoted = [
+                    old_path
+                    for old_path, distance in row.get("replaces") or []
+                    if self._demote(tx, old_path, distance, new_path=row["path"])
+                ]
+                if not demoted:
+                    self.stored += 1
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        for old_path in demoted:
+            self._trash(old_path)
+        # A larger copy that replaces a stored image adds no image to the label:
+        # max_images and store/stored count images kept, not files written.
+        return _REPLACED if demoted else None
+
+    def _demote(self, tx: Any, old_path: str, distance: int, *, new_path: str) -> bool:
+        """Turn the stored row of ``old_path`` into a duplicate of ``new_path`` and move its
+        file to ``.trash/`` (inside the caller's transaction). Returns whether a stored row was
+        demoted (``False`` if it is gone already)."""
+        if old_path == new_path:
+            return False
+        updated = tx.execute(
+            "UPDATE images SET status = 'duplicate', reason = 'near', duplicate_of = ?, "
+            "hash_distance = ?, path = NULL WHERE path = ? AND status = 'stored'",
+            (new_path, distance, old_path),
+        ).rowcount
+        if updated:
+            assert self.crawler.stats is not None
+            self.crawler.stats.inc_value("store/replaced")
+            logger.info("replaced %s by the larger copy %s", old_path, new_path)
+        return bool(updated)
+
+    def _trash(self, path: str) -> None:
+        """Move a demoted image to ``.trash/`` (after its row's commit, so a kill in between
+        leaves an orphan file for ``check --repair``, never a stored row without its file)."""
+        trash = self.dataset_dir / TRASH_DIR / path
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.dataset_dir / path, trash)

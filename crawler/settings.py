@@ -1,0 +1,64 @@
+"""Scrapy settings for the ``crawler`` project (``scrapy.cfg`` points here).
+
+Every crawl needs ``-s DATASET_DIR=<folder>``: the dataset it writes (docs/dataset.md).
+Component settings carry one prefix each: ``VERIFY_*``, ``DEDUPE_*``, ``STORE_*``; the
+documented defaults live on the component classes, the values here only make them visible.
+"""
+
+BOT_NAME = "crawler"
+SPIDER_MODULES = ["crawler.spiders"]
+NEWSPIDER_MODULE = "crawler.spiders"
+
+# Identify ourselves honestly so site owners can tell who is crawling and block us if they wish.
+USER_AGENT = "imageclf-crawler/0.1 (+https://github.com/imageclf/imageclf; dataset builder)"
+ROBOTSTXT_OBEY = True
+
+# Politeness: AutoThrottle adapts the delay to the server's latency, starting at 1 s and aiming
+# at 2 requests in flight per site; per-domain concurrency stays well under Scrapy's 16 total.
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 1.0
+AUTOTHROTTLE_MAX_DELAY = 30.0
+AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
+CONCURRENT_REQUESTS = 16
+CONCURRENT_REQUESTS_PER_DOMAIN = 8
+DOWNLOAD_TIMEOUT = 30
+
+RETRY_ENABLED = True
+RETRY_TIMES = 2
+RETRY_HTTP_CODES = [429, 500, 502, 503, 504, 522, 524, 408]
+
+# Image downloads: follow redirects (CDNs redirect a lot), cap the size. 32 MiB covers any
+# photo worth training on; VERIFY_MAX_BYTES repeats the cap for data: URIs.
+MEDIA_ALLOW_REDIRECTS = True
+DOWNLOAD_MAXSIZE = 32 * 1024 * 1024
+DOWNLOAD_WARNSIZE = 16 * 1024 * 1024
+
+# Each item in flight holds its bytes and a decoded image; 32 bounds that memory while still
+# keeping both cores busy.
+CONCURRENT_ITEMS = 32
+
+ITEM_PIPELINES = {
+    "crawler.pipelines.download.DownloadPipeline": 100,
+    "crawler.pipelines.verify.VerifyPipeline": 200,
+    "crawler.pipelines.dedupe.DedupePipeline": 300,
+    "crawler.pipelines.store.StorePipeline": 400,
+}
+EXTENSIONS = {
+    "crawler.recorder.CatalogRecorder": 500,
+}
+
+# Dropping junk is normal operation, not a warning.
+DEFAULT_DROPITEM_LOG_LEVEL = "INFO"
+LOG_LEVEL = "INFO"
+
+# Component settings (defaults documented on each class).
+VERIFY_MIN_SIDE = 32
+VERIFY_MAX_PIXELS = 50_000_000
+VERIFY_MAX_BYTES = 32 * 1024 * 1024
+DEDUPE_MAX_DISTANCE = 6
+
+# DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
+DATASET_DIR = None
+
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+FEED_EXPORT_ENCODING = "utf-8"

@@ -1,0 +1,1 @@
+"""Spiders: one per image source. They only parse pages and yield ImageItem objects."""

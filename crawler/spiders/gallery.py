@@ -1,0 +1,274 @@
+"""The ``gallery`` spider: image URLs from listing/result pages, following pagination.
+
+Usage::
+
+    scrapy crawl gallery -a label=<category> -a start_urls=<url[,url...]> \\
+        [-a query=...] [-a max_images=N] [-a max_pages=N] [-a next_selector=CSS] \\
+        -s DATASET_DIR=<folder>
+
+The spider only parses and yields one ``ImageItem`` per image URL; downloading, checking and
+storing are the pipelines' jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import scrapy
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Request, TextResponse
+
+from crawler.items import ImageItem
+from crawler.labels import sanitize_label
+
+if TYPE_CHECKING:
+    from parsel import Selector
+    from scrapy.crawler import Crawler
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GallerySpider", "largest_srcset_candidate", "parse_srcset"]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif"}
+)
+# Attributes lazy-loading scripts read the real image from; `src` then holds a placeholder.
+LAZY_SRC_ATTRIBUTES = ("data-src", "data-original", "data-lazy-src", "data-lazy", "data-url")
+LAZY_SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset")
+_NEXT_TEXT = re.compile(r"^\s*(next|next page|more|older|suivant|weiter|siguiente|›|»|>|→)\s*[›»>→]?\s*$", re.I)
+_NEXT_CLASS = re.compile(r"(^|[\s_-])next([\s_-]|$)", re.I)
+_DESCRIPTOR = re.compile(r"^(\d+(?:\.\d+)?)([wx])$", re.I)
+
+
+def parse_srcset(srcset: str) -> list[tuple[str, float, str]]:
+    """Parse a ``srcset`` value into ``(url, value, unit)`` candidates (unit ``w`` or ``x``).
+
+    Follows the HTML spec's algorithm in outline: a URL runs to the next whitespace (so commas
+    inside ``data:`` URIs survive), trailing commas end a candidate without descriptors, and a
+    missing descriptor means ``1x``. Unparseable descriptors are ignored.
+    """
+    candidates: list[tuple[str, float, str]] = []
+    pos, length = 0, len(srcset)
+    while pos < length:
+        while pos < length and (srcset[pos].isspace() or srcset[pos] == ","):
+            pos += 1
+        if pos >= length:
+            break
+        start = pos
+        while pos < length and not srcset[pos].isspace():
+            pos += 1
+        url = srcset[start:pos]
+        descriptor = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            start = pos
+            depth = 0
+            while pos < length and (srcset[pos] != "," or depth):
+                depth += {"(": 1, ")": -1}.get(srcset[pos], 0)
+                pos += 1
+            descriptor = srcset[start:pos].strip()
+        value, unit = 1.0, "x"
+        for token in descriptor.split():
+            if match := _DESCRIPTOR.match(token):
+                value, unit = float(match.group(1)), match.group(2).lower()
+        if url:
+            candidates.append((url, value, unit))
+    return candidates
+
+
+def largest_srcset_candidate(srcset: str) -> str | None:
+    """The URL of the largest ``srcset`` candidate: widest ``w``, else highest ``x``."""
+    return _largest_of([srcset])
+
+
+def is_image_link(url: str) -> bool:
+    """True for ``data:image/...`` URIs and URLs whose path ends in an image extension."""
+    if url.startswith("data:"):
+        return url[5:].lstrip().lower().startswith("image/")
+    return PurePosixPath(urlparse(url).path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+class GallerySpider(scrapy.Spider):
+    """Collect every image of a gallery/listing/result page and its following pages.
+
+    Arguments (``-a``):
+        label: the category the images belong to (required; sanitised to a folder name).
+        start_urls: comma-separated page URLs to start from (required).
+        query: the search query or category text, recorded in the catalog (default: label).
+        max_images: stop once this many images were stored by this crawl (default: no cap).
+        max_pages: pages followed per start URL, the start page included (default 50).
+        next_selector: CSS selector of the "next page" link; default: ``a[rel=next]``,
+            ``link[rel=next]``, or an ``<a>`` whose text or class says "next".
+
+    Which URL stands for an image, from most to least preferred: a link ``<a href>`` to an
+    image file over the thumbnail ``<img>`` inside it; the largest ``srcset`` candidate of
+    the ``<img>`` or of its ``<picture><source>`` siblings; a lazy-loading attribute
+    (``data-src``...) over a placeholder ``src``; ``src`` (``data:`` URIs included).
+
+    Raises:
+        ValueError: on a missing or unusable label, no start URL, or non-integer limits.
+        NotConfigured: when DATASET_DIR is not set.
+    """
+
+    name = "gallery"
+    MAX_PAGES = 50
+
+    def __init__(
+        self,
+        label: str | None = None,
+        start_urls: str | list[str] | None = None,
+        query: str | None = None,
+        max_images: str | int | None = None,
+        max_pages: str | int | None = None,
+        next_selector: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not label:
+            raise ValueError("the gallery spider needs a label: -a label=<category>")
+        self.label = sanitize_label(label)
+        if isinstance(start_urls, str):
+            start_urls = [u.strip() for u in start_urls.split(",") if u.strip()]
+        if not start_urls:
+            raise ValueError("the gallery spider needs -a start_urls=<url[,url...]>")
+        self.start_urls = list(start_urls)
+        self.query = query or label
+        self.max_images = _positive_int("max_images", max_images)
+        self.max_pages = _positive_int("max_pages", max_pages) or self.MAX_PAGES
+        self.next_selector = next_selector
+        self._seen_urls: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        if not crawler.settings.get("DATASET_DIR"):
+            raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
+        return super().from_crawler(crawler, *args, **kwargs)
+
+    async def start(self) -> AsyncIterator[Any]:
+        for url in self.start_urls:
+            yield Request(url, callback=self.parse, meta={"page_number": 1}, dont_filter=True)
+
+    def parse(self, response: Any, **kwargs: Any) -> Iterator[Any]:
+        """Yield an ``ImageItem`` per new image URL on the page, then the next page's request."""
+        if not isinstance(response, TextResponse):
+            logger.warning("not an HTML page, skipped: %s", response.url)
+            return
+        found = 0
+        for url in self.image_urls(response):
+            key = hashlib.sha1(url.encode()).hexdigest() if url.startswith("data:") else url  # noqa: S324
+            if key in self._seen_urls:
+                continue
+            self._seen_urls.add(key)
+            found += 1
+            yield ImageItem(
+                url=url,
+                page_url=response.url,
+                label=self.label,
+                query=self.query,
+                spider=self.name,
+            )
+        page = response.meta.get("page_number", 1)
+        logger.info("page %d: %d new image URLs on %s", page, found, response.url)
+        if self._enough_stored():
+            return
+        if page >= self.max_pages:
+            logger.info("max_pages (%d) reached at %s", self.max_pages, response.url)
+            return
+        next_url = self.next_page_url(response)
+        if next_url:
+            yield response.follow(next_url, callback=self.parse, meta={"page_number": page + 1})
+
+    def image_urls(self, response: TextResponse) -> list[str]:
+        """Absolute image URLs on the page, one per image, in document order."""
+        urls: list[str] = []
+        for link in response.css("a[href]"):
+            href = (link.attrib.get("href") or "").strip()
+            if href and is_image_link(href):
+                urls.append(response.urljoin(href))
+        for img in response.css("img"):
+            # The link to the full-size file was taken above; its thumbnail would be a
+            # near-duplicate of it.
+            parent_href = img.xpath("ancestor::a[@href][1]/@href").get()
+            if parent_href and is_image_link(parent_href.strip()):
+                continue
+            url = self._img_url(img)
+            if url:
+                urls.append(response.urljoin(url))
+        return [u for u in urls if u.startswith(("http://", "https://", "data:"))]
+
+    def _img_url(self, img: Selector) -> str | None:
+        attrib = img.attrib
+        # <picture><source srcset> siblings describe the same image at other sizes/formats.
+        # (`ancestor`, not `parent`: libxml2's HTML parser nests the <img> inside <source>.)
+        sources = img.xpath("ancestor::picture[1]//source/@srcset").getall()
+        lazy_sources = img.xpath("ancestor::picture[1]//source/@data-srcset").getall()
+        lazy = [attrib.get(name, "") for name in LAZY_SRCSET_ATTRIBUTES]
+        # A lazy-loading page keeps placeholders in srcset/src and the real set in data-*.
+        best = _largest_of([*lazy, *lazy_sources]) or _largest_of([attrib.get("srcset", ""), *sources])
+        if best:
+            return best
+        for name in LAZY_SRC_ATTRIBUTES:
+            value = (attrib.get(name) or "").strip()
+            if value:
+                return value
+        src = (attrib.get("src") or "").strip()
+        if not src:
+            return None
+        if src.startswith("data:") and not is_image_link(src):
+            return None
+        return src
+
+    def next_page_url(self, response: TextResponse) -> str | None:
+        """The next page's absolute URL, or ``None``."""
+        if self.next_selector:
+            node = response.css(self.next_selector)
+            href = node.attrib.get("href") if node else None
+            if href is None and node:
+                href = node.get()  # a selector ending in ::attr(href) yields the value
+            return response.urljoin(href.strip()) if href else None
+        for css in ("a[rel~=next]::attr(href)", "link[rel~=next]::attr(href)"):
+            href = response.css(css).get()
+            if href:
+                return response.urljoin(href.strip())
+        for link in response.css("a[href]"):
+            text = " ".join(link.css("::text").getall())
+            if _NEXT_TEXT.match(text) or _NEXT_CLASS.search(link.attrib.get("class", "")):
+                return response.urljoin(link.attrib["href"].strip())
+        return None
+
+    def _enough_stored(self) -> bool:
+        if self.max_images is None or self.crawler.stats is None:
+            return False
+        return (self.crawler.stats.get_value("store/stored") or 0) >= self.max_images
+
+
+def _largest_of(srcsets: list[str]) -> str | None:
+    candidates = [c for s in srcsets if s.strip() for c in parse_srcset(s)]
+    # Inline data: candidates next to real URLs are placeholders.
+    real = [c for c in candidates if not c[0].startswith("data:")]
+    candidates = real or candidates
+    if not candidates:
+        return None
+    widths = [c for c in candidates if c[2] == "w"]
+    return max(widths or candidates, key=lambda c: c[1])[0]
+
+
+def _positive_int(name: str, value: str | int | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number

@@ -1,0 +1,192 @@
+"""Verify: hostile and awkward input, each with its expected outcome."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from crawler_testkit import encode, make_item, picture, png_bomb, run
+from PIL import Image
+from scrapy.exceptions import DropItem, NotConfigured
+
+from crawler.pipelines.verify import Rejected, VerifyPipeline, verify_image
+
+
+def reason_of(body: bytes, **limits: Any) -> str:
+    with pytest.raises(Rejected) as caught:
+        verify_image(body, **limits)
+    return caught.value.reason
+
+
+def test_plain_jpeg_keeps_its_original_bytes() -> None:
+    body = encode(picture(1), "JPEG", quality=90)
+    result = verify_image(body)
+    assert (result.format, result.width, result.height, result.reencoded) == ("JPEG", 128, 128, False)
+    assert result.body == body
+    assert result.image.mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP"])
+def test_other_plain_formats_keep_their_bytes(fmt: str) -> None:
+    body = encode(picture(2), fmt)
+    result = verify_image(body)
+    assert result.format == fmt and result.body == body
+
+
+def test_greyscale_png_is_kept_but_hashed_as_rgb() -> None:
+    body = encode(picture(3, mode="L"), "PNG")
+    result = verify_image(body)
+    assert result.body == body and result.image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty"),
+        (b"<!doctype html><html><body>Hotlinking forbidden</body></html>", "not_an_image"),
+        (b"\x00" * 100, "not_an_image"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "unsupported_format"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "unsupported_format"),
+        (b"%PDF-1.4\n", "not_an_image"),
+    ],
+)
+def test_non_images(body: bytes, reason: str) -> None:
+    assert reason_of(body) == reason
+
+
+def test_format_known_to_pillow_but_not_accepted_is_unsupported() -> None:
+    assert reason_of(encode(picture(4), "TIFF"), formats=frozenset({"JPEG", "PNG"})) == "unsupported_format"
+
+
+def test_truncated_jpeg() -> None:
+    body = encode(picture(5, (256, 256)), "JPEG", quality=95)
+    assert reason_of(body[: len(body) // 2]) == "truncated"
+
+
+def test_truncated_png() -> None:
+    body = encode(picture(5, (256, 256)), "PNG")
+    assert reason_of(body[: len(body) // 2]) == "truncated"
+
+
+def test_png_bomb_is_refused_from_its_header() -> None:
+    assert reason_of(png_bomb(20000, 20000)) == "too_many_pixels"
+
+
+def test_pixel_limit_is_a_setting() -> None:
+    body = encode(picture(6, (200, 200)), "PNG")
+    assert reason_of(body, max_pixels=100 * 100) == "too_many_pixels"
+    assert verify_image(body, max_pixels=200 * 200).width == 200
+
+
+@pytest.mark.parametrize("size", [(1, 1), (31, 400), (400, 31)])
+def test_too_small(size: tuple[int, int]) -> None:
+    assert reason_of(encode(Image.new("RGB", size, "red"), "GIF")) == "too_small"
+
+
+def test_min_side_is_a_setting() -> None:
+    body = encode(Image.new("RGB", (40, 40), "red"), "PNG")
+    assert reason_of(body, min_side=64) == "too_small"
+
+
+def test_too_large_bytes() -> None:
+    body = encode(picture(7), "PNG")
+    assert reason_of(body, max_bytes=len(body) - 1) == "too_large"
+
+
+def test_cmyk_jpeg_is_converted_to_rgb_and_reencoded_as_png() -> None:
+    body = encode(picture(8, mode="CMYK"), "JPEG")
+    result = verify_image(body)
+    assert result.reencoded and result.format == "PNG" and result.source_format == "JPEG"
+    stored = Image.open(io.BytesIO(result.body))
+    assert stored.format == "PNG" and stored.mode == "RGB"
+
+
+def test_palette_png_with_transparency_is_composited_over_white() -> None:
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 32, 64))  # left half red, right half palette 0 = transparent black
+    body = encode(image, "PNG", transparency=0)
+    result = verify_image(body)
+    assert result.reencoded
+    assert result.image.getpixel((10, 10)) == (255, 0, 0)
+    assert result.image.getpixel((50, 10)) == (255, 255, 255)
+
+
+def test_rgba_png_alpha_over_white() -> None:
+    image = Image.new("RGBA", (64, 64), (0, 0, 255, 0))
+    result = verify_image(encode(image, "PNG"))
+    assert result.image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_animated_gif_takes_the_first_frame() -> None:
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = verify_image(out.getvalue())
+    assert result.reencoded and result.format == "PNG"
+    red, green, blue = result.image.getpixel((32, 32))
+    assert red > 200 and green < 50 and blue < 50
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (120, 60), "white")
+    image.paste((255, 0, 0), (0, 0, 60, 60))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    body = encode(image, "JPEG", exif=exif.tobytes(), quality=95)
+    result = verify_image(body)
+    assert (result.width, result.height) == (60, 120)
+    assert result.reencoded  # the stored pixels must not depend on a viewer honouring EXIF
+    red, _, _ = result.image.getpixel((30, 10))  # red half is now on top
+    assert red > 200
+    stored = Image.open(io.BytesIO(result.body))
+    assert stored.size == (60, 120)
+
+
+def test_16_bit_png_is_scaled_not_clipped() -> None:
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    body = encode(Image.fromarray(ramp), "PNG")
+    result = verify_image(body)
+    values = np.asarray(result.image)[..., 0]
+    assert values.min() == 0 and values.max() == 255
+    assert 100 < values[32, 0] < 160  # mid-ramp stays mid-grey (clipping would give 255)
+
+
+def test_webp_is_accepted() -> None:
+    result = verify_image(encode(picture(9), "WEBP", lossless=True))
+    assert result.format == "WEBP" and not result.reencoded
+
+
+# -- the pipeline ------------------------------------------------------------------------
+
+
+def test_pipeline_sets_fields_and_keeps_bytes(make_crawler, build) -> None:
+    crawler = make_crawler()
+    pipeline = build(VerifyPipeline, crawler)
+    body = encode(picture(10), "JPEG")
+    item = run(pipeline.process_item(make_item(body=body, sha256="x", bytes=len(body))))
+    assert (item["width"], item["height"], item["format"], item["ext"]) == (128, 128, "JPEG", "jpg")
+    assert item["body"] == body and item["image"].mode == "RGB"
+    assert crawler.stats.get_value("verify/ok") == 1
+
+
+def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> None:
+    crawler = make_crawler(VERIFY_MIN_SIDE=64)
+    pipeline = build(VerifyPipeline, crawler)
+    item = make_item(body=encode(Image.new("RGB", (40, 40)), "PNG"))
+    with pytest.raises(DropItem, match="too_small"):
+        run(pipeline.process_item(item))
+    assert (item["status"], item["reason"]) == ("rejected", "too_small")
+    assert "body" not in item
+    assert crawler.stats.get_value("verify/rejected/too_small") == 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"VERIFY_MIN_SIDE": 0}, {"VERIFY_MAX_PIXELS": -1}, {"VERIFY_FORMATS": "JPEG,HEIC"}],
+)
+def test_misconfiguration_raises_not_configured(make_crawler, build, settings) -> None:
+    with pytest.raises(NotConfigured):
+        build(VerifyPipeline, make_crawler(**settings))
