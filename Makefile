@@ -8,6 +8,10 @@ VENV_PY := .venv/bin/python
 IMAGES ?=
 PYTEST_ARGS ?= -m "not slow"
 
+CHROMIUM ?= /usr/bin/chromium
+# apt-get needs root: use sudo when not root and it exists.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
+
 .PHONY: setup demo test test-all browsers clean
 
 $(UV):
@@ -20,13 +24,18 @@ $(UV):
 
 setup: .venv/.synced
 
+# Debian's Chromium for the scrapy-playwright tests (Playwright cannot fetch its own browser
+# where only package registries are reachable).
+browsers:
+	@[ -x "$(CHROMIUM)" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(VENV_PY) -m demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: setup
+test: setup browsers
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browsers
 	$(VENV_PY) -m pytest
 
 clean:

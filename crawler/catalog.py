@@ -80,6 +80,12 @@ CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status_id ON images (status, id);
 CREATE INDEX IF NOT EXISTS images_label ON images (label);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS image_hashes (
+    image_id INTEGER NOT NULL REFERENCES images (id),
+    kind TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (image_id, kind)
+);
 """
 
 _META = {"schema_version": SCHEMA_VERSION, "hash": "phash", "hash_size": "8"}
@@ -155,7 +161,9 @@ class Catalog:
     def insert(self, row: Mapping[str, Any], *, conn: sqlite3.Connection | None = None) -> int:
         """Insert one ``images`` row and return its id.
 
-        Unknown keys are ignored; ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
+        Unknown keys are ignored, except ``hashes``: a ``{kind: hex}`` dict of extra perceptual
+        hashes (the dedupe stage's variants) written to ``image_hashes`` in the same
+        transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
         URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
         an open transaction; otherwise the insert is its own transaction.
         """
@@ -170,9 +178,19 @@ class Catalog:
         marks = ", ".join("?" for _ in values)
         sql = f"INSERT INTO images ({names}) VALUES ({marks})"  # noqa: S608 (fixed column names)
         if conn is not None:
-            return int(conn.execute(sql, tuple(values.values())).lastrowid)
+            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"))
         with self.transaction() as tx:
-            return int(tx.execute(sql, tuple(values.values())).lastrowid)
+            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"))
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, sql: str, values: tuple[Any, ...], hashes: Any) -> int:
+        row_id = int(conn.execute(sql, values).lastrowid)
+        if hashes:
+            conn.executemany(
+                "INSERT OR REPLACE INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?)",
+                [(row_id, kind, value) for kind, value in hashes.items()],
+            )
+        return row_id
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -183,6 +201,15 @@ class Catalog:
             return self._conn.execute(
                 "SELECT id, label, path, sha256, phash, width, height FROM images "
                 "WHERE status = 'stored' AND id > ? ORDER BY id",
+                (last_id,),
+            ).fetchall()
+
+    def hashes_since(self, last_id: int) -> list[sqlite3.Row]:
+        """``image_hashes`` rows (image_id, kind, hash) of ``stored`` images with ``id > last_id``."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT h.image_id, h.kind, h.hash FROM image_hashes h JOIN images i ON i.id = h.image_id "
+                "WHERE i.status = 'stored' AND i.id > ? ORDER BY h.image_id",
                 (last_id,),
             ).fetchall()
 

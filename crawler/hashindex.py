@@ -1,32 +1,52 @@
-"""Near-duplicate index over 64-bit perceptual hashes: multi-index hashing (MIH).
+"""Near-duplicate index over 64-bit perceptual hashes: multi-index hashing (MIH) in numpy.
 
 Why MIH and not a BK-tree or a linear scan:
 
 * A linear scan costs one popcount per stored hash per query: at a million images every new
-  image would touch a million hashes.
-* A BK-tree prunes well only for small radii; at a radius of 6-8 bits of 64 it still visits a
-  large part of the tree, and no maintained BK-tree package is a dependency of this project.
+  image would touch a million hashes, and checking a million new images is 10^12 popcounts.
+* A BK-tree prunes well only for small radii; at 8 bits of 64 it still visits a large part of
+  the tree, one Python object per node, and cannot be queried in batches.
 * MIH (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with Multi-Index Hashing",
-  CVPR 2012) splits each hash into ``m`` disjoint substrings and keeps one dict per substring.
-  By the pigeonhole principle, two hashes within ``d`` bits agree on at least one substring to
-  within ``floor(d / m)`` bits, so a query enumerates, for each substring, the few keys within
-  that radius (``sum_{k<=r} C(b, k)`` keys for a ``b``-bit substring) and looks them up in O(1).
-  Only those candidates are checked with a full Hamming distance. The cost of a query depends on
-  ``m``, ``d`` and how full each bucket is, not on scanning every hash.
+  CVPR 2012) splits each hash into ``m`` disjoint substrings and keeps one table per
+  substring. By the pigeonhole principle, two hashes within ``d`` bits agree on at least one
+  substring to within ``floor(d / m)`` bits; the paper's sharper form (its section 4) writes
+  ``d = m * r + a`` and needs radius ``r`` only in the first ``a + 1`` substrings and ``r - 1``
+  in the others. A query enumerates, per substring, the keys within that radius
+  (``sum_{k<=r} C(b, k)`` keys for a ``b``-bit substring), looks each up in O(1), and checks
+  only those candidates with a full Hamming distance.
 
-With ``m = 4`` substrings of 16 bits a query at ``d = 6`` costs 4 x 17 dict lookups and at
-``d = 8`` 4 x 137; buckets hold about ``N / 65536`` hashes each when hashes are spread evenly.
-``MultiIndexHashIndex.for_size`` picks ``m`` from the expected number of hashes (the paper's
-``m = 64 / log2 N``) so that buckets stay near one hash as the dataset grows.
+Layout. Each substring table is a compressed bucket array (CSR): ``offsets[key]`` to
+``offsets[key + 1]`` delimit the stored hashes whose substring equals ``key`` in a copy of the
+hashes sorted by that substring, so a lookup is two array reads and the candidates of one key
+are contiguous. Substrings up to 24 bits are directly addressed (an ``offsets`` array of
+``2**b + 1`` int32); wider ones fall back to ``searchsorted`` on the sorted substring column.
+Everything is numpy, so ``query_many`` checks a million queries in whole-array operations
+(key enumeration, bucket gathers, XOR and ``np.bitwise_count``) a few thousand queries at a time.
+
+Incremental adds (the dedupe pipeline adds one hash per stored image) go to a small unsorted
+buffer that every query scans with one vectorised popcount; the buffer is merged into the
+tables when it reaches ``max(256, n / 32)`` hashes, so a merge (a sort of all ``n``) happens
+every ``n / 32`` adds and costs O(1) amortised sorts of 32 entries per add.
+
+Substring count. The paper's rule ``m = bits / log2(n)`` keeps buckets near one hash: at a
+million hashes ``m = 3`` (22, 21, 21 bits; 4 M buckets each), so a query at ``d = 8`` looks up
+3 x 254 keys and checks about 180 candidates instead of a million. ``for_size`` picks ``m``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 __all__ = ["MultiIndexHashIndex", "hamming"]
+
+# Widest substring given a directly addressed bucket array (2**24 + 1 int32 = 64 MiB).
+_DIRECT_BITS = 24
+# Enumerated keys handled per vectorised block: bounds the temporary arrays to ~100 MB.
+_BLOCK_KEYS = 1 << 23
 
 
 def hamming(a: int, b: int) -> int:
@@ -34,16 +54,51 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+class _Table:
+    """One substring table: stored positions sorted by substring value, with bucket offsets."""
+
+    __slots__ = ("counts", "hashes", "offsets", "order", "values")
+
+    def __init__(self, parts: np.ndarray, hashes: np.ndarray, width: int) -> None:
+        self.order = np.argsort(parts, kind="stable").astype(np.int64)
+        self.hashes = hashes[self.order]  # contiguous candidates per bucket
+        if width <= _DIRECT_BITS:
+            counts = np.bincount(parts, minlength=1 << width)
+            # Bucket sizes in the smallest type that holds them: most lookups find an empty
+            # bucket, and a 4 MiB uint8 array stays in cache where int64 offsets would not.
+            peak = int(counts.max(initial=0))
+            self.counts = counts.astype(np.uint8 if peak < 2**8 else np.uint16 if peak < 2**16 else np.int64)
+            self.offsets = np.zeros(1 << width, dtype=np.int32 if len(parts) < 2**31 else np.int64)
+            np.cumsum(counts[:-1], out=self.offsets[1:])
+            self.values = None
+        else:
+            self.counts = self.offsets = None
+            self.values = parts[self.order]
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """Bucket sizes of ``keys``, and a function giving the start (in the sorted copy) of
+        the buckets at the given indices of ``keys``."""
+        if self.counts is not None:
+            return self.counts[keys], lambda hit: self.offsets[keys[hit]].astype(np.int64)
+        starts = np.searchsorted(self.values, keys, side="left")
+        ends = np.searchsorted(self.values, keys, side="right")
+        return ends - starts, lambda hit: starts[hit]
+
+
 class MultiIndexHashIndex:
     """Map perceptual hashes to keys and find every stored hash within a Hamming radius.
 
     Args:
-        max_distance: the largest radius ``query`` accepts, in bits (>= 0). The enumeration
-            radius per substring is derived from it once: ``floor(max_distance / substrings)``.
-        bits: hash length in bits (64 for imagehash's ``phash`` with ``hash_size=8``).
+        max_distance: the largest radius a query accepts, in bits (>= 0). The enumeration
+            radius per substring is derived from it once (see the module docstring).
+        bits: hash length in bits, at most 64 (64 for imagehash's ``phash`` with ``hash_size=8``).
         substrings: number of substrings ``m`` (1 <= m <= bits). More substrings mean smaller
-            per-substring radii but fuller buckets; ``bits / log2(N)`` is the paper's optimum,
-            4 (16-bit substrings) suits 10^4 to 10^6 hashes.
+            per-substring radii but fuller buckets; ``bits / log2(n)`` is the paper's optimum
+            (``for_size``).
+
+    Keys are any hashable values; the same hash may be added under several keys. Memory:
+    8 bytes per hash, plus per substring 16 bytes per hash (sorted copy and positions) and
+    4 bytes per bucket (``2**b``), plus the keys (an int64 array while every key is an int).
 
     Raises:
         ValueError: on a negative distance or an impossible ``bits``/``substrings`` pair.
@@ -52,6 +107,8 @@ class MultiIndexHashIndex:
     def __init__(self, max_distance: int, *, bits: int = 64, substrings: int = 4) -> None:
         if max_distance < 0:
             raise ValueError(f"max_distance must be >= 0 bits, got {max_distance}")
+        if not 1 <= bits <= 64:
+            raise ValueError(f"bits must be in [1, 64], got {bits}")
         if not 1 <= substrings <= bits:
             raise ValueError(f"substrings must be in [1, {bits}], got {substrings}")
         self.max_distance = max_distance
@@ -59,52 +116,100 @@ class MultiIndexHashIndex:
         self.substrings = substrings
         # Split as evenly as possible: the first (bits % m) substrings get one extra bit.
         base, extra = divmod(bits, substrings)
-        widths = [base + (1 if i < extra else 0) for i in range(substrings)]
-        self._slices: list[tuple[int, int]] = []  # (shift, mask) per substring
-        shift = 0
-        for width in widths:
-            self._slices.append((shift, (1 << width) - 1))
-            shift += width
-        self._radius = max_distance // substrings
-        # XOR masks of every pattern within the per-substring radius, computed once.
-        self._flips: list[list[int]] = [
-            _flip_masks(width, self._radius) for width in widths
+        self._widths = [base + (1 if i < extra else 0) for i in range(substrings)]
+        self._shifts = [sum(self._widths[:i]) for i in range(substrings)]
+        # Norouzi et al. sec. 4: d = m*r + a; radius r in the first a+1 substrings, r-1 after.
+        r, a = divmod(max_distance, substrings)
+        self._radii = [r if i <= a else r - 1 for i in range(substrings)]
+        self._flips = [
+            np.array(_flip_masks(width, radius), dtype=np.uint32 if width <= 32 else np.uint64)
+            for width, radius in zip(self._widths, self._radii, strict=True)
         ]
-        self._tables: list[dict[int, list[int]]] = [{} for _ in range(substrings)]
-        self._keys: dict[int, list[Hashable]] = {}
-        #: Distinct stored hashes compared in full by the last ``query`` (for tests/benchmarks).
+        self._hashes = np.empty(0, dtype=np.uint64)  # merged hashes, by insertion position
+        self._keys: np.ndarray = np.empty(0, dtype=np.int64)
+        self._tables: list[_Table] = []
+        # The unmerged buffer: hashes in a preallocated array (scanned with one popcount).
+        self._pending = np.empty(256, dtype=np.uint64)
+        self._pending_keys: list[Hashable] = []
+        #: Stored hashes compared in full by the last ``query`` (table candidates plus the
+        #: unmerged buffer; for tests and benchmarks).
         self.last_checked = 0
 
     @classmethod
     def for_size(cls, max_distance: int, expected: int, *, bits: int = 64) -> MultiIndexHashIndex:
         """An index whose substring count suits about ``expected`` hashes.
 
-        Uses the paper's rule ``m = bits / log2(N)`` (substrings as wide as log2 of the size,
-        so buckets hold about one hash), kept within [2, 8]: 3 substrings at a million
-        hashes, 4 at 65,536, 6 at a thousand.
+        Uses the paper's rule ``m = bits / log2(n)`` (substrings as wide as log2 of the size,
+        so buckets hold about one hash), kept within [3, 8] so that every substring is directly
+        addressed: 3 substrings at a million hashes, 4 at 65,536, 6 at a thousand.
         """
         size = max(expected, 1024)
-        substrings = max(2, min(8, round(bits / math.log2(size))))
-        return cls(max_distance, bits=bits, substrings=substrings)
+        substrings = max(3, min(8, round(bits / math.log2(size))))
+        return cls(max_distance, bits=bits, substrings=min(substrings, bits))
+
+    # -- adding ------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         """Number of (hash, key) pairs added."""
-        return sum(len(keys) for keys in self._keys.values())
-
-    def __contains__(self, hash_value: int) -> bool:
-        return hash_value in self._keys
+        return len(self._hashes) + len(self._pending_keys)
 
     def add(self, hash_value: int, key: Hashable) -> None:
-        """Store ``key`` under ``hash_value`` (an int in ``[0, 2**bits)``)."""
+        """Store ``key`` under ``hash_value`` (an int in ``[0, 2**bits)``); amortised O(1).
+
+        Raises:
+            ValueError: if the hash does not fit in ``bits``.
+        """
         if not 0 <= hash_value < (1 << self.bits):
             raise ValueError(f"hash {hash_value:#x} does not fit in {self.bits} bits")
-        keys = self._keys.get(hash_value)
-        if keys is None:
-            self._keys[hash_value] = [key]
-            for table, (shift, mask) in zip(self._tables, self._slices, strict=True):
-                table.setdefault((hash_value >> shift) & mask, []).append(hash_value)
-        else:
-            keys.append(key)
+        count = len(self._pending_keys)
+        if count == self._pending.size:
+            self._pending = np.concatenate([self._pending, np.empty_like(self._pending)])
+        self._pending[count] = hash_value
+        self._pending_keys.append(key)
+        if count + 1 >= max(256, len(self._hashes) // 32):
+            self.flush()
+
+    def add_many(self, hashes: Sequence[int] | np.ndarray, keys: Iterable[Hashable] | None = None) -> None:
+        """Store many hashes at once (one merge); ``keys`` default to insertion positions.
+
+        Raises:
+            ValueError: if ``keys`` and ``hashes`` differ in length or a hash does not fit.
+        """
+        values = np.asarray(hashes, dtype=np.uint64).ravel()
+        if self.bits < 64 and values.size and int(values.max()) >> self.bits:
+            raise ValueError(f"a hash does not fit in {self.bits} bits")
+        start = len(self)
+        key_list = list(range(start, start + values.size)) if keys is None else list(keys)
+        if len(key_list) != values.size:
+            raise ValueError(f"{values.size} hashes but {len(key_list)} keys")
+        self.flush(values, key_list)
+
+    def flush(self, more: np.ndarray | None = None, more_keys: list[Hashable] | None = None) -> None:
+        """Merge the unsorted buffer (and ``more``) into the substring tables now."""
+        new_hashes = self._pending[: len(self._pending_keys)].copy()
+        new_keys: list[Hashable] = self._pending_keys
+        if more is not None:
+            new_hashes = np.concatenate([new_hashes, more])
+            new_keys = [*new_keys, *(more_keys or [])]
+        self._pending_keys = []
+        if not new_hashes.size:
+            return
+        self._hashes = np.concatenate([self._hashes, new_hashes])
+        self._keys = _append_keys(self._keys, new_keys)
+        self._tables = [
+            _Table(self._parts(self._hashes, i), self._hashes, width)
+            for i, width in enumerate(self._widths)
+        ]
+
+    def _parts(self, hashes: np.ndarray, i: int) -> np.ndarray:
+        mask = np.uint64((1 << self._widths[i]) - 1)
+        parts = (hashes >> np.uint64(self._shifts[i])) & mask
+        return parts.astype(np.uint32) if self._widths[i] <= 32 else parts
+
+    # -- querying ----------------------------------------------------------------------------
+
+    def __contains__(self, hash_value: int) -> bool:
+        return bool(self.query(hash_value, 0))
 
     def query(self, hash_value: int, max_distance: int | None = None) -> list[tuple[int, Hashable]]:
         """Return ``(distance, key)`` for every stored hash within ``max_distance`` bits.
@@ -115,28 +220,52 @@ class MultiIndexHashIndex:
         Raises:
             ValueError: if ``max_distance`` is larger than the index's ``max_distance``.
         """
-        radius = self.max_distance if max_distance is None else max_distance
-        if radius > self.max_distance:
-            raise ValueError(
-                f"index built for at most {self.max_distance} bits, asked for {radius}"
-            )
-        seen: set[int] = set()
-        found: list[tuple[int, int]] = []
-        for table, (shift, mask), flips in zip(
-            self._tables, self._slices, self._flips, strict=True
-        ):
-            part = (hash_value >> shift) & mask
-            for flip in flips:
-                for candidate in table.get(part ^ flip, ()):
-                    if candidate in seen:
-                        continue
-                    seen.add(candidate)
-                    distance = (candidate ^ hash_value).bit_count()
-                    if distance <= radius:
-                        found.append((distance, candidate))
-        self.last_checked = len(seen)
-        found.sort(key=lambda pair: pair[0])
-        return [(distance, key) for distance, candidate in found for key in self._keys[candidate]]
+        radius = self._radius(max_distance)
+        query = np.array([hash_value], dtype=np.uint64)
+        _, positions, distances, checked = self._search(query, radius)
+        entries = [
+            (distance, position, self._key(position))
+            for distance, position in zip(distances.tolist(), positions.tolist(), strict=True)
+        ]
+        # The unmerged buffer: a short linear scan.
+        offset = len(self._hashes)
+        pending = np.bitwise_count(self._pending[: len(self._pending_keys)] ^ query[0])
+        entries += [
+            (int(pending[n]), offset + n, self._pending_keys[n])
+            for n in np.flatnonzero(pending <= radius).tolist()
+        ]
+        self.last_checked = checked + len(self._pending_keys)
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+        return [(distance, key) for distance, _, key in entries]
+
+    def query_many(
+        self, hashes: Sequence[int] | np.ndarray, max_distance: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (query, stored) pair within ``max_distance`` bits, for many queries at once.
+
+        Args:
+            hashes: ``(Q,)`` query hashes (uint64 or ints).
+            max_distance: radius in bits, at most the index's (default: the index's).
+
+        Returns:
+            ``(query_index, position, distance)``: three int64 arrays of equal length, sorted by
+            query then distance; ``position`` is the insertion position of the stored hash
+            (``keys_at`` maps positions to keys). The unmerged buffer is merged first.
+
+        Raises:
+            ValueError: if ``max_distance`` is larger than the index's ``max_distance``.
+        """
+        radius = self._radius(max_distance)
+        self.flush()
+        queries = np.asarray(hashes, dtype=np.uint64).ravel()
+        q, pos, dist, _ = self._search(queries, radius)
+        order = np.lexsort((pos, dist, q))
+        return q[order], pos[order], dist[order]
+
+    def keys_at(self, positions: np.ndarray | Sequence[int]) -> list[Hashable]:
+        """The keys stored at these insertion positions (from ``query_many``)."""
+        self.flush()
+        return self._keys[np.asarray(positions, dtype=np.int64)].tolist()
 
     def nearest(self, hash_value: int) -> tuple[int, Hashable] | None:
         """The closest stored ``(distance, key)`` within ``max_distance`` bits, or ``None``."""
@@ -144,13 +273,103 @@ class MultiIndexHashIndex:
         return matches[0] if matches else None
 
     def __iter__(self) -> Iterator[tuple[int, Hashable]]:
-        for hash_value, keys in self._keys.items():
-            for key in keys:
-                yield hash_value, key
+        for position in range(len(self._hashes)):
+            yield int(self._hashes[position]), self._key(position)
+        yield from zip(self._pending[: len(self._pending_keys)].tolist(), self._pending_keys, strict=True)
+
+    def nbytes(self) -> int:
+        """Bytes held by the numpy arrays of the index (hashes, tables, integer keys)."""
+        total = self._hashes.nbytes + self._keys.nbytes
+        for table in self._tables:
+            total += table.order.nbytes + table.hashes.nbytes
+            if table.offsets is not None:
+                total += table.offsets.nbytes + table.counts.nbytes
+            else:
+                total += table.values.nbytes
+        return total
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _radius(self, max_distance: int | None) -> int:
+        radius = self.max_distance if max_distance is None else max_distance
+        if radius > self.max_distance:
+            raise ValueError(f"index built for at most {self.max_distance} bits, asked for {radius}")
+        return radius
+
+    def _key(self, position: int) -> Hashable:
+        key = self._keys[position]
+        return key.item() if isinstance(key, np.generic) else key
+
+    def _search(
+        self, queries: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Matches of queries in the merged tables: (query, position, distance, candidates
+        checked), each (query, position) pair once."""
+        empty = np.empty(0, dtype=np.int64)
+        if not self._tables or not queries.size:
+            return empty, empty, empty, 0
+        found_q, found_p, found_d = [], [], []
+        checked = 0
+        for i in range(len(self._tables)):
+            if not self._flips[i].size:
+                continue  # radius -1: this substring need not be searched (d < m)
+            parts = self._parts(queries, i)
+            # Sorted queries make the bucket reads of one flip mask walk memory in order.
+            by_part = np.argsort(parts, kind="stable") if queries.size > 1 else np.zeros(1, np.int64)
+            block = max(1, _BLOCK_KEYS // self._flips[i].size)
+            for start in range(0, queries.size, block):
+                chosen = by_part[start : start + block]
+                q, p, d, n = self._search_table(i, queries[chosen], parts[chosen], radius)
+                found_q.append(chosen[q])
+                found_p.append(p)
+                found_d.append(d)
+                checked += n
+        if not found_q:
+            return empty, empty, empty, checked
+        q = np.concatenate(found_q)
+        p = np.concatenate(found_p)
+        d = np.concatenate(found_d)
+        # A pair close in several substrings was found once per substring: keep one.
+        if len(found_q) > 1 and q.size:
+            _, first = np.unique(q * max(len(self._hashes), 1) + p, return_index=True)
+            q, p, d = q[first], p[first], d[first]
+        return q, p, d, checked
+
+    def _search_table(
+        self, i: int, queries: np.ndarray, parts: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Candidates of ``queries`` in substring table ``i``, checked in full."""
+        table, flips = self._tables[i], self._flips[i]
+        # Flip-major layout: for one mask, consecutive keys follow the sorted query parts.
+        keys = (flips[:, None] ^ parts[None, :].astype(flips.dtype)).ravel()
+        counts, starts = table.lookup(keys)
+        hit = np.flatnonzero(counts)
+        counts = counts[hit].astype(np.int64)
+        starts = starts(hit)
+        query_of = hit % queries.size
+        total = int(counts.sum())
+        # Expand every [start, start + count) into positions of the table's sorted copy.
+        sorted_pos = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+        query_idx = np.repeat(query_of, counts)
+        distance = np.bitwise_count(table.hashes[sorted_pos] ^ queries[query_idx]).astype(np.int64)
+        close = np.flatnonzero(distance <= radius)
+        return query_idx[close], table.order[sorted_pos[close]], distance[close], total
+
+
+def _append_keys(keys: np.ndarray, new: list[Hashable]) -> np.ndarray:
+    """Append ``new`` to ``keys``: int64 while every key is an int, object dtype otherwise."""
+    if keys.dtype != object and all(type(k) is int and -(2**63) <= k < 2**63 for k in new):
+        return np.concatenate([keys, np.array(new, dtype=np.int64)])
+    extra = np.empty(len(new), dtype=object)
+    extra[:] = new
+    return np.concatenate([keys.astype(object), extra])
 
 
 def _flip_masks(width: int, radius: int) -> list[int]:
-    """Every ``width``-bit XOR mask with at most ``radius`` bits set, fewest bits first."""
+    """Every ``width``-bit XOR mask with at most ``radius`` bits set, fewest bits first
+    (none for a negative radius)."""
+    if radius < 0:
+        return []
     masks = [0]
     for count in range(1, min(radius, width) + 1):
         for positions in itertools.combinations(range(width), count):

@@ -20,7 +20,8 @@ class ImageItem(scrapy.Item):
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
     ``image`` (the normalised RGB ``PIL.Image`` for hashing, removed after dedupe), ``width`` and
     ``height`` (pixels, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
-    ``ext``, ``phash`` (16 hex chars), ``catalog_seen_id`` (last catalog id dedupe compared
+    ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
+    of dedupe's variants, catalogued in ``image_hashes``), ``catalog_seen_id`` (last catalog id dedupe compared
     against), and the outcome: ``status`` (``stored``/``duplicate``/``rejected``), ``reason``,
     ``path``, ``duplicate_of``, ``hash_distance`` (bits); ``replaces`` (``[(path, distance)]`` of
     smaller stored copies this item supersedes).
@@ -44,6 +45,7 @@ class ImageItem(scrapy.Item):
     format = scrapy.Field()
     ext = scrapy.Field()
     phash = scrapy.Field()
+    hashes = scrapy.Field()
     catalog_seen_id = scrapy.Field()
     status = scrapy.Field()
     reason = scrapy.Field()

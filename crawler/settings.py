@@ -45,7 +45,10 @@ ITEM_PIPELINES = {
 }
 EXTENSIONS = {
     "crawler.recorder.CatalogRecorder": 500,
+    "crawler.progress.CrawlProgress": 510,
 }
+# A progress line per label every PROGRESS_INTERVAL seconds (0: only the end-of-crawl summary).
+PROGRESS_INTERVAL = 10.0
 
 # Dropping junk is normal operation, not a warning.
 DEFAULT_DROPITEM_LOG_LEVEL = "INFO"
@@ -56,9 +59,37 @@ VERIFY_MIN_SIDE = 32
 VERIFY_MAX_PIXELS = 50_000_000
 VERIFY_MAX_BYTES = 32 * 1024 * 1024
 DEDUPE_MAX_DISTANCE = 6
+DEDUPE_VARIANT_DISTANCE = 8
 
 # DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
 DATASET_DIR = None
+
+# Where each search/API spider sends its queries (tests point them at 127.0.0.1).
+BING_BASE_URL = "https://www.bing.com"
+DUCKDUCKGO_BASE_URL = "https://duckduckgo.com"
+WIKIMEDIA_API_URL = "https://commons.wikimedia.org/w/api.php"
+OPENVERSE_API_URL = "https://api.openverse.org"
+
+# Rendering (`-a render=1`): the spider installs scrapy-playwright's download handlers only for
+# such crawls. Playwright cannot download its own browser here, so it launches the system's
+# Chromium: CHROMIUM_PATH, default $CHROMIUM_PATH or /usr/bin/chromium (Debian's package).
+CHROMIUM_PATH = None
+PLAYWRIGHT_BROWSER_TYPE = "chromium"
+PLAYWRIGHT_LAUNCH_OPTIONS = {
+    "headless": True,
+    # --no-sandbox: Chromium's sandbox needs user namespaces, absent in most containers/CI.
+    "args": [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ],
+}
+# Each page is a renderer process: a few at once keep a small machine responsive.
+PLAYWRIGHT_MAX_PAGES_PER_CONTEXT = 4
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 FEED_EXPORT_ENCODING = "utf-8"

@@ -108,7 +108,7 @@ def _draw_shape(label: str, rng: random.Random, side: int = GENERATED_SIDE) -> I
         draw.line(pts, fill=tuple(rng.randint(lo, hi) for _ in range(3)), width=rng.randint(1, 3))
     flo, fhi = (170, 255) if dark_bg else (0, 90)
     fill = tuple(rng.randint(flo, fhi) for _ in range(3))
-    r = rng.uniform(0.18, 0.34) * side
+    r = rng.uniform(0.24, 0.40) * side
     cx, cy = rng.uniform(r + 4, side - r - 4), rng.uniform(r + 4, side - r - 4)
     rot = rng.uniform(0, 2 * math.pi)
     if label == "circle":

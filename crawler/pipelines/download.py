@@ -9,9 +9,12 @@ nothing is persisted to ``FILES_STORE``: the bytes stay in memory and travel on 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from itemadapter import ItemAdapter
 from scrapy.exceptions import (
@@ -75,7 +78,9 @@ class DownloadPipeline(FilesPipeline):
     bytes). A failed download drops the item as ``rejected`` with a stable reason:
     ``http_<status>`` (any non-200 final status, e.g. ``http_404``), ``too_large`` (over
     ``DOWNLOAD_MAXSIZE`` bytes), ``timeout``, ``dns_error``, ``connection_refused``,
-    ``filtered`` (robots.txt or another middleware ignored it) or ``download_failed``.
+    ``filtered`` (robots.txt or another middleware ignored it), ``too_many_redirects`` (more than
+    ``REDIRECT_MAX_TIMES`` hops: a redirect loop), ``bad_data_uri`` (a ``data:`` URI whose base64
+    does not decode) or ``download_failed``.
     Stats: ``download/ok``, ``download/failed/<reason>``.
 
     Raises:
@@ -115,6 +120,8 @@ class DownloadPipeline(FilesPipeline):
     ) -> dict[str, Any]:
         if response.status != 200:
             raise DownloadFailed(f"http_{response.status}")
+        if request.url.startswith("data:") and not _valid_data_uri(request.url):
+            raise DownloadFailed("bad_data_uri")
         body = response.body
         self.inc_stats("downloaded")
         # The bytes ride in the FileInfo only until item_completed pops them, so Scrapy's
@@ -172,8 +179,22 @@ def failure_reason(failure: Failure) -> str:
     if isinstance(error, DownloadConnectionRefusedError):
         return "connection_refused"
     if isinstance(error, IgnoreRequest):
-        return "filtered"
+        # RedirectMiddleware gives up after REDIRECT_MAX_TIMES hops: a loop, in practice.
+        return "too_many_redirects" if "max redirections" in str(error) else "filtered"
     return "download_failed"
+
+
+def _valid_data_uri(uri: str) -> bool:
+    """Whether a ``data:`` URI's base64 payload is valid base64 (Scrapy's handler decodes it
+    leniently, dropping bad characters, which would hand verify a mangled image)."""
+    header, _, payload = uri.partition(",")
+    if not header.lower().endswith(";base64"):
+        return True  # percent-encoded payloads have nothing to validate
+    try:
+        base64.b64decode(unquote_to_bytes(payload).translate(None, b" \t\r\n"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def _reject(adapter: ItemAdapter, stats: Any, reason: str) -> Any:

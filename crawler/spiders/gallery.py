@@ -4,16 +4,20 @@ Usage::
 
     scrapy crawl gallery -a label=<category> -a start_urls=<url[,url...]> \\
         [-a query=...] [-a max_images=N] [-a max_pages=N] [-a next_selector=CSS] \\
-        -s DATASET_DIR=<folder>
+        [-a render=1 [-a max_scrolls=N] [-a scroll_timeout=SECONDS]] \\
+        -s DATASET_DIR=<folder> [-s JOBDIR=<folder>]
 
 The spider only parses and yields one ``ImageItem`` per image URL; downloading, checking and
-storing are the pipelines' jobs.
+storing are the pipelines' jobs. With ``render=1`` the pages (never the images) are loaded in
+Chromium through scrapy-playwright and scrolled until no new ``<img>`` appears; the rendered
+HTML then goes through the same extraction rules as a static page.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import PurePosixPath
@@ -26,15 +30,18 @@ from scrapy.http import Request, TextResponse
 
 from crawler.items import ImageItem
 from crawler.labels import sanitize_label
+from crawler.resume import judged_urls
+from crawler.threads import run_in_thread
 
 if TYPE_CHECKING:
     from parsel import Selector
     from scrapy.crawler import Crawler
+    from scrapy.settings import Settings
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GallerySpider", "largest_srcset_candidate", "parse_srcset"]
+__all__ = ["GallerySpider", "enable_rendering", "largest_srcset_candidate", "parse_srcset"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif"}
@@ -45,6 +52,31 @@ LAZY_SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset")
 _NEXT_TEXT = re.compile(r"^\s*(next|next page|more|older|suivant|weiter|siguiente|›|»|>|→)\s*[›»>→]?\s*$", re.I)
 _NEXT_CLASS = re.compile(r"(^|[\s_-])next([\s_-]|$)", re.I)
 _DESCRIPTOR = re.compile(r"^(\d+(?:\.\d+)?)([wx])$", re.I)
+
+PLAYWRIGHT_HANDLER = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
+# Runs in the page (Playwright's page.evaluate): scroll to the bottom, wait up to `pauseMs` for
+# the number of <img> to grow, and stop after `idleRounds` scrolls without growth, `maxScrolls`
+# scrolls or `timeoutMs`, whichever comes first. Waiting for growth rather than a fixed sleep
+# keeps fast pages fast while still giving a slow "load more" request its time.
+SCROLL_SCRIPT = """
+async ([maxScrolls, idleRounds, pauseMs, timeoutMs]) => {
+  const count = () => document.querySelectorAll("img").length;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const deadline = Date.now() + timeoutMs;
+  let scrolls = 0, idle = 0, last = count();
+  while (scrolls < maxScrolls && idle < idleRounds && Date.now() < deadline) {
+    const root = document.scrollingElement || document.documentElement;
+    window.scrollTo(0, root.scrollHeight);
+    scrolls += 1;
+    const waitUntil = Math.min(Date.now() + pauseMs, deadline);
+    while (count() <= last && Date.now() < waitUntil) await sleep(50);
+    const now = count();
+    idle = now > last ? 0 : idle + 1;
+    last = now;
+  }
+  return {scrolls: scrolls, images: last, timedOut: Date.now() >= deadline};
+}
+"""
 
 
 def parse_srcset(srcset: str) -> list[tuple[str, float, str]]:
@@ -107,6 +139,21 @@ class GallerySpider(scrapy.Spider):
         max_pages: pages followed per start URL, the start page included (default 50).
         next_selector: CSS selector of the "next page" link; default: ``a[rel=next]``,
             ``link[rel=next]``, or an ``<a>`` whose text or class says "next".
+        render: ``1`` to load pages in Chromium (scrapy-playwright) and scroll them, for
+            infinite-scroll and JavaScript-built pages (default ``0``: plain HTTP).
+        max_scrolls: with ``render``, most scrolls per page (default 20).
+        scroll_timeout: with ``render``, seconds of scrolling per page at most (default 60).
+
+    Rendering scrolls to the bottom until :attr:`SCROLL_IDLE_ROUNDS` scrolls in a row add no
+    ``<img>`` (each waits up to :attr:`SCROLL_PAUSE` seconds for one). The browser is the
+    ``CHROMIUM_PATH`` setting (default ``$CHROMIUM_PATH`` or ``/usr/bin/chromium``); the
+    scrapy-playwright download handlers are installed only for rendering crawls, so a plain
+    crawl never loads Playwright.
+
+    With ``JOBDIR`` the crawl resumes after any stop, a SIGKILL included: start and next-page
+    requests bypass the dupefilter (whose file a kill leaves incomplete) and are walked again,
+    while image URLs this job already recorded in the catalog are skipped
+    (:func:`crawler.resume.judged_urls`).
 
     Which URL stands for an image, from most to least preferred: a link ``<a href>`` to an
     image file over the thumbnail ``<img>`` inside it; the largest ``srcset`` candidate of
@@ -115,11 +162,16 @@ class GallerySpider(scrapy.Spider):
 
     Raises:
         ValueError: on a missing or unusable label, no start URL, or non-integer limits.
-        NotConfigured: when DATASET_DIR is not set.
+        NotConfigured: when DATASET_DIR is not set, or with ``render`` when the browser
+            executable is missing.
     """
 
     name = "gallery"
     MAX_PAGES = 50
+    MAX_SCROLLS = 20
+    SCROLL_TIMEOUT = 60.0  # seconds per page
+    SCROLL_PAUSE = 1.0  # seconds a scroll waits for new images
+    SCROLL_IDLE_ROUNDS = 2
 
     def __init__(
         self,
@@ -129,6 +181,9 @@ class GallerySpider(scrapy.Spider):
         max_images: str | int | None = None,
         max_pages: str | int | None = None,
         next_selector: str | None = None,
+        render: str | bool | None = None,
+        max_scrolls: str | int | None = None,
+        scroll_timeout: str | float | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -145,17 +200,47 @@ class GallerySpider(scrapy.Spider):
         self.max_images = _positive_int("max_images", max_images)
         self.max_pages = _positive_int("max_pages", max_pages) or self.MAX_PAGES
         self.next_selector = next_selector
+        self.render = _flag("render", render)
+        self.max_scrolls = _positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
+        self.scroll_timeout = _positive_float("scroll_timeout", scroll_timeout) or self.SCROLL_TIMEOUT
         self._seen_urls: set[str] = set()
+        # Pages reached in this run: pagination bypasses the dupefilter (see resume above), so
+        # this is what stops a "next" link that loops back.
+        self._seen_pages: set[str] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         if not crawler.settings.get("DATASET_DIR"):
             raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
-        return super().from_crawler(crawler, *args, **kwargs)
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.render:
+            # Settings freeze only after the spider is built, so the arguments can pick them.
+            enable_rendering(crawler.settings)
+        return spider
 
     async def start(self) -> AsyncIterator[Any]:
+        jobdir = self.settings.get("JOBDIR")
+        if jobdir:
+            self._seen_urls |= await run_in_thread(
+                judged_urls, self.settings["DATASET_DIR"], jobdir, self.name, self.label
+            )
         for url in self.start_urls:
-            yield Request(url, callback=self.parse, meta={"page_number": 1}, dont_filter=True)
+            self._seen_pages.add(url)
+            yield self.page_request(url, page_number=1)
+
+    def page_request(self, url: str, page_number: int) -> Request:
+        """The request of a listing page; rendered and scrolled in Chromium with ``render``.
+
+        ``dont_filter``: a resumed job walks its pages again (see the class docstring).
+        """
+        meta: dict[str, Any] = {"page_number": page_number}
+        if self.render:
+            from scrapy_playwright.page import PageMethod
+
+            limits = [self.max_scrolls, self.SCROLL_IDLE_ROUNDS, int(self.SCROLL_PAUSE * 1000), int(self.scroll_timeout * 1000)]
+            meta["playwright"] = True
+            meta["playwright_page_methods"] = [PageMethod("evaluate", SCROLL_SCRIPT, limits)]
+        return Request(url, callback=self.parse, meta=meta, dont_filter=True)
 
     def parse(self, response: Any, **kwargs: Any) -> Iterator[Any]:
         """Yield an ``ImageItem`` per new image URL on the page, then the next page's request."""
@@ -178,14 +263,23 @@ class GallerySpider(scrapy.Spider):
             )
         page = response.meta.get("page_number", 1)
         logger.info("page %d: %d new image URLs on %s", page, found, response.url)
+        for method in response.meta.get("playwright_page_methods") or []:
+            if isinstance(getattr(method, "result", None), dict):
+                scrolled = method.result
+                logger.info(
+                    "page %d rendered: %s scrolls, %s <img>%s",
+                    page, scrolled.get("scrolls"), scrolled.get("images"),
+                    " (scroll_timeout reached)" if scrolled.get("timedOut") else "",
+                )
         if self._enough_stored():
             return
         if page >= self.max_pages:
             logger.info("max_pages (%d) reached at %s", self.max_pages, response.url)
             return
         next_url = self.next_page_url(response)
-        if next_url:
-            yield response.follow(next_url, callback=self.parse, meta={"page_number": page + 1})
+        if next_url and next_url not in self._seen_pages:
+            self._seen_pages.add(next_url)
+            yield self.page_request(next_url, page_number=page + 1)
 
     def image_urls(self, response: TextResponse) -> list[str]:
         """Absolute image URLs on the page, one per image, in document order."""
@@ -260,6 +354,55 @@ def _largest_of(srcsets: list[str]) -> str | None:
         return None
     widths = [c for c in candidates if c[2] == "w"]
     return max(widths or candidates, key=lambda c: c[1])[0]
+
+
+def enable_rendering(settings: Settings) -> None:
+    """Route http(s) downloads through scrapy-playwright and point it at ``CHROMIUM_PATH``.
+
+    The handler renders only requests whose meta has ``playwright``; the others (images,
+    robots.txt) keep Scrapy's HTTP/1.1 handler. Playwright starts its driver when the engine
+    starts and Chromium on the first rendered request.
+
+    Raises:
+        NotConfigured: the browser executable does not exist.
+    """
+    chromium = settings.get("CHROMIUM_PATH") or os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
+    options = dict(settings.getdict("PLAYWRIGHT_LAUNCH_OPTIONS"))
+    options.setdefault("executable_path", chromium)
+    if not os.access(options["executable_path"], os.X_OK):
+        raise NotConfigured(
+            f"render=1 needs Chromium at {options['executable_path']!r}: install it "
+            "(Debian: apt-get install chromium; or `make browsers`) or set -s CHROMIUM_PATH=<path>"
+        )
+    handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
+    handlers.update({"http": PLAYWRIGHT_HANDLER, "https": PLAYWRIGHT_HANDLER})
+    settings.set("DOWNLOAD_HANDLERS", handlers, priority="spider")
+    settings.set("PLAYWRIGHT_LAUNCH_OPTIONS", options, priority="spider")
+    if not settings.get("PLAYWRIGHT_BROWSER_TYPE"):
+        settings.set("PLAYWRIGHT_BROWSER_TYPE", "chromium", priority="spider")
+
+
+def _flag(name: str, value: str | bool | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = (value or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+
+
+def _positive_float(name: str, value: str | float | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
 
 
 def _positive_int(name: str, value: str | int | None) -> int | None:

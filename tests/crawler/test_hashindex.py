@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from crawler.hashindex import MultiIndexHashIndex, hamming
@@ -67,6 +68,7 @@ def test_query_does_not_scan_every_hash() -> None:
     stored = [rng.getrandbits(64) for _ in range(20000)]
     for key, value in enumerate(stored):
         index.add(value, key)
+    index.flush()  # what is left in the unsorted buffer is scanned in full
     assert index.query(stored[7]) == [(0, 7)]
     # 4 substrings x 17 neighbours x ~0.3 hashes a bucket: tens of candidates, not 20000.
     assert 1 <= index.last_checked < 200
@@ -86,3 +88,61 @@ def test_for_size_picks_substrings_about_log2_n_bits_wide(expected: int, substri
     assert index.substrings == substrings
     index.add(0xFFFF, "a")
     assert index.query(0xFFFF ^ 0b111) == [(3, "a")]
+
+
+@pytest.mark.parametrize(("max_distance", "substrings"), [(0, 4), (2, 4), (6, 3), (8, 3), (8, 5), (3, 8)])
+def test_batch_queries_match_brute_force(max_distance: int, substrings: int) -> None:
+    rng = np.random.default_rng(max_distance * 10 + substrings)
+    stored = rng.integers(0, 2**64, size=4000, dtype=np.uint64)
+    # Near neighbours 0..10 bits away, bits spread over every substring.
+    for i in range(0, 400):
+        value = stored[i]
+        for bit in rng.choice(64, size=rng.integers(0, 11), replace=False):
+            value ^= np.uint64(1) << np.uint64(bit)
+        stored[4000 - 400 + i] = value
+    index = MultiIndexHashIndex(max_distance, substrings=substrings)
+    index.add_many(stored)
+    queries = np.concatenate([stored[::7], rng.integers(0, 2**64, size=100, dtype=np.uint64)])
+    q, pos, dist = index.query_many(queries)
+    got = set(zip(q.tolist(), pos.tolist(), dist.tolist(), strict=True))
+    expected = set()
+    for n, query in enumerate(queries):
+        distances = np.bitwise_count(stored ^ query)
+        expected |= {(n, int(p), int(distances[p])) for p in np.flatnonzero(distances <= max_distance)}
+    assert got == expected
+    assert np.all(np.diff(q) >= 0)  # sorted by query
+
+
+def test_buffered_adds_are_found_before_and_after_a_merge() -> None:
+    index = MultiIndexHashIndex(4)
+    index.add_many([1 << 40, 2**64 - 1], keys=["a", "b"])
+    index.add((1 << 40) | 0b11, "c")  # in the unsorted buffer
+    assert index.query(1 << 40) == [(0, "a"), (2, "c")]
+    assert index.query(1 << 40, 1) == [(0, "a")]
+    index.flush()
+    assert index.query(1 << 40) == [(0, "a"), (2, "c")]
+    assert len(index) == 3 and (2**64 - 1) in index and 7 not in index
+    assert sorted(key for _, key in index) == ["a", "b", "c"]
+
+
+def test_many_single_adds_merge_and_stay_exact() -> None:
+    rng = random.Random(3)
+    index = MultiIndexHashIndex.for_size(6, 5000)
+    stored = [rng.getrandbits(64) for _ in range(5000)]
+    for key, value in enumerate(stored):
+        index.add(value, key)
+        if key % 997 == 0:  # queries interleaved with adds, as the dedupe pipeline makes them
+            assert index.query(value)[0] == (0, key)
+    assert len(index) == 5000
+    q, pos, _ = index.query_many(stored[:50])
+    assert q.tolist() == list(range(50)) and index.keys_at(pos) == list(range(50))
+
+
+def test_add_many_checks_its_arguments() -> None:
+    index = MultiIndexHashIndex(2, bits=16, substrings=2)
+    with pytest.raises(ValueError, match="keys"):
+        index.add_many([1, 2], keys=["a"])
+    with pytest.raises(ValueError, match="16 bits"):
+        index.add_many([1 << 20])
+    with pytest.raises(ValueError, match="16 bits"):
+        index.add(1 << 20, "a")

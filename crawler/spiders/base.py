@@ -1,0 +1,217 @@
+"""What every spider shares: the common arguments, provenance items and loud failures.
+
+``ImageSpider`` holds ``label``/``query``/``max_images``; ``SearchSpider`` adds what the
+sources that page through results share (search engines and image APIs): a base URL read from
+a setting, ``max_pages``, one request per results page, and failures that stop the crawl with a
+reason the log, the stats and the summary all show (``parse_error``, ``robots_denied``,
+``request_failed``) instead of ending as an empty success.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import scrapy
+from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
+from scrapy.http import Request
+from scrapy.spidermiddlewares.httperror import HttpError
+
+from crawler.items import ImageItem
+from crawler.labels import sanitize_label
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from twisted.python.failure import Failure
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageSpider", "SearchSpider", "positive_int"]
+
+
+def positive_int(name: str, value: str | int | None) -> int | None:
+    """``value`` (a ``-a`` argument) as a positive int; ``None`` when absent or empty.
+
+    Raises:
+        ValueError: naming the argument, when it is not a positive integer.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+class ImageSpider(scrapy.Spider):
+    """Base spider: the arguments every spider takes, and items that carry provenance.
+
+    Arguments (``-a``):
+        label: the category (folder name, sanitised). Required unless ``label_required`` is
+            False (the ``urls`` spider, whose CSV rows may carry their own labels).
+        query: the search query, recorded in the catalog (default: the label).
+        max_images: stop once this many images were stored by this crawl; the store pipeline
+            enforces it, spiders also stop paging (``enough_stored``).
+
+    Raises:
+        ValueError: on a missing or unusable label, or a non-positive ``max_images``.
+        NotConfigured: when DATASET_DIR is not set.
+    """
+
+    label_required = True
+
+    def __init__(
+        self,
+        label: str | None = None,
+        query: str | None = None,
+        max_images: str | int | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not label and self.label_required:
+            raise ValueError(f"the {self.name} spider needs a label: -a label=<category>")
+        self.label = sanitize_label(label) if label else None
+        self.query = (query or label or "").strip()
+        self.max_images = positive_int("max_images", max_images)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        if not crawler.settings.get("DATASET_DIR"):
+            raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
+        return super().from_crawler(crawler, *args, **kwargs)
+
+    def enough_stored(self) -> bool:
+        """True once the store pipeline has stored ``max_images`` images in this crawl."""
+        if self.max_images is None or self.crawler.stats is None:
+            return False
+        return (self.crawler.stats.get_value("store/stored") or 0) >= self.max_images
+
+    def image_item(self, url: str, page_url: str | None, **provenance: Any) -> ImageItem:
+        """An ``ImageItem`` for ``url`` with this crawl's label, query and spider name.
+
+        ``provenance`` may set ``licence``, ``author`` or a per-item ``label``.
+        """
+        fields = {"label": self.label, "query": self.query, "spider": self.name}
+        fields.update({key: value for key, value in provenance.items() if value not in (None, "")})
+        self.inc_stat("images")
+        return ImageItem(url=url, page_url=page_url, **fields)
+
+    def inc_stat(self, key: str, count: int = 1) -> None:
+        """Bump ``<spider name>/<key>``."""
+        if self.crawler.stats is not None:
+            self.crawler.stats.inc_value(f"{self.name}/{key}", count)
+
+    def fail(self, reason: str, url: str, why: str, *args: Any) -> CloseSpider:
+        """Log an ERROR naming the spider and ``url``, bump ``<spider>/<reason>``, and return
+        the ``CloseSpider(reason)`` for the caller to raise, so the crawl ends with that reason.
+
+        ``why`` is a %-format string for ``args``.
+        """
+        logger.error(f"%s spider: %s at %s: {why}", self.name, reason, url, *args)
+        self.inc_stat(reason)
+        return CloseSpider(reason)
+
+
+class SearchSpider(ImageSpider):
+    """Base of the spiders that page through a source's results (HTML or JSON).
+
+    Subclasses set ``base_url_setting`` and ``default_base_url`` (the setting names the
+    service's base URL, so tests point it at 127.0.0.1), build the first request in ``start``
+    with ``page_request`` and parse with callbacks that call ``image_result`` per result and
+    ``can_follow`` before requesting the next page.
+
+    Arguments (``-a``), besides ``ImageSpider``'s:
+        max_pages: results pages requested at most (default ``MAX_PAGES``).
+
+    Stats: ``<spider>/pages``, ``<spider>/images`` (image URLs yielded),
+    ``<spider>/duplicate_results`` (URLs already yielded in this crawl), ``<spider>/no_results``,
+    and the failure counters ``parse_error``, ``robots_denied``, ``request_failed``, each of
+    which is also the crawl's close reason.
+    """
+
+    MAX_PAGES = 20
+    base_url_setting = ""
+    default_base_url = ""
+    # Public APIs made for programs (their own usage policy governs clients) may keep robots.txt
+    # for their web pages only; see the subclasses for the source's own words.
+    api_requests_obey_robotstxt = True
+
+    def __init__(self, *args: Any, max_pages: str | int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_pages = positive_int("max_pages", max_pages) or self.MAX_PAGES
+        self.base_url = self.default_base_url
+        self._seen_urls: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        base_url = crawler.settings.get(cls.base_url_setting) or cls.default_base_url
+        spider.base_url = str(base_url).rstrip("/")
+        return spider
+
+    def page_request(self, url: str, callback: Any, page: int, **meta: Any) -> Request:
+        """A request for results page ``page`` (1-based) whose failures are reported loudly."""
+        meta = {"page_number": page, **meta}
+        if not self.api_requests_obey_robotstxt:
+            meta["dont_obey_robotstxt"] = True
+        return Request(url, callback=callback, errback=self.page_failed, meta=meta, dont_filter=True)
+
+    def image_result(self, url: str | None, page_url: str | None, **provenance: Any) -> ImageItem | None:
+        """The item for one result's image URL, or ``None`` for a URL seen before or unusable."""
+        if not url or not url.startswith(("http://", "https://", "data:")):
+            self.inc_stat("unusable_results")
+            return None
+        if url in self._seen_urls:
+            self.inc_stat("duplicate_results")
+            return None
+        self._seen_urls.add(url)
+        return self.image_item(url, page_url or None, **provenance)
+
+    def page_done(self, response: Response, found: int, new: int) -> None:
+        """Log and count one parsed results page."""
+        self.inc_stat("pages")
+        logger.info(
+            "%s page %d: %d results, %d new image URLs (%s)",
+            self.name, response.meta.get("page_number", 1), found, new, response.url,
+        )
+
+    def no_results(self, response: Response) -> None:
+        """The source answered that the query has no results: a WARNING, not a failure."""
+        self.inc_stat("no_results")
+        logger.warning("%s spider: no results for query %r at %s", self.name, self.query, response.url)
+
+    def can_follow(self, response: Response, new: int) -> bool:
+        """Whether to request the page after ``response``; logs why not."""
+        page = response.meta.get("page_number", 1)
+        if self.enough_stored():
+            logger.info("%s: max_images (%d) stored, not paging further", self.name, self.max_images)
+            return False
+        if page >= self.max_pages:
+            logger.info("%s: max_pages (%d) reached at %s", self.name, self.max_pages, response.url)
+            return False
+        if new == 0:
+            # Result pages past the end repeat earlier results (Bing does): nothing more to get.
+            logger.info("%s: no new results on page %d, stopping", self.name, page)
+            return False
+        return True
+
+    def page_failed(self, failure: Failure) -> None:
+        """Errback of results pages: a robots.txt refusal or an HTTP/network error (after
+        Scrapy's retries) ends the crawl with reason ``robots_denied`` or ``request_failed``;
+        images already found still finish their way through the pipelines."""
+        request = failure.request  # type: ignore[attr-defined]
+        page = request.meta.get("page_number", 1)
+        if failure.check(IgnoreRequest) and "robots.txt" in str(failure.value):
+            raise self.fail("robots_denied", request.url, "the site's robots.txt forbids it "
+                            "(set -s ROBOTSTXT_OBEY=False only where the source's terms allow)")
+        if failure.check(HttpError):
+            why, args = "HTTP %d", (failure.value.response.status,)
+        else:
+            why, args = "%s", (failure.getErrorMessage(),)
+        raise self.fail("request_failed", request.url, f"results page {page}: {why}", *args)

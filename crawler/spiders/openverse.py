@@ -1,0 +1,129 @@
+"""The ``openverse`` spider: openly licensed images from Openverse image search.
+
+Usage::
+
+    scrapy crawl openverse -a label=<category> [-a query=...] [-a max_images=N] \\
+        [-a max_pages=N] [-a license_type=commercial,modification] [-a license=by,cc0] \\
+        [-a source=flickr,wikimedia] -s DATASET_DIR=<folder>
+
+Openverse API v1 image search (https://api.openverse.org/v1/, ``GET /v1/images/``):
+``<OPENVERSE_API_URL>/v1/images/?q=<query>&page=N&page_size=20`` answers ``{"result_count",
+"page_count", "page_size", "page", "results": [{"id", "title", "url", "foreign_landing_url",
+"creator", "creator_url", "license", "license_version", "license_url", "provider", "source",
+"attribution", "width", "height", "thumbnail", ...}]}``. 20 is the largest ``page_size`` an
+anonymous client may ask for, and ``page_count`` already stops where anonymous paging must.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+from scrapy.http import Response
+
+from crawler.spiders.base import SearchSpider
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OpenverseSpider", "licence_name"]
+
+# Openverse licence codes that are not "CC <CODE>" (https://api.openverse.org/v1/ licenses).
+_LICENCE_NAMES = {"cc0": "CC0", "pdm": "Public Domain Mark", "sampling+": "CC Sampling+",
+                  "nc-sampling+": "CC NC-Sampling+"}
+# Search filters passed through to the API as they are (comma-separated values).
+FILTERS = ("license", "license_type", "source", "extension", "aspect_ratio", "size", "category")
+
+
+def licence_name(result: dict[str, Any]) -> str | None:
+    """A result's licence as people write it: ``CC BY 4.0``, ``CC0 1.0``, ``Public Domain Mark
+    1.0``; the ``license_url`` when there is no code; ``None`` when there is neither."""
+    code = str(result.get("license") or "").strip().lower()
+    if not code:
+        return result.get("license_url") or None
+    name = _LICENCE_NAMES.get(code) or f"CC {code.upper()}"
+    version = str(result.get("license_version") or "").strip()
+    return f"{name} {version}" if version else name
+
+
+class OpenverseSpider(SearchSpider):
+    """Page through Openverse image results, yielding each image with licence and creator.
+
+    Arguments (``-a``), besides ``label``/``query``/``max_images``/``max_pages`` (default 20):
+        license, license_type, source, extension, aspect_ratio, size, category: Openverse's own
+            search filters, passed through (e.g. ``license_type=commercial``).
+
+    Settings: ``OPENVERSE_API_URL`` (default ``https://api.openverse.org``),
+    ``OPENVERSE_PAGE_SIZE`` (results per page, default 20: the most anonymous clients may ask).
+
+    Each item's ``licence`` comes from ``licence_name``, ``author`` is ``creator``, ``page_url``
+    is ``foreign_landing_url``. A JSON answer without a ``results`` list is a changed format:
+    ERROR, stat ``openverse/parse_error``, the crawl closes as ``parse_error``.
+
+    The API's robots.txt disallows ``/v1/images/`` to keep indexers out, while the API is made
+    for programs under its own terms (rate limits, attribution); API requests are therefore sent
+    without the robots.txt check, one at a time. Image downloads still obey robots.txt.
+    """
+
+    name = "openverse"
+    base_url_setting = "OPENVERSE_API_URL"
+    default_base_url = "https://api.openverse.org"
+    api_requests_obey_robotstxt = False
+    PAGE_SIZE = 20
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.filters = {key: kwargs.pop(key) for key in FILTERS if kwargs.get(key)}
+        super().__init__(*args, **kwargs)
+        self.page_size = self.PAGE_SIZE
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenverseSpider:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.page_size = crawler.settings.getint("OPENVERSE_PAGE_SIZE", cls.PAGE_SIZE)
+        return spider
+
+    def api_url(self, page: int) -> str:
+        params = {"q": self.query, "page": page, "page_size": self.page_size, **self.filters}
+        return f"{self.base_url}/v1/images/?{urlencode(params)}"
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield self.page_request(self.api_url(1), self.parse, 1)
+
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        """Yield an ``ImageItem`` per new result, then the next page's request."""
+        page = response.meta.get("page_number", 1)
+        try:
+            data = response.json()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list):
+            raise self.fail("parse_error", response.url, "no 'results' list in the JSON (keys: %s)",
+                            sorted(data) if isinstance(data, dict) else type(data).__name__)
+        if not results and page == 1:
+            self.no_results(response)
+        found = new = 0
+        for result in results:
+            if not isinstance(result, dict) or not result.get("url"):
+                continue
+            found += 1
+            item = self.image_result(
+                result["url"],
+                result.get("foreign_landing_url"),
+                licence=licence_name(result),
+                author=result.get("creator"),
+            )
+            if item is not None:
+                new += 1
+                yield item
+        if results and not found:
+            raise self.fail("parse_error", response.url, "no result has a 'url' (keys: %s)",
+                            sorted(results[0]) if isinstance(results[0], dict) else "?")
+        self.page_done(response, found, new)
+        page_count = data.get("page_count")
+        if isinstance(page_count, int) and page >= page_count:
+            logger.info("openverse: last page (%d of %d)", page, page_count)
+            return
+        if results and self.can_follow(response, new):
+            yield self.page_request(self.api_url(page + 1), self.parse, page + 1)

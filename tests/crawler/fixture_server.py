@@ -1,0 +1,127 @@
+"""A local HTTP server for the spider tests: fixture responses, real image bytes, a request log.
+
+(A module rather than conftest.py, so test modules can import it: pytest puts this folder on
+sys.path.)
+
+- ``/img/<name>``: a JPEG made with Pillow, distinct per name (seeded by the name), so dedupe
+  keeps every one; names containing ``dead`` answer 404.
+- ``/robots.txt``: allows everything but ``/denied/``.
+- anything else: ``route(path, query)`` of the test, which returns ``(status, content_type,
+  body)`` or ``None`` for 404.
+
+Fixture files live in ``fixtures/<source>/``; ``{{BASE}}`` in them stands for the server's
+``http://127.0.0.1:<port>``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from crawler_testkit import encode, picture
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+_SCRAPY = Path(sys.executable).with_name("scrapy")
+SCRAPY = [str(_SCRAPY)] if _SCRAPY.exists() else [sys.executable, "-m", "scrapy"]
+FAST = ["-s", "AUTOTHROTTLE_ENABLED=0", "-s", "LOG_LEVEL=INFO"]
+ROBOTS_TXT = "User-agent: *\nDisallow: /denied/\n"
+
+Route = Callable[[str, dict[str, str]], "tuple[int, str, bytes] | None"]
+
+
+def image_bytes(name: str) -> bytes:
+    """A 200x150 JPEG whose content depends only on ``name``."""
+    return encode(picture(zlib.crc32(name.encode()), size=(200, 150)), "JPEG", quality=90)
+
+
+class FixtureServer:
+    """``with FixtureServer(route) as server``: serving on ``server.base`` in a thread.
+
+    ``server.requests`` logs ``(path, query dict)`` of every request, in arrival order.
+    """
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._images: dict[str, bytes] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query, keep_blank_values=True))
+                server.requests.append((parts.path, query))
+                answer = server.answer(parts.path, query)
+                status, ctype, body = answer or (404, "text/plain", b"not found")
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def answer(self, path: str, query: dict[str, str]) -> tuple[int, str, bytes] | None:
+        if path == "/robots.txt":
+            return 200, "text/plain", ROBOTS_TXT.encode()
+        if path.startswith("/img/"):
+            name = path[len("/img/"):]
+            if "dead" in name:
+                return None
+            if name not in self._images:
+                self._images[name] = image_bytes(name)
+            return 200, "image/jpeg", self._images[name]
+        return self.route(path, query)
+
+    def fixture(self, source: str, name: str) -> bytes:
+        """A fixture file with ``{{BASE}}`` replaced by this server's base URL."""
+        return (FIXTURES / source / name).read_text(encoding="utf-8").replace("{{BASE}}", self.base).encode()
+
+    def paths(self, prefix: str) -> list[tuple[str, dict[str, str]]]:
+        """Logged requests whose path starts with ``prefix``."""
+        return [(path, query) for path, query in self.requests if path.startswith(prefix)]
+
+    def __enter__(self) -> FixtureServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def start_crawl(spider: str, dataset: Path, *args: str) -> subprocess.Popen[str]:
+    """``scrapy crawl <spider> <args> -s DATASET_DIR=<dataset>`` started in the repository."""
+    command = [*SCRAPY, "crawl", spider, *args, "-s", f"DATASET_DIR={dataset}", *FAST]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def catalog_rows(dataset: Path) -> list[sqlite3.Row]:
+    """Every catalog row of ``dataset``, by id; ``[]`` when no catalog was written."""
+    if not (dataset / "catalog.sqlite").exists():
+        return []
+    conn = sqlite3.connect(dataset / "catalog.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM images ORDER BY id").fetchall()
+    finally:
+        conn.close()
