@@ -1,0 +1,104 @@
+"""The datamodule reads every dataset layout of docs/dataset.md and yields normalised batches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from trainer_testkit import CLASSES, draw_image, write_image_folder
+
+from trainer.data import ImageDataModule, scan_dataset
+from trainer.transforms import AUGMENTATIONS, build_transform
+
+
+def datamodule(root, **kwargs):
+    kwargs = {"image_size": 32, "batch_size": 4, "num_workers": 0} | kwargs
+    return ImageDataModule(root=str(root), **kwargs)
+
+
+def test_catalog_reads_stored_rows_only_and_skips_missing_files(catalog_dataset, caplog):
+    records = scan_dataset(catalog_dataset)
+    assert len(records) == 30  # the rejected and duplicate rows are not images
+    victim = records[0].path
+    victim.unlink()
+    records = scan_dataset(catalog_dataset)
+    assert len(records) == 29 and victim not in {r.path for r in records}
+    assert "no file" in caplog.text
+    assert all(r.content_id == r.path.stem and r.phash for r in records)
+
+
+def test_catalog_batches_are_normalised_images(catalog_dataset):
+    dm = datamodule(catalog_dataset)
+    assert dm.classes == sorted(CLASSES) and dm.num_classes == 3
+    dm.setup("fit")
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert targets.dtype == torch.int64 and set(targets.tolist()) <= {0, 1, 2}
+    assert images.min() < 0 < images.max()  # ImageNet-normalised, not [0, 1]
+    assert sum(len(ds) for ds in dm.datasets.values()) == 30
+
+
+def test_image_folder_ignores_dot_folders_and_hashes_bytes(folder_dataset):
+    (folder_dataset / ".trash").mkdir()
+    (folder_dataset / ".trash" / "x.png").write_bytes(draw_image("circle", 99))
+    (folder_dataset / "circle" / "notes.txt").write_text("not an image")
+    records = scan_dataset(folder_dataset)
+    assert {r.label for r in records} == set(CLASSES) and len(records) == 30
+    record = records[0]
+    assert record.content_id == hashlib.sha256(record.path.read_bytes()).hexdigest()
+    assert record.phash is None
+
+
+def test_given_train_val_layout_is_kept(tmp_path):
+    root = tmp_path / "given"
+    write_image_folder(root / "train", per_class=4)
+    write_image_folder(root / "val", per_class=2)
+    dm = datamodule(root)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 12 and len(dm.datasets["val"]) == 6
+    assert not dm.has_test
+    assert all(str(p).startswith(str(root / "val")) for p in dm.datasets["val"].paths)
+
+
+def test_rgb_conversion_of_grey_and_palette_images(tmp_path):
+    root = write_image_folder(tmp_path / "modes", per_class=6, classes=("a", "b"))
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(root / "a" / "grey.png")
+    Image.new("P", (30, 40)).save(root / "b" / "palette.gif")
+    Image.new("RGBA", (30, 40)).save(root / "b" / "alpha.png")
+    dm = datamodule(root, val_fraction=0.3)
+    dm.setup("fit")
+    for ds in dm.datasets.values():
+        for i in range(len(ds)):
+            assert ds[i][0].shape == (3, 32, 32)
+
+
+def test_tiny_dataset_fails_with_clear_error(tmp_path):
+    root = write_image_folder(tmp_path / "tiny", per_class=1, classes=("a", "b"))
+    with pytest.raises(ValueError, match="split .* is empty"):
+        datamodule(root, val_fraction=0.01).setup("fit")
+
+
+def test_missing_and_empty_roots(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        scan_dataset(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        scan_dataset(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("augment", AUGMENTATIONS)
+def test_augmentation_presets_keep_shape(augment):
+    from PIL import Image
+
+    image = Image.new("RGB", (80, 50), (10, 200, 30))
+    for train in (True, False):
+        out = build_transform(48, augment, train=train)(image)
+        assert out.shape == (3, 48, 48) and out.dtype == torch.float32
+
+
+def test_unknown_augmentation_fails():
+    with pytest.raises(ValueError, match="light"):
+        build_transform(32, "heavy")

@@ -1,0 +1,84 @@
+"""The real config composes and trains, shrunk: every experiment, the options, the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from trainer.train import train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_all_model_experiments_exist():
+    assert {"baseline_cnn", "alexnet", "vgg16", "resnet18", "resnet34", "resnet50"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_fast_dev_run(experiment, make_cfg, catalog_dataset):
+    # Smallest input each architecture takes, to keep CPU time down (AlexNet needs 64 px).
+    size = 64 if experiment == "alexnet" else 32
+    cfg = make_cfg(
+        f"experiment={experiment}", "debug=fdr", f"data.image_size={size}", "data.batch_size=4", data_root=catalog_dataset
+    )
+    assert cfg.model.net.name == experiment
+    summary = train(cfg)
+    assert summary["model"] == experiment and summary["num_classes"] == 3
+    assert 0.0 <= summary["val_acc"] <= 1.0 and summary["val_loss"] > 0
+    assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["model"] == experiment
+
+
+def test_missing_data_root_is_a_clear_error(make_cfg):
+    cfg = make_cfg("debug=fdr")
+    with pytest.raises(ValueError, match="data.root"):
+        train(cfg)
+
+
+def test_num_classes_comes_from_data_not_yaml(make_cfg, folder_dataset):
+    cfg = make_cfg(data_root=folder_dataset)
+    assert "num_classes" not in cfg.model.net and "num_classes" not in cfg.model
+    dm = instantiate(cfg.data)
+    model = instantiate(cfg.model, net={"num_classes": dm.num_classes}, num_classes=dm.num_classes)
+    assert model.net.classifier[-1].out_features == 3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model/optimizer=sgd", "model/scheduler=cosine"),
+        ("model/scheduler=none", "data.augment=seed"),
+        ("data.augment=none", "model.label_smoothing=0.1"),
+    ],
+)
+def test_optimizer_scheduler_and_augment_options(overrides, make_cfg, folder_dataset):
+    cfg = make_cfg("debug=fdr", *overrides, data_root=folder_dataset)
+    summary = train(cfg)
+    assert summary["val_loss"] > 0
+
+
+def test_frozen_backbone_trains_the_head_only(make_cfg, catalog_dataset):
+    cfg = make_cfg("experiment=resnet18", "model.finetune=frozen", "data.image_size=32", data_root=catalog_dataset)
+    summary = train(cfg)
+    assert summary["trainable_parameters"] == 512 * 3 + 3
+    assert summary["parameters"] > 11_000_000
+
+
+def test_summary_matches_csv_log_and_test_split(make_cfg, catalog_dataset):
+    import csv
+
+    cfg = make_cfg(
+        "trainer.max_epochs=2", "data.test_fraction=0.2", "trainer.limit_train_batches=null", "trainer.limit_val_batches=null",
+        data_root=catalog_dataset,
+    )
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    fit_val = [float(r["val/acc"]) for r in rows if r["val/acc"]][: summary["epochs"]]
+    assert summary["epochs"] == 2 and len(fit_val) == 2
+    assert summary["val_acc"] == pytest.approx(max(fit_val), abs=1e-6)
+    assert summary["test_acc"] is not None and set(summary["split_sizes"]) == {"train", "val", "test"}
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()

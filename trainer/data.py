@@ -1,0 +1,354 @@
+"""LightningDataModule over a dataset folder (the contract in docs/dataset.md).
+
+Three layouts are read, in this order of preference:
+
+1. A catalogued dataset: ``catalog.sqlite`` in the folder; the images are its ``stored`` rows
+   (rows whose file has gone missing are skipped with a warning). Content id: the file stem (the
+   SHA-256 of the stored bytes); perceptual hash: the ``phash`` column.
+2. A folder already split by hand: ``train/`` and ``val/`` (and optionally ``test/``), each in
+   ImageFolder layout, taken as given (the hymenoptera dataset has this form).
+3. A plain ImageFolder: one subfolder per label. Content id: the file stem when it already is a
+   SHA-256, else the SHA-256 of the file bytes.
+
+Folders whose names start with ``.`` (``.tmp/``, ``.trash/``) are never labels. Class names are
+sorted; their count, ``num_classes``, is what the model's head is built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from trainer.split import TEST, TRAIN, VAL, split_items
+from trainer.transforms import build_transform
+
+logger = logging.getLogger(__name__)
+
+CATALOG = "catalog.sqlite"
+#: ``class_weighting`` choices: nothing, class-weighted cross-entropy, or a class-balanced sampler.
+CLASS_WEIGHTINGS = ("none", "loss", "sampler")
+#: File suffixes read from plain ImageFolder datasets (the formats docs/dataset.md allows, plus jpeg).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the dataset.
+
+    Attributes:
+        path: absolute file path.
+        label: class name (the label folder).
+        content_id: stable id of the bytes (SHA-256 hex); the split is decided on it.
+        phash: perceptual hash (16 hex chars) when the catalog has one, else ``None``.
+        split: ``"train"``/``"val"``/``"test"`` when the folder layout fixes it, else ``None``.
+    """
+
+    path: Path
+    label: str
+    content_id: str
+    phash: str | None = None
+    split: str | None = None
+
+
+def scan_dataset(root: str | Path) -> list[ImageRecord]:
+    """List the images of dataset folder ``root`` (any of the three layouts in the module doc).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: no image was found.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root} (set data.root=DATASET_DIR)")
+    if (root / CATALOG).is_file():
+        records = _scan_catalog(root)
+    elif (root / TRAIN).is_dir() and (root / VAL).is_dir():
+        records = [
+            record
+            for split in (TRAIN, VAL, TEST)
+            if (root / split).is_dir()
+            for record in _scan_image_folder(root / split, split=split)
+        ]
+    else:
+        records = _scan_image_folder(root)
+    if not records:
+        raise ValueError(f"no images found in {root}: expected {CATALOG} or label subfolders of images")
+    return records
+
+
+def _scan_catalog(root: Path) -> list[ImageRecord]:
+    # Read-only URI: the trainer never writes the crawler's catalog, even by accident.
+    connection = sqlite3.connect(f"file:{root / CATALOG}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT label, path, sha256, phash FROM images WHERE status = 'stored' ORDER BY id"
+        ).fetchall()
+    finally:
+        connection.close()
+    records, missing = [], 0
+    for label, rel_path, _sha256, phash in rows:
+        path = root / rel_path
+        if not path.is_file():
+            missing += 1
+            continue
+        records.append(ImageRecord(path, label, path.stem, phash or None))
+    if missing:
+        logger.warning("%d stored catalog rows have no file in %s; skipped", missing, root)
+    return records
+
+
+def _scan_image_folder(root: Path, split: str | None = None) -> list[ImageRecord]:
+    records = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(label_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):
+                records.append(ImageRecord(path, label_dir.name, _content_id(path), split=split))
+    return records
+
+
+def _content_id(path: Path) -> str:
+    stem = path.stem.lower()
+    if _SHA256_HEX.fullmatch(stem):
+        return stem
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ImageListDataset(Dataset):
+    """Map-style dataset over image files.
+
+    Item ``i`` is ``(image, target)``: ``image`` is whatever ``transform`` makes of the RGB PIL
+    image (``(3, H, W)`` float with the default transforms), ``target`` the class index (int).
+    JPEGs are decoded at reduced scale (PIL ``draft``) when still at least ``draft_size``
+    pixels per side, which is several times faster for large photos.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        targets: list[int],
+        transform: Callable | None = None,
+        draft_size: int | None = None,
+    ) -> None:
+        self.paths = paths
+        self.targets = targets
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            if self.draft_size:
+                image.draft("RGB", (self.draft_size, self.draft_size))
+            image = image.convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val(/test) dataloaders over a dataset folder, split from image content.
+
+    The split is deterministic and stable as the dataset grows (``trainer.split``): a hash of each
+    image's content id salted by ``seed`` decides it, and near-duplicate groups (perceptual hashes
+    within ``near_duplicate_distance`` bits, catalogued datasets only) are split as one.
+    A ``train/`` + ``val/`` folder layout is taken as given instead.
+
+    Args:
+        root: the dataset folder (``DATASET_DIR``).
+        image_size: side of the square network input, pixels.
+        batch_size: images per batch (per device).
+        val_fraction: expected share of images in validation (0-1).
+        test_fraction: expected share in test; 0 means no test split.
+        seed: salt of the split hash; changing it reshuffles the split.
+        augment: training augmentation preset, ``none``, ``light`` or ``seed``
+            (``trainer.transforms.build_transform``).
+        near_duplicate_distance: largest Hamming distance (bits of the 64-bit phash) at which two
+            images count as near-duplicates and stay in one split.
+        class_weighting: against class imbalance: ``none``; ``loss``, a cross-entropy weighted
+            by ``class_weights`` (the module gets them as ``loss_weights``); or ``sampler``,
+            training batches drawn with replacement by a ``WeightedRandomSampler`` so that every
+            class is drawn equally often (an epoch keeps the training split's size).
+        num_workers, persistent_workers, pin_memory: passed to every ``DataLoader``.
+
+    Batches are ``(images, targets)``: ``(N, 3, image_size, image_size)`` float normalised with
+    ImageNet statistics, and ``(N,)`` int64 class indices.
+
+    Raises (from ``setup``):
+        FileNotFoundError: ``root`` is missing.
+        ValueError: no images, or a split that must exist is empty (dataset too small).
+        ValueError (at construction): unknown ``class_weighting``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        batch_size: int = 32,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        seed: int = 42,
+        augment: str = "light",
+        near_duplicate_distance: int = 4,
+        class_weighting: str = "none",
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_weighting not in CLASS_WEIGHTINGS:
+            raise ValueError(f"unknown class_weighting {class_weighting!r}; valid: {', '.join(CLASS_WEIGHTINGS)}")
+        self.save_hyperparameters(logger=False)
+        self._records: list[ImageRecord] | None = None
+        self._splits: list[str] | None = None
+        self.datasets: dict[str, ImageListDataset] = {}
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        """Every image of the dataset, scanned once."""
+        if self._records is None:
+            self._records = scan_dataset(self.hparams.root)
+        return self._records
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, sorted; index ``i`` is target ``i``."""
+        return sorted({record.label for record in self.records})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_of_records(self) -> list[str]:
+        """The split of each of ``records``, in order (computed once)."""
+        if self._splits is None:
+            self._splits = self._compute_splits()
+        return self._splits
+
+    def _compute_splits(self) -> list[str]:
+        records = self.records
+        if all(record.split for record in records):
+            return [record.split for record in records]
+        hp = self.hparams
+        return split_items(
+            [record.content_id for record in records],
+            [record.phash for record in records],
+            seed=hp.seed,
+            val_fraction=hp.val_fraction,
+            test_fraction=hp.test_fraction,
+            max_distance=hp.near_duplicate_distance,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        splits = self.split_of_records()
+        required = [TRAIN, VAL] + ([TEST] if hp.test_fraction > 0 or TEST in splits else [])
+        for split in required:
+            members = [record for record, s in zip(self.records, splits) if s == split]
+            if not members:
+                raise ValueError(
+                    f"the {split!r} split of {hp.root} is empty ({len(self.records)} images, "
+                    f"val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction}): "
+                    "add images or raise the fraction"
+                )
+            self.datasets[split] = ImageListDataset(
+                [record.path for record in members],
+                [class_to_idx[record.label] for record in members],
+                transform=build_transform(hp.image_size, hp.augment, train=split == TRAIN),
+                draft_size=hp.image_size,
+            )
+        counts = {split: Counter(ds.targets) for split, ds in self.datasets.items()}
+        for split, count in counts.items():
+            absent = [name for name, i in class_to_idx.items() if count[i] == 0]
+            if absent:
+                logger.warning("split %s has no images of class(es) %s", split, ", ".join(absent))
+        logger.info(
+            "dataset %s: %d classes; %s",
+            hp.root,
+            self.num_classes,
+            ", ".join(f"{split} {len(ds)}" for split, ds in self.datasets.items()),
+        )
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split, e.g. ``{"train": 200, "val": 50}``; needs no ``setup``.
+
+        Computed from the records, so it also holds in a launcher process whose ``setup`` ran
+        in spawned workers (``ddp_spawn``).
+        """
+        counts = Counter(self.split_of_records())
+        return {split: counts[split] for split in (TRAIN, VAL, TEST) if counts[split]}
+
+    def class_counts(self) -> list[int]:
+        """Training images per class, in target order; needs no ``setup``."""
+        counts = Counter(record.label for record, s in zip(self.records, self.split_of_records()) if s == TRAIN)
+        return [counts[name] for name in self.classes]
+
+    def class_weights(self) -> list[float]:
+        """Per-class weights ``n / (k * n_c)`` from the training split (``n`` images, ``k``
+        classes, ``n_c`` of class ``c``): scikit-learn's ``"balanced"`` heuristic (King & Zeng
+        2001). They average 1 over the training images; a class with no training image gets
+        ``n / k``."""
+        counts = self.class_counts()
+        total, k = sum(counts), len(counts)
+        return [total / (k * max(count, 1)) for count in counts]
+
+    @property
+    def loss_weights(self) -> list[float] | None:
+        """``class_weights()`` for the cross-entropy when ``class_weighting`` is ``loss``, else ``None``."""
+        return self.class_weights() if self.hparams.class_weighting == "loss" else None
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the dataset has a test split (``test_fraction > 0`` or a ``test/`` folder)."""
+        return TEST in self.split_sizes()
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        hp = self.hparams
+        dataset = self.datasets[split]
+        sampler = None
+        if train and hp.class_weighting == "sampler":
+            weights = self.class_weights()
+            # Seeded: a rerun draws the same batches. Under DDP Lightning shards the draws.
+            sampler = WeightedRandomSampler(
+                [weights[target] for target in dataset.targets],
+                num_samples=len(dataset),
+                replacement=True,
+                generator=torch.Generator().manual_seed(hp.seed),
+            )
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            # A ragged last training batch of one image breaks batch norm (and is a noisy step);
+            # drop it, unless the training set is smaller than one batch.
+            drop_last=train and len(dataset) >= hp.batch_size,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(TRAIN, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(VAL)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(TEST)
