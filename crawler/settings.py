@@ -26,6 +26,15 @@ DOWNLOAD_TIMEOUT = 30
 RETRY_ENABLED = True
 RETRY_TIMES = 2
 RETRY_HTTP_CODES = [429, 500, 502, 503, 504, 522, 524, 408]
+# Scrapy's retry re-sends at once; ours also slows the site down when it answers 429/503
+# (honouring Retry-After). See crawler.middlewares.BackoffRetryMiddleware.
+RETRY_BACKOFF_HTTP_CODES = [429, 503]
+RETRY_BACKOFF_BASE = 1.0
+RETRY_BACKOFF_MAX = 60.0
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "crawler.middlewares.BackoffRetryMiddleware": 550,
+}
 
 # Image downloads: follow redirects (CDNs redirect a lot), cap the size. 32 MiB covers any
 # photo worth training on; VERIFY_MAX_BYTES repeats the cap for data: URIs.
@@ -60,6 +69,8 @@ VERIFY_MAX_PIXELS = 50_000_000
 VERIFY_MAX_BYTES = 32 * 1024 * 1024
 DEDUPE_MAX_DISTANCE = 6
 DEDUPE_VARIANT_DISTANCE = 8
+# fsync each image and its folder before its catalog row commits (durability on power loss).
+STORE_FSYNC = True
 
 # DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
 DATASET_DIR = None

@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, help="folder of label subfolders to serve instead of generated shapes")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-output", help="where the dataset, runs and logs go")
     parser.add_argument("--models", default="baseline_cnn,resnet18", help="comma-separated experiment names")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=64, help="pixels, the side images are resized to")
-    parser.add_argument("--per-label", type=int, default=60, help="generated images per category")
+    parser.add_argument("--per-label", type=int, default=100, help="generated images per category")
     parser.add_argument("--crawl-setting", action="append", default=[], metavar="NAME=VALUE", help="extra -s for scrapy")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the trainer (e.g. data.batch_size=16)")
     args = parser.parse_args(argv)
@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("\nCrawled in %.1f s into %s\n\n%s\n", t_crawl, dataset, crawl_summary(dataset))
 
     t1 = time.perf_counter()
-    train(dataset, runs, logs, args.models, args.epochs, args.image_size, args.overrides)
+    # A few hundred images make few steps an epoch: smaller batches give the one-cycle schedule
+    # more steps, and a longer patience keeps early stopping from ending its warm-up phase.
+    overrides = ["data.batch_size=16", "callbacks.early_stopping.patience=10", *args.overrides]
+    train(dataset, runs, logs, args.models, args.epochs, args.image_size, overrides)
     t_train = time.perf_counter() - t1
     table = runs / "comparison.md"
     logger.info("\nTrained in %.1f s. Comparison (%s):\n\n%s", t_train, table, table.read_text() if table.exists() else "(missing)")

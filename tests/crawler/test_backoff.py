@@ -1,0 +1,87 @@
+"""Retries slow the site down when it answers 429/503, honouring Retry-After."""
+
+from __future__ import annotations
+
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fixture_server import catalog_rows, finish, image_bytes, start_crawl
+
+from crawler.middlewares import retry_after_seconds
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [(b"3", 3.0), ("  120 ", 120.0), (None, None), (b"", None), (b"soon", None), (b"-5", None)],
+)
+def test_retry_after_delay_seconds(header, expected) -> None:
+    assert retry_after_seconds(header) == expected
+
+
+def test_retry_after_http_date() -> None:
+    now = 1_700_000_000.0
+    assert retry_after_seconds(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30)
+    assert retry_after_seconds(formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+class BusyServer:
+    """Answers 429 with ``Retry-After: 1`` to the first request for each image, then the image."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[float, str, int]] = []
+        seen: set[str] = set()
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                with lock:
+                    first = self.path.startswith("/busy/") and self.path not in seen
+                    seen.add(self.path)
+                if self.path == "/robots.txt":
+                    status, body, ctype = 200, b"User-agent: *\nAllow: /\n", "text/plain"
+                elif first:
+                    status, body, ctype = 429, b"slow down", "text/plain"
+                else:
+                    status, body, ctype = 200, image_bytes(self.path), "image/jpeg"
+                server.log.append((time.monotonic(), self.path, status))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                if status == 429:
+                    self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> BusyServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.timeout(120)
+def test_a_429_is_retried_after_the_delay_the_site_asked_for(tmp_path) -> None:
+    with BusyServer() as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{server.base}/busy/a.jpg\n{server.base}/busy/b.jpg\n")
+        result = finish(start_crawl("urls", tmp_path / "data", "-a", f"file={urls}", "-a", "label=busy"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    stored = [r for r in catalog_rows(tmp_path / "data") if r["status"] == "stored"]
+    assert len(stored) == 2
+    for path in ("/busy/a.jpg", "/busy/b.jpg"):
+        times = [(t, status) for t, p, status in server.log if p == path]
+        assert [status for _, status in times] == [429, 200]
+        assert times[1][0] - times[0][0] >= 1.0  # Retry-After: 1
+    assert "'retry/backoff': 2" in result.stdout
