@@ -181,6 +181,35 @@ class SearchSpider(ImageSpider):
             self.name, response.meta.get("page_number", 1), found, new, response.url,
         )
 
+    def json_object(self, response: Response) -> dict[str, Any]:
+        """The JSON object a results page answered.
+
+        Raises:
+            CloseSpider: ``parse_error`` (logged, counted) when the body is not a JSON object.
+        """
+        try:
+            data = response.json()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.fail("parse_error", response.url, "the answer is not a JSON object")
+        return data
+
+    def json_results(self, response: Response) -> tuple[dict[str, Any], list[Any]]:
+        """The JSON object of a results page and its ``results`` list (DuckDuckGo's and
+        Openverse's shape); an empty list on page 1 is reported by ``no_results``.
+
+        Raises:
+            CloseSpider: ``parse_error`` when there is no ``results`` list.
+        """
+        data = self.json_object(response)
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise self.fail("parse_error", response.url, "no 'results' list in the JSON (keys: %s)", sorted(data))
+        if not results and response.meta.get("page_number", 1) == 1:
+            self.no_results(response)
+        return data, results
+
     def no_results(self, response: Response) -> None:
         """The source answered that the query has no results: a WARNING, not a failure."""
         self.inc_stat("no_results")

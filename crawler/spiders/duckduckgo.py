@@ -89,16 +89,7 @@ class DuckDuckGoSpider(SearchSpider):
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """Yield an ``ImageItem`` per new result, then the ``next`` page's request."""
         page = response.meta.get("page_number", 1)
-        try:
-            data = response.json()  # type: ignore[attr-defined]
-        except (AttributeError, ValueError):
-            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
-        results = data.get("results") if isinstance(data, dict) else None
-        if not isinstance(results, list):
-            raise self.fail("parse_error", response.url, "no 'results' list in the JSON (keys: %s)",
-                            sorted(data) if isinstance(data, dict) else type(data).__name__)
-        if not results and page == 1:
-            self.no_results(response)
+        data, results = self.json_results(response)
         found = new = 0
         for result in results:
             if not isinstance(result, dict) or "image" not in result:

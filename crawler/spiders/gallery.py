@@ -24,13 +24,11 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import scrapy
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Request, TextResponse
 
-from crawler.items import ImageItem
-from crawler.labels import sanitize_label
 from crawler.resume import judged_urls
+from crawler.spiders.base import ImageSpider, positive_int
 from crawler.threads import run_in_thread
 
 if TYPE_CHECKING:
@@ -128,7 +126,7 @@ def is_image_link(url: str) -> bool:
     return PurePosixPath(urlparse(url).path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-class GallerySpider(scrapy.Spider):
+class GallerySpider(ImageSpider):
     """Collect every image of a gallery/listing/result page and its following pages.
 
     Arguments (``-a``):
@@ -187,21 +185,16 @@ class GallerySpider(scrapy.Spider):
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        if not label:
-            raise ValueError("the gallery spider needs a label: -a label=<category>")
-        self.label = sanitize_label(label)
+        super().__init__(label, query, max_images, *args, **kwargs)
         if isinstance(start_urls, str):
             start_urls = [u.strip() for u in start_urls.split(",") if u.strip()]
         if not start_urls:
             raise ValueError("the gallery spider needs -a start_urls=<url[,url...]>")
         self.start_urls = list(start_urls)
-        self.query = query or label
-        self.max_images = _positive_int("max_images", max_images)
-        self.max_pages = _positive_int("max_pages", max_pages) or self.MAX_PAGES
+        self.max_pages = positive_int("max_pages", max_pages) or self.MAX_PAGES
         self.next_selector = next_selector
         self.render = _flag("render", render)
-        self.max_scrolls = _positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
+        self.max_scrolls = positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
         self.scroll_timeout = _positive_float("scroll_timeout", scroll_timeout) or self.SCROLL_TIMEOUT
         self._seen_urls: set[str] = set()
         # Pages reached in this run: pagination bypasses the dupefilter (see resume above), so
@@ -210,8 +203,6 @@ class GallerySpider(scrapy.Spider):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
-        if not crawler.settings.get("DATASET_DIR"):
-            raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
         spider = super().from_crawler(crawler, *args, **kwargs)
         if spider.render:
             # Settings freeze only after the spider is built, so the arguments can pick them.
@@ -254,13 +245,7 @@ class GallerySpider(scrapy.Spider):
                 continue
             self._seen_urls.add(key)
             found += 1
-            yield ImageItem(
-                url=url,
-                page_url=response.url,
-                label=self.label,
-                query=self.query,
-                spider=self.name,
-            )
+            yield self.image_item(url, response.url)
         page = response.meta.get("page_number", 1)
         logger.info("page %d: %d new image URLs on %s", page, found, response.url)
         for method in response.meta.get("playwright_page_methods") or []:
@@ -271,7 +256,7 @@ class GallerySpider(scrapy.Spider):
                     page, scrolled.get("scrolls"), scrolled.get("images"),
                     " (scroll_timeout reached)" if scrolled.get("timedOut") else "",
                 )
-        if self._enough_stored():
+        if self.enough_stored():
             return
         if page >= self.max_pages:
             logger.info("max_pages (%d) reached at %s", self.max_pages, response.url)
@@ -339,11 +324,6 @@ class GallerySpider(scrapy.Spider):
                 return response.urljoin(link.attrib["href"].strip())
         return None
 
-    def _enough_stored(self) -> bool:
-        if self.max_images is None or self.crawler.stats is None:
-            return False
-        return (self.crawler.stats.get_value("store/stored") or 0) >= self.max_images
-
 
 def _largest_of(srcsets: list[str]) -> str | None:
     candidates = [c for s in srcsets if s.strip() for c in parse_srcset(s)]
@@ -402,16 +382,4 @@ def _positive_float(name: str, value: str | float | None) -> float | None:
         raise ValueError(f"{name} must be a positive number, got {value!r}") from None
     if not number > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return number
-
-
-def _positive_int(name: str, value: str | int | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return number

@@ -99,12 +99,7 @@ class WikimediaSpider(SearchSpider):
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """Yield an ``ImageItem`` per new file (in search order), then the continuation."""
         page = response.meta.get("page_number", 1)
-        try:
-            data = response.json()  # type: ignore[attr-defined]
-        except (AttributeError, ValueError):
-            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
-        if not isinstance(data, dict):
-            raise self.fail("parse_error", response.url, "the answer is not a JSON object")
+        data = self.json_object(response)
         if "error" in data:
             error = data["error"] if isinstance(data["error"], dict) else {}
             raise self.fail("api_error", response.url, "%s: %s", error.get("code"), error.get("info"))
