@@ -15,9 +15,7 @@ Fixture files live in ``fixtures/<source>/``; ``{{BASE}}`` in them stands for th
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Callable
@@ -27,12 +25,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from crawler_testkit import encode, picture
+from crawls import FAST, REPO, SCRAPY
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-_SCRAPY = Path(sys.executable).with_name("scrapy")
-SCRAPY = [str(_SCRAPY)] if _SCRAPY.exists() else [sys.executable, "-m", "scrapy"]
-FAST = ["-s", "AUTOTHROTTLE_ENABLED=0", "-s", "LOG_LEVEL=INFO"]
 ROBOTS_TXT = "User-agent: *\nDisallow: /denied/\n"
 
 Route = Callable[[str, dict[str, str]], "tuple[int, str, bytes] | None"]
@@ -113,15 +108,3 @@ def start_crawl(spider: str, dataset: Path, *args: str) -> subprocess.Popen[str]
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     out, _ = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
-
-
-def catalog_rows(dataset: Path) -> list[sqlite3.Row]:
-    """Every catalog row of ``dataset``, by id; ``[]`` when no catalog was written."""
-    if not (dataset / "catalog.sqlite").exists():
-        return []
-    conn = sqlite3.connect(dataset / "catalog.sqlite")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM images ORDER BY id").fetchall()
-    finally:
-        conn.close()

@@ -8,7 +8,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from fixture_server import catalog_rows, finish, image_bytes, start_crawl
+from crawls import catalog_rows
+from fixture_server import finish, image_bytes, start_crawl
 
 from crawler.middlewares import retry_after_seconds
 

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from crawls import REPO, SCRAPY, catalog_rows, gallery_command
 
 from demo.site import DemoSite
 
-REPO = Path(__file__).resolve().parents[2]
-# `.venv/bin/scrapy` beside the running interpreter; `python -m scrapy` where there is none.
-_SCRAPY = Path(sys.executable).with_name("scrapy")
-SCRAPY = [str(_SCRAPY)] if _SCRAPY.exists() else [sys.executable, "-m", "scrapy"]
-FAST = ["-s", "AUTOTHROTTLE_ENABLED=0", "-s", "LOG_LEVEL=INFO"]
-
 
 def crawl_command(site: DemoSite, label: str, dataset: Path, *extra: str) -> list[str]:
-    return [
-        *SCRAPY, "crawl", "gallery",
-        "-a", f"label={label}",
-        "-a", f"start_urls={site.results_url(label)}",
-        "-s", f"DATASET_DIR={dataset}",
-        *FAST, *extra,
-    ]
+    return gallery_command(site.results_url(label), label, dataset, *extra)
 
 
 def run_crawls(commands: list[list[str]], timeout: float = 150) -> list[subprocess.CompletedProcess]:
@@ -44,15 +32,6 @@ def run_crawls(commands: list[list[str]], timeout: float = 150) -> list[subproce
         assert result.returncode == 0, result.stdout[-3000:]
         assert "Traceback" not in result.stdout, result.stdout[-3000:]
     return results
-
-
-def catalog_rows(dataset: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(dataset / "catalog.sqlite")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM images ORDER BY id").fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

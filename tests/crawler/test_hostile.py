@@ -9,7 +9,6 @@ a ``data:`` URI with bad base64, and a label that tries to be a path.
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import subprocess
 import sys

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixture_server import FIXTURES, FixtureServer, catalog_rows, finish, start_crawl
+from crawls import catalog_rows
+from fixture_server import FIXTURES, FixtureServer, finish, start_crawl
 from scrapy.exceptions import CloseSpider, IgnoreRequest
 from scrapy.http import HtmlResponse, Request, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError

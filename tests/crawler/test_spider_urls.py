@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from crawler_testkit import encode, picture
-from fixture_server import FIXTURES, FixtureServer, catalog_rows, finish, start_crawl
+from crawls import catalog_rows
+from fixture_server import FIXTURES, FixtureServer, finish, start_crawl
 
 from crawler.spiders.urls import UrlsSpider, read_url_file
 
