@@ -1,15 +1,46 @@
-"""Lightning callbacks of our own: channels-last layout and training throughput.
+"""Lightning callbacks of our own: progress, channels-last layout and training throughput.
 
 Freezing and unfreezing (fine-tuning strategies) is in ``trainer.finetuning``.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.callbacks import RichProgressBar
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's progress bar at a terminal; in a log (a pipe, a file, a SLURM job) one line per epoch.
+
+    Rich animates only a terminal: elsewhere it prints each bar once, when it stops, so a log
+    would show nothing until the end. There this bar also logs
+    ``epoch 3/20: train/loss_epoch=0.412 val/acc=0.851 ...`` (the bar's metrics) after each epoch.
+    Arguments are ``RichProgressBar``'s.
+    """
+
+    def _is_terminal(self) -> bool:
+        console = getattr(self, "_console", None)
+        return console.is_terminal if console is not None else sys.stdout.isatty()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._is_terminal() or not trainer.is_global_zero:
+            return
+        metrics = self.get_metrics(trainer, pl_module)
+        shown = " ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in metrics.items()
+            if key != "v_num"
+        )
+        logger.info("epoch %d/%d: %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
 
 
 class ChannelsLast(pl.Callback):

@@ -1,4 +1,5 @@
-"""Comparison of the models of a sweep: a Markdown + CSV table built from every run's summary.json.
+"""Comparison of the models of a sweep: a Markdown + CSV table built from every run's summary.json,
+and a PNG chart when matplotlib is installed.
 
 ``python -m trainer.compare <sweep dir>`` rebuilds and prints it for any sweep folder; the
 ``ComparisonCallback`` (a Hydra callback, in ``conf/hydra/default.yaml``) does the same at the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 MARKDOWN_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"
+CHART_FILE = "comparison.png"
 
-#: (column title, summary key, format) in table order. Times in seconds.
+#: (column title, summary key, format) in table order. Times in seconds; memory in MiB (peak
+#: resident memory of the training process, rank 0, and peak CUDA memory allocated by tensors).
 COLUMNS: list[tuple[str, str, str]] = [
     ("model", "model", "{}"),
     ("val acc", "val_acc", "{:.3f}"),
@@ -36,6 +40,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("epochs", "epochs", "{}"),
     ("s/epoch", "seconds_per_epoch", "{:.2f}"),
     ("train images/s", "train_images_per_sec", "{:.1f}"),
+    ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
     ("peak GPU MiB", "peak_gpu_memory_mb", "{:.0f}"),
     ("run", "run", "{}"),
 ]
@@ -80,8 +85,40 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_chart(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Draw the comparison as a PNG: accuracy per model (validation, and test when present) beside
+    training images per second. Returns the path, or ``None`` (nothing drawn) when matplotlib is
+    not installed or there are no rows."""
+    if not rows or importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    names = [str(row["model"]) for row in rows]
+    positions = range(len(rows))
+    accuracies = [(key, label) for key, label in (("val_acc", "validation"), ("test_acc", "test")) if key in rows[0]]
+    width = 0.8 / len(accuracies)
+    figure, (acc_ax, speed_ax) = plt.subplots(1, 2, figsize=(4 + 1.6 * len(rows), 4), constrained_layout=True)
+    for i, (key, label) in enumerate(accuracies):
+        values = [row.get(key) or 0.0 for row in rows]
+        acc_ax.bar([x + (i - (len(accuracies) - 1) / 2) * width for x in positions], values, width, label=label)
+    acc_ax.set(title="accuracy (best checkpoint)", ylim=(0, 1), xticks=list(positions))
+    acc_ax.set_xticklabels(names, rotation=30, ha="right")
+    acc_ax.legend(loc="lower right")
+    speeds = [row.get("train_images_per_sec") or 0.0 for row in rows]
+    speed_ax.bar(list(positions), speeds, 0.6, color="tab:gray")
+    speed_ax.set(title="training images / s", xticks=list(positions))
+    speed_ax.set_xticklabels(names, rotation=30, ha="right")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
 def write_comparison(sweep_dir: str | Path) -> str:
-    """Write ``comparison.md`` and ``comparison.csv`` in ``sweep_dir``; return the Markdown table."""
+    """Write ``comparison.md``, ``comparison.csv`` and (with matplotlib) ``comparison.png`` in
+    ``sweep_dir``; return the Markdown table."""
     sweep_dir = Path(sweep_dir)
     rows = comparison_rows(collect_summaries(sweep_dir))
     markdown = to_markdown(rows)
@@ -90,13 +127,15 @@ def write_comparison(sweep_dir: str | Path) -> str:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["model"])
         writer.writeheader()
         writer.writerows(rows)
+    write_chart(rows, sweep_dir / CHART_FILE)
     return markdown
 
 
 class ComparisonCallback(Callback):
     """Hydra callback: at the end of a multirun, compare the runs of the sweep folder.
 
-    Writes ``comparison.md`` and ``comparison.csv`` in ``hydra.sweep.dir`` and prints the table.
+    Writes ``comparison.md``, ``comparison.csv`` and ``comparison.png`` in ``hydra.sweep.dir``
+    and prints the table.
     A failed job only leaves its row out.
     """
 

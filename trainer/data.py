@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from trainer.split import TEST, TRAIN, VAL, split_items
 from trainer.transforms import build_transform
@@ -131,7 +132,9 @@ class ImageListDataset(Dataset):
     Item ``i`` is ``(image, target)``: ``image`` is whatever ``transform`` makes of the RGB PIL
     image (``(3, H, W)`` float with the default transforms), ``target`` the class index (int).
     JPEGs are decoded at reduced scale (PIL ``draft``) when still at least ``draft_size``
-    pixels per side, which is several times faster for large photos.
+    pixels per side, which is several times faster for large photos. With ``cache``, each image
+    is decoded once and kept as a ``(3, H, W)`` uint8 tensor at that reduced scale (about
+    ``3 * H * W`` bytes each, per dataloader worker); ``transform`` then gets the tensor.
     """
 
     def __init__(
@@ -140,20 +143,30 @@ class ImageListDataset(Dataset):
         targets: list[int],
         transform: Callable | None = None,
         draft_size: int | None = None,
+        cache: bool = False,
     ) -> None:
         self.paths = paths
         self.targets = targets
         self.transform = transform
         self.draft_size = draft_size
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def _decode(self, index: int) -> Image.Image:
         with Image.open(self.paths[index]) as image:
             if self.draft_size:
                 image.draft("RGB", (self.draft_size, self.draft_size))
-            image = image.convert("RGB")
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int):
+        if self.cache is None:
+            image = self._decode(index)
+        else:
+            image = self.cache.get(index)
+            if image is None:
+                image = self.cache[index] = pil_to_tensor(self._decode(index))
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
@@ -182,6 +195,9 @@ class ImageDataModule(pl.LightningDataModule):
             by ``class_weights`` (the module gets them as ``loss_weights``); or ``sampler``,
             training batches drawn with replacement by a ``WeightedRandomSampler`` so that every
             class is drawn equally often (an epoch keeps the training split's size).
+        cache_images: keep every decoded image in memory (uint8, at the reduced decode scale:
+            about ``3 * (2 * image_size)**2`` bytes per image at most, in each dataloader
+            worker; use with ``persistent_workers``), so that only the first epoch decodes.
         num_workers, persistent_workers, pin_memory: passed to every ``DataLoader``.
 
     Batches are ``(images, targets)``: ``(N, 3, image_size, image_size)`` float normalised with
@@ -204,6 +220,7 @@ class ImageDataModule(pl.LightningDataModule):
         augment: str = "light",
         near_duplicate_distance: int = 4,
         class_weighting: str = "none",
+        cache_images: bool = False,
         num_workers: int = 0,
         persistent_workers: bool = False,
         pin_memory: bool = False,
@@ -272,6 +289,7 @@ class ImageDataModule(pl.LightningDataModule):
                 [class_to_idx[record.label] for record in members],
                 transform=build_transform(hp.image_size, hp.augment, train=split == TRAIN),
                 draft_size=hp.image_size,
+                cache=hp.cache_images,
             )
         counts = {split: Counter(ds.targets) for split, ds in self.datasets.items()}
         for split, count in counts.items():

@@ -102,6 +102,8 @@ class Finetuning(BaseFinetuning):
         self.unfreeze_at_epoch = unfreeze_at_epoch
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return  # evaluating needs no freezing; the trained state (and its count) stays as is
         if self.strategy == "gradual" and trainer.world_size > 1:
             raise ValueError(
                 "model.finetune=gradual does not work under DDP (the backbone would not be synced once "

@@ -2,7 +2,8 @@
 
 It only wires: instantiate the datamodule, model, callbacks, loggers and trainer from config;
 fit; evaluate the best checkpoint (validation always, test when a test split exists); write
-``summary.json`` in the run folder; return the monitored metric so sweepers can optimise it.
+``summary.json`` and the inspection artefacts (``inspect/``, see ``trainer.inspect``) in the run
+folder; return the monitored metric so sweepers can optimise it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.callbacks import Throughput
 from trainer.finetuning import PRETRAINED_STRATEGIES
+from trainer.inspect import inspect_run
 from trainer.summary import clean_metrics, count_parameters, peak_rss_mb, reset_peak_rss, write_summary
 from trainer.tuning import find_learning_rate
 
@@ -104,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, throughput], logger=loggers or False)
     if cfg.get("tune_lr") and not ckpt_path:
-        lr = find_learning_rate(trainer, model, datamodule, cfg.paths.output_dir)
+        lr = find_learning_rate(trainer, model, datamodule, cfg.paths.output_dir, **cfg.get("lr_find", {}))
         if lr is not None:
             # Rebuilt from config: the optimiser and the one-cycle peak (${model.optimizer.lr}) take it.
             cfg.model.optimizer.lr = lr
@@ -151,6 +153,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         path = write_summary(cfg.paths.output_dir, summary)
         logger.info("run summary written to %s", path)
+        if best and cfg.get("inspect", True):
+            # `model` holds the best checkpoint's weights: validate/test above restored them.
+            try:
+                inspect_run(cfg.paths.output_dir, model.net, datamodule, classes=classes)
+            except Exception:  # the run itself succeeded; rebuild with `python -m trainer.inspect`
+                logger.exception("inspection of %s failed", cfg.paths.output_dir)
     return summary
 
 

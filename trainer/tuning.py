@@ -21,12 +21,15 @@ def find_learning_rate(
     model: pl.LightningModule,
     datamodule: pl.LightningDataModule,
     output_dir: str | Path,
+    min_lr: float = 1e-8,
+    max_lr: float = 1.0,
     num_training: int = 100,
 ) -> float | None:
     """Sweep the learning rate over ``num_training`` batches and return the suggested one.
 
-    Runs ``Tuner(trainer).lr_find`` (exponential sweep from 1e-8 to 1; the model's weights are
-    restored afterwards) and takes Lightning's suggestion, the steepest descent of the loss. The
+    Runs ``Tuner(trainer).lr_find`` (an exponential sweep from ``min_lr`` to ``max_lr``; the
+    model's weights are restored afterwards) and takes Lightning's suggestion, the steepest
+    descent of the loss, which needs a dozen batches or more. The
     plot is saved as ``<output_dir>/lr_find.png`` when matplotlib is installed. The caller sets
     the rate; the module is not touched (``update_attr=False``).
 
@@ -39,7 +42,9 @@ def find_learning_rate(
     """
     if trainer.world_size > 1:
         raise ValueError("tune_lr=true needs a single-process trainer (e.g. trainer=cpu or gpu), not DDP")
-    lr_finder = Tuner(trainer).lr_find(model, datamodule=datamodule, num_training=num_training, update_attr=False)
+    lr_finder = Tuner(trainer).lr_find(
+        model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training, update_attr=False
+    )
     suggestion = lr_finder.suggestion() if lr_finder is not None else None
     if lr_finder is not None and importlib.util.find_spec("matplotlib") is not None and trainer.is_global_zero:
         import matplotlib

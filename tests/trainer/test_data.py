@@ -102,3 +102,18 @@ def test_augmentation_presets_keep_shape(augment):
 def test_unknown_augmentation_fails():
     with pytest.raises(ValueError, match="light"):
         build_transform(32, "heavy")
+
+
+def test_cached_images_are_decoded_once_and_equal_to_uncached(folder_dataset):
+    cached = datamodule(folder_dataset, cache_images=True, augment="none")
+    plain = datamodule(folder_dataset, augment="none")
+    cached.setup("fit")
+    plain.setup("fit")
+    expected = [image for image, _ in plain.datasets["val"]]
+    first = [image for image, _ in cached.datasets["val"]]
+    for path in cached.datasets["val"].paths:
+        path.unlink()  # a second pass must not read the files again
+    again = [image for image, _ in cached.datasets["val"]]
+    assert len(cached.datasets["val"].cache) == len(first) > 0
+    for a, b, c in zip(expected, first, again):
+        assert torch.equal(b, c) and torch.allclose(a, b, atol=1e-5)  # PIL or tensor input: same batch

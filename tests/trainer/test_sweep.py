@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +28,8 @@ def test_multirun_writes_summaries_and_comparison(tmp_path, catalog_dataset):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| model |" in result.stdout and "resnet18" in result.stdout
+    # Not a terminal: the progress bar logs one plain line per epoch instead of animating.
+    assert "epoch 2/2: " in result.stdout and "val/acc=" in result.stdout
 
     summaries = {}
     for job in ("0_baseline_cnn", "1_resnet18"):
@@ -38,7 +41,7 @@ def test_multirun_writes_summaries_and_comparison(tmp_path, catalog_dataset):
         assert summary["epochs"] == 2 == len(fit_val) == len(epoch_times)
         assert summary["val_acc"] == pytest.approx(max(fit_val), abs=1e-6)
         assert summary["seconds_per_epoch"] == pytest.approx(sum(epoch_times) / 2, rel=1e-4)
-        assert summary["train_images_per_sec"] > 0
+        assert summary["train_images_per_sec"] > 0 and summary["peak_rss_mb"] > 50
         assert Path(summary["best_checkpoint"]).is_file()
     assert summaries["resnet18"]["parameters"] > 100 * summaries["baseline_cnn"]["parameters"]
 
@@ -50,6 +53,9 @@ def test_multirun_writes_summaries_and_comparison(tmp_path, catalog_dataset):
         assert int(row["parameters"]) == summary["parameters"]
     markdown = (sweep / "comparison.md").read_text()
     assert markdown.count("\n") == 4 and "val macro F1" in markdown and "s/epoch" in markdown
+    assert "trainable" in markdown and "peak RSS MiB" in markdown
+    if importlib.util.find_spec("matplotlib"):
+        assert (sweep / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     (sweep / "comparison.md").unlink()
     rebuilt = subprocess.run(

@@ -94,3 +94,4 @@ def write_image_folder(root: Path, per_class: int = 10, classes: tuple[str, ...]
         for index in range(per_class):
             (root / label / f"img_{index:03d}.png").write_bytes(draw_image(label, index))
     return root
+
