@@ -6,7 +6,14 @@ same URL list in the same run:
 
 * ours: ``scrapy crawl gallery`` on the listing page into a fresh dataset: download, verify
   (full decode), dedupe (phash + variant hashes, index, catalog lookups), store (atomic write,
-  SQLite row). Images/s = stored images / wall time of the process.
+  fsync, SQLite row). Images/s = stored images / wall time of the process (start-up included,
+  as for the peers). The politeness defaults (8 requests per site, AutoThrottle) are meant for
+  real sites; here the crawl runs with a concurrency like the peers' 32 workers
+  (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN``/``CONCURRENT_ITEMS`` =
+  ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``), printed under the table. The ``ReactorLag``
+  extension ticks every 10 ms on Scrapy's reactor and reports the longest late tick: CPU work
+  that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
+  Scrapy stats; ``--variant STORE_FSYNC=0`` adds a row with settings changed.
 * img2dataset (its own venv, no torch beside it): ``--thread_count 32``, files output, no resize.
 * fastai ``download_images(..., n_workers=32)`` (its venv, with torch).
 
@@ -20,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +37,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -82,24 +92,145 @@ def serve(images: list[bytes], latency: float) -> ThreadingHTTPServer:
     return httpd
 
 
-def run_ours(base: str, tmp: Path, count: int, concurrency: int) -> tuple[float, int]:
-    dataset = tmp / "ours"
-    started = time.perf_counter()
+class ReactorLag:
+    """Scrapy extension (benchmark only): how late a 10 ms ``LoopingCall`` on the reactor runs
+    (longest and 99th percentile, seconds), the reactor thread's CPU time, the CPU time of the
+    work each pipeline hands to worker threads, and garbage-collection time; written as JSON
+    to ``BENCH_RESULT_FILE`` when the spider closes."""
+
+    INTERVAL = 0.01
+    STAGES = ("crawler.pipelines.verify", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
+
+    def __init__(self, crawler: Any, path: str) -> None:
+        from scrapy import signals
+        from twisted.internet import task
+
+        self.crawler = crawler
+        self.path = path
+        self.lags: list[tuple[float, float]] = []  # (lag, seconds since opening)
+        self.thread_cpu: dict[str, float] = {}
+        self.thread_wall: dict[str, float] = {}
+        self.awaited: dict[str, float] = {}
+        self.gc_seconds = [0.0, 0.0, 0.0]
+        self._lock = threading.Lock()
+        self._last = self._opened = self._main_cpu = self._gc_start = 0.0
+        self._loop = task.LoopingCall(self._tick)
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> ReactorLag:
+        return cls(crawler, crawler.settings.get("BENCH_RESULT_FILE"))
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last:
+            self.lags.append((now - self._last - self.INTERVAL, time.time() - self._opened))
+        self._last = now
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds[info["generation"]] += time.perf_counter() - self._gc_start
+
+    def _time_thread_work(self) -> None:
+        """Wrap each stage's ``run_in_thread`` to sum the CPU time of what it runs."""
+        import importlib
+
+        def timed(stage: str, original: Any) -> Any:
+            async def run_in_thread(func: Any, *args: object) -> Any:
+                def work() -> Any:
+                    started, cpu = time.perf_counter(), time.thread_time()
+                    try:
+                        return func(*args)
+                    finally:
+                        with self._lock:
+                            self.thread_cpu[name] = self.thread_cpu.get(name, 0.0) + time.thread_time() - cpu
+                            self.thread_wall[name] = self.thread_wall.get(name, 0.0) + time.perf_counter() - started
+
+                name = f"{stage.rsplit('.', 1)[-1]}.{getattr(func, '__name__', '?')}"
+                queued = time.perf_counter()
+                try:
+                    return await original(work)
+                finally:
+                    with self._lock:
+                        self.awaited[name] = self.awaited.get(name, 0.0) + time.perf_counter() - queued
+
+            return run_in_thread
+
+        for stage in self.STAGES:
+            module = importlib.import_module(stage)
+            for name in ("run_in_thread", "run_io_in_thread"):
+                if hasattr(module, name):
+                    setattr(module, name, timed(stage, getattr(module, name)))
+
+    def spider_opened(self) -> None:
+        import gc
+
+        self._opened = time.time()
+        self._main_cpu = time.thread_time()
+        gc.callbacks.append(self._gc)
+        self._time_thread_work()
+        self._loop.start(self.INTERVAL)
+
+    def spider_closed(self) -> None:
+        import gc
+
+        if self._loop.running:
+            self._loop.stop()
+        lags = sorted(self.lags) or [(0.0, 0.0)]
+        result = {
+            "opened": self._opened,
+            "closed": time.time(),
+            "max_lag": lags[-1][0],
+            "max_lag_at": lags[-1][1],
+            "p99_lag": lags[int(0.99 * (len(lags) - 1))][0],
+            "main_cpu": time.thread_time() - self._main_cpu,
+            "thread_cpu": self.thread_cpu,
+            "thread_wall": self.thread_wall,
+            "awaited": self.awaited,
+            "gc": self.gc_seconds,
+            "gc_counts": [generation["collections"] for generation in gc.get_stats()],
+            "stats": {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, int | float)},
+        }
+        Path(self.path).write_text(json.dumps(result))
+
+
+def ours_settings(concurrency: int, items: int) -> dict[str, object]:
+    """The ``-s`` settings of our benchmark crawl (besides DATASET_DIR)."""
+    return {
+        "CONCURRENT_REQUESTS": concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": concurrency,
+        "CONCURRENT_ITEMS": items,
+        "AUTOTHROTTLE_ENABLED": 0,
+    }
+
+
+def run_ours(base: str, tmp: Path, settings: dict[str, object]) -> tuple[float, int, dict]:
+    from crawler import settings as project
+
+    dataset = tmp / f"ours-{len(list(tmp.glob('ours*')))}"
+    result = tmp / "ours-result.json"
+    extensions = {**project.EXTENSIONS, "benchmarks.pipeline_throughput.ReactorLag": 900}
+    options = {**settings, "LOG_LEVEL": "WARNING", "DATASET_DIR": dataset,
+               "BENCH_RESULT_FILE": result, "EXTENSIONS": json.dumps(extensions)}
+    started, wall = time.perf_counter(), time.time()
     subprocess.run(
-        [
-            *SCRAPY, "crawl", "gallery", "-a", "label=bench", "-a", f"start_urls={base}/list.html",
-            "-s", f"DATASET_DIR={dataset}", "-s", "AUTOTHROTTLE_ENABLED=0", "-s", "LOG_LEVEL=WARNING",
-            "-s", f"CONCURRENT_REQUESTS={concurrency}", "-s", f"CONCURRENT_REQUESTS_PER_DOMAIN={concurrency}",
-            "-s", f"CONCURRENT_ITEMS={concurrency}",
-        ],
+        [*SCRAPY, "crawl", "gallery", "-a", "label=bench", "-a", f"start_urls={base}/list.html",
+         *(arg for key, value in options.items() for arg in ("-s", f"{key}={value}"))],
         cwd=REPO, check=True, timeout=1800,
     )
     seconds = time.perf_counter() - started
     stored = len(list((dataset / "bench").glob("*")))
-    return seconds, stored
+    info = json.loads(result.read_text())
+    if os.environ.get("BENCH_STATS"):
+        print(json.dumps(info["stats"], indent=1, sort_keys=True))  # noqa: T201
+    info["phases"] = (info["opened"] - wall, info["closed"] - info["opened"], time.time() - info["closed"])
+    return seconds, stored, info
 
 
-def run_img2dataset(python: Path, urls: Path, tmp: Path) -> tuple[float, int]:
+def run_img2dataset(python: Path, urls: Path, tmp: Path) -> tuple[float, int, dict]:
     out = tmp / "img2dataset"
     started = time.perf_counter()
     subprocess.run(
@@ -109,7 +240,7 @@ def run_img2dataset(python: Path, urls: Path, tmp: Path) -> tuple[float, int]:
         check=True, timeout=1800, capture_output=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
     seconds = time.perf_counter() - started
-    return seconds, len(list(out.rglob("*.jpg")))
+    return seconds, len(list(out.rglob("*.jpg"))), {}
 
 
 FASTAI = """
@@ -120,51 +251,84 @@ download_images(Path(sys.argv[2]), url_file=Path(sys.argv[1]), max_pics=10**9, n
 """
 
 
-def run_fastai(python: Path, urls: Path, tmp: Path) -> tuple[float, int]:
+def run_fastai(python: Path, urls: Path, tmp: Path) -> tuple[float, int, dict]:
     out = tmp / "fastai"
     started = time.perf_counter()
     subprocess.run([str(python), "-c", FASTAI, str(urls), str(out)], check=True, timeout=1800, capture_output=True)
     seconds = time.perf_counter() - started
-    return seconds, len([p for p in out.iterdir() if p.is_file()])
+    return seconds, len([p for p in out.iterdir() if p.is_file()]), {}
+
+
+def describe(label: str, info: dict[str, Any]) -> str:
+    """One line of where our crawl's time went (from ``ReactorLag``)."""
+    startup, crawl, exit_ = info["phases"]
+    gc = ", ".join(f"gen{n} {c}x {t:.2f} s" for n, (c, t) in enumerate(zip(info["gc_counts"], info["gc"], strict=True)))
+    cpu = ", ".join(
+        f"{name} {seconds:.1f} (ran {info['thread_wall'].get(name, 0.0):.1f}, awaited {info['awaited'].get(name, 0.0):.1f})"
+        for name, seconds in sorted(info["thread_cpu"].items())
+    )
+    return (
+        f"{label}: start-up {startup:.1f} s, crawl {crawl:.1f} s, exit {exit_:.1f} s; longest lag "
+        f"{info['max_lag_at']:.1f} s after opening; CPU s: reactor thread {info['main_cpu']:.1f}; work in threads, CPU s "
+        f"(ran s, awaited s, summed over items): {cpu}; "
+        f"garbage collection {gc}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="image URLs (default 2000)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per response (default 0.05)")
-    parser.add_argument("--concurrency", type=int, default=64, help="our CONCURRENT_REQUESTS/ITEMS (default 64)")
+    parser.add_argument("--concurrency", type=int, default=32, help="our CONCURRENT_REQUESTS (default 32, the peers' workers)")
+    parser.add_argument("--items", type=int, default=32, help="our CONCURRENT_ITEMS (default 32, the project's)")
+    parser.add_argument("--variant", action="append", default=[], metavar="SETTING=VALUE[,...]",
+                        help="also run ours with these settings changed (repeatable)")
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="folder made by benchmarks/peers.sh")
     parser.add_argument("--only", choices=["ours", "img2dataset", "fastai"], action="append")
     args = parser.parse_args(argv)
+    ours = ours_settings(args.concurrency, args.items)
     images = make_images(args.count)
     httpd = serve(images, args.latency)
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     rows = []
+    details: list[str] = []
     try:
         with tempfile.TemporaryDirectory() as name:
             tmp = Path(name)
             urls = tmp / "urls.txt"
             urls.write_text("".join(f"{base}/img/{n}.jpg\n" for n in range(args.count)))
             runners = {
-                "ours (verify+dedupe+catalog)": ("ours", lambda: run_ours(base, tmp, args.count, args.concurrency)),
+                "ours (verify+dedupe+catalog)": ("ours", lambda: run_ours(base, tmp, ours)),
                 "img2dataset (32 threads x 2)": ("img2dataset", lambda: run_img2dataset(args.peers / "img2dataset" / "bin" / "python", urls, tmp)),
                 "fastai download_images (32)": ("fastai", lambda: run_fastai(args.peers / "torch" / "bin" / "python", urls, tmp)),
             }
+            for variant in args.variant:
+                changed = dict(pair.split("=", 1) for pair in variant.split(","))
+                runners[f"ours, {variant}"] = ("ours", lambda changed=changed: run_ours(base, tmp, {**ours, **changed}))
             for label, (key, run) in runners.items():
                 if args.only and key not in args.only:
                     continue
                 load = os.getloadavg()[0]
+                cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
                 try:
-                    seconds, done = run()
-                    rows.append((label, f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{load:.2f}"))
+                    seconds, done, extra = run()
+                    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+                    lag = f"{extra['max_lag'] * 1000:.0f} (p99 {extra['p99_lag'] * 1000:.0f})" if "max_lag" in extra else "-"
+                    rows.append((label, f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{cpu_s:.1f}", lag, f"{load:.2f}"))
+                    if "phases" in extra:
+                        details.append(describe(label, extra))
                 except (OSError, subprocess.SubprocessError) as exc:
-                    rows.append((label, "-", "-", f"not measured: {type(exc).__name__}", f"{load:.2f}"))
+                    rows.append((label, "-", "-", f"not measured: {type(exc).__name__}", "-", "-", f"{load:.2f}"))
     finally:
         httpd.shutdown()
-    header = ("tool", "images", "seconds", "images/s", "load")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    header = ("tool", "images", "seconds", "images/s", "CPU s", "reactor lag ms", "load (1 min)")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{args.count} URLs, {args.latency * 1000:.0f} ms latency, {os.cpu_count()} cores"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    lines.append("CPU s: user + system time of the tool's processes; reactor lag: longest (99th percentile) delay of a 10 ms tick")
+    lines += details
+    lines.append("ours: " + " ".join(f"-s {k}={v}" for k, v in ours.items()))
     lines.append(f"reproduce: bash benchmarks/peers.sh && .venv/bin/python -m benchmarks.pipeline_throughput --count {args.count} --latency {args.latency}")
     print("\n".join(lines))  # noqa: T201 (a benchmark's output is its table)
     return 0

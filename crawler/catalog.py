@@ -86,6 +86,15 @@ CREATE TABLE IF NOT EXISTS image_hashes (
     hash TEXT NOT NULL,
     PRIMARY KEY (image_id, kind)
 );
+-- A person's review decision per image (crawler/review.py), pending until applied_at is set.
+CREATE TABLE IF NOT EXISTS review (
+    image_id INTEGER PRIMARY KEY REFERENCES images (id),
+    action TEXT NOT NULL CHECK (action IN ('keep', 'delete', 'move')),
+    target_label TEXT,
+    path TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    applied_at TEXT
+);
 """
 
 _META = {"schema_version": SCHEMA_VERSION, "hash": "phash", "hash_size": "8"}

@@ -220,23 +220,39 @@ class MultiIndexHashIndex:
         Raises:
             ValueError: if ``max_distance`` is larger than the index's ``max_distance``.
         """
+        return self.query_batch([hash_value], max_distance)[0]
+
+    def query_batch(
+        self, hash_values: Sequence[int], max_distance: int | None = None
+    ) -> list[list[tuple[int, Hashable]]]:
+        """``[query(h, max_distance) for h in hash_values]`` in one vectorised search.
+
+        For a handful of queries against a growing index (the dedupe stage asks each index
+        for several hashes of one image): unlike ``query_many`` it leaves the unmerged buffer
+        as it is, and it returns keys. ``last_checked`` counts the candidates of all queries.
+
+        Raises:
+            ValueError: if ``max_distance`` is larger than the index's ``max_distance``.
+        """
         radius = self._radius(max_distance)
-        query = np.array([hash_value], dtype=np.uint64)
-        _, positions, distances, checked = self._search(query, radius)
-        entries = [
-            (distance, position, self._key(position))
-            for distance, position in zip(distances.tolist(), positions.tolist(), strict=True)
-        ]
-        # The unmerged buffer: a short linear scan.
-        offset = len(self._hashes)
-        pending = np.bitwise_count(self._pending[: len(self._pending_keys)] ^ query[0])
-        entries += [
-            (int(pending[n]), offset + n, self._pending_keys[n])
-            for n in np.flatnonzero(pending <= radius).tolist()
-        ]
-        self.last_checked = checked + len(self._pending_keys)
-        entries.sort(key=lambda entry: (entry[0], entry[1]))
-        return [(distance, key) for distance, _, key in entries]
+        queries = np.array(hash_values, dtype=np.uint64).ravel()
+        found, positions, distances, checked = self._search(queries, radius)
+        entries: list[list[tuple[int, int, Hashable]]] = [[] for _ in range(queries.size)]
+        for n, distance, position in zip(found.tolist(), distances.tolist(), positions.tolist(), strict=True):
+            entries[n].append((distance, position, self._key(position)))
+        # The unmerged buffer: a short linear scan, all queries at once.
+        count = len(self._pending_keys)
+        if count and queries.size:
+            offset = len(self._hashes)
+            pending = np.bitwise_count(self._pending[None, :count] ^ queries[:, None])
+            for n, m in zip(*(axis.tolist() for axis in np.nonzero(pending <= radius)), strict=True):
+                entries[n].append((int(pending[n, m]), offset + m, self._pending_keys[m]))
+        self.last_checked = checked + count * queries.size
+        result = []
+        for found_of_query in entries:
+            found_of_query.sort(key=lambda entry: (entry[0], entry[1]))
+            result.append([(distance, key) for distance, _, key in found_of_query])
+        return result
 
     def query_many(
         self, hashes: Sequence[int] | np.ndarray, max_distance: int | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -33,6 +32,8 @@ try:  # Scrapy >= 2.14: media failures of this class are logged at DEBUG, withou
 except ImportError:  # pragma: no cover
     from scrapy.pipelines.media import FileException as _QuietMediaError
 from twisted.internet.error import DNSLookupError, TimeoutError as TxTimeoutError
+
+from crawler.threads import sha256_hex
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -129,7 +130,7 @@ class DownloadPipeline(FilesPipeline):
         return {
             "url": request.url,
             "path": "",
-            "checksum": hashlib.sha256(body).hexdigest(),
+            "checksum": await sha256_hex(body),
             "status": "downloaded",
             "body": body,
         }

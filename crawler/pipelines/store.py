@@ -8,12 +8,18 @@ its file or half an image under a label.
 The rename and the insert happen inside one ``BEGIN IMMEDIATE`` catalog transaction that first
 re-checks the rows stored since the item's dedupe decision (``catalog_seen_id``): two copies of
 one picture in flight at once, in this process or another, cannot both be stored.
+
+fsync and what it is for (``STORE_FSYNC``, default on). A killed process cannot leave half an
+image under a label whether or not anything is fsynced: the kernel finishes a ``write`` that
+returned, and ``rename`` is atomic, so other processes (and ``check``) see either the old name
+or the complete new file. fsync adds durability against power loss or a kernel crash: the image
+bytes and the folder entry reach the disk before the catalog row that names them. Turning it off
+(``-s STORE_FSYNC=0``) trades that for speed on a machine whose crash would be rebuilt anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -27,7 +33,7 @@ from scrapy.utils.defer import deferred_from_coro
 from crawler.catalog import Catalog
 from crawler.labels import sanitize_label
 from crawler.pipelines.dedupe import DedupePipeline, Match, find_in_rows, mark_duplicate
-from crawler.threads import run_in_thread
+from crawler.threads import run_in_thread, sha256_hex
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -43,8 +49,9 @@ _FULL = "max_images"
 _REPLACED = "replaced"
 
 
-def write_atomic(data: bytes, target: Path, tmp_dir: Path) -> None:
-    """Write ``data`` to ``target`` through a fsynced temporary file in ``tmp_dir``.
+def write_atomic(data: bytes, target: Path, tmp_dir: Path, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``target`` through a temporary file in ``tmp_dir``, fsynced (file,
+    then ``target``'s folder) unless ``fsync`` is false (see the module docstring).
 
     ``tmp_dir`` must be on the same filesystem as ``target`` (``os.replace`` is a rename).
 
@@ -52,7 +59,7 @@ def write_atomic(data: bytes, target: Path, tmp_dir: Path) -> None:
         OSError: from the filesystem; the temporary file is removed first.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _write_tmp(data, tmp_dir)
+    tmp = _write_tmp(data, tmp_dir, fsync=fsync)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
@@ -60,16 +67,18 @@ def write_atomic(data: bytes, target: Path, tmp_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if fsync:
+        _fsync_dir(target.parent)
 
 
-def _write_tmp(data: bytes, tmp_dir: Path) -> Path:
+def _write_tmp(data: bytes, tmp_dir: Path, *, fsync: bool = True) -> Path:
     fd, name = tempfile.mkstemp(prefix="img-", suffix=".part", dir=tmp_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
@@ -93,6 +102,8 @@ class StorePipeline:
     Settings:
         DATASET_DIR: the dataset folder (required; created if missing).
         DEDUPE_MAX_DISTANCE: shared with the dedupe stage, for the in-transaction re-check.
+        STORE_FSYNC: fsync each image and its folder before its row commits (default true;
+            durability against power loss, see the module docstring).
 
     The spider's ``max_images`` attribute (if set) caps how many images this crawl stores:
     when reached, the spider is closed (reason ``max_images``) and later items are dropped
@@ -105,11 +116,14 @@ class StorePipeline:
             ``max_images`` once the cap is reached.
     """
 
-    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int) -> None:
+    FSYNC = True
+
+    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int, fsync: bool = FSYNC) -> None:
         self.crawler = crawler
         self.dataset_dir = dataset_dir
         self.tmp_dir = dataset_dir / TMP_DIR
         self.max_distance = max_distance
+        self.fsync = fsync
         self.catalog: Catalog | None = None
         self.stored = 0
         self._closing: Any = None
@@ -121,7 +135,8 @@ class StorePipeline:
         if not dataset_dir:
             raise NotConfigured("DATASET_DIR is not set (the dataset folder to store images in)")
         max_distance = settings.getint("DEDUPE_MAX_DISTANCE", DedupePipeline.MAX_DISTANCE)
-        return cls(crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance)
+        fsync = settings.getbool("STORE_FSYNC", cls.FSYNC)
+        return cls(crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance, fsync=fsync)
 
     def open_spider(self) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +157,7 @@ class StorePipeline:
         label = sanitize_label(adapter["label"])
         adapter["label"] = label
         body: bytes = adapter.pop("body")
-        path = f"{label}/{hashlib.sha256(body).hexdigest()}.{adapter['ext']}"
+        path = f"{label}/{await sha256_hex(body)}.{adapter['ext']}"
         adapter["path"] = path
         adapter["status"] = "stored"
         outcome = await run_in_thread(self._commit, body, dict(adapter), max_images)
@@ -171,7 +186,7 @@ class StorePipeline:
         or ``"max_images"``. Commits of this process are serialised by the
         catalog's lock, so the count checked here is exact."""
         assert self.catalog is not None
-        tmp = _write_tmp(body, self.tmp_dir)
+        tmp = _write_tmp(body, self.tmp_dir, fsync=self.fsync)
         try:
             with self.catalog.transaction() as tx:
                 if max_images is not None and self.stored >= max_images:
@@ -186,7 +201,8 @@ class StorePipeline:
                 target = self.dataset_dir / row["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
-                _fsync_dir(target.parent)
+                if self.fsync:
+                    _fsync_dir(target.parent)
                 self.catalog.insert(row, conn=tx)
                 demoted = [
                     old_path

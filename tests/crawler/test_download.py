@@ -8,7 +8,8 @@ import pytest
 from crawler_testkit import make_item, run
 from scrapy.exceptions import DownloadCancelledError, DropItem, IgnoreRequest
 from scrapy.http import Request, Response
-from twisted.internet.error import DNSLookupError, TimeoutError as TxTimeoutError
+from twisted.internet.error import DNSLookupError
+from twisted.internet.error import TimeoutError as TxTimeoutError
 from twisted.python.failure import Failure
 
 from crawler.pipelines.download import DownloadFailed, DownloadPipeline

@@ -10,7 +10,11 @@ from scrapy.http import HtmlResponse, Request
 from scrapy.utils.test import get_crawler
 
 from crawler.items import ImageItem
-from crawler.spiders.gallery import GallerySpider, largest_srcset_candidate, parse_srcset
+from crawler.spiders.gallery import (
+    GallerySpider,
+    largest_srcset_candidate,
+    parse_srcset,
+)
 
 PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 INLINE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

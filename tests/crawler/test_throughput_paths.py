@@ -1,0 +1,218 @@
+"""The fast paths behind crawl throughput give the same answers as the plain ones: batched
+phash (bit for bit imagehash's), batched index queries; and the store under concurrent items
+and with ``STORE_FSYNC`` off."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import imagehash
+import numpy as np
+import pytest
+from crawler_testkit import encode, make_item, picture
+from PIL import Image, ImageOps, ImageStat
+from scrapy.exceptions import DropItem
+
+from crawler.catalog import Catalog
+from crawler.hashindex import MultiIndexHashIndex
+from crawler.pipelines.dedupe import (
+    CANONICAL_SIDE,
+    COLOUR_KIND,
+    VARIANTS,
+    DedupePipeline,
+    image_hashes,
+    phash_many,
+    trim_borders,
+)
+from crawler.pipelines.store import StorePipeline
+from crawler.pipelines.verify import VerifyPipeline
+from crawler.threads import INLINE_HASH_BYTES, sha256_hex
+
+
+def reference_trim(image: Image.Image) -> Image.Image:
+    """``trim_borders`` as first written: every row and column tested at once."""
+    grey = np.asarray(image.convert("L"), dtype=np.int16)
+    top, left = 0, 0
+    bottom, right = grey.shape
+    for _ in range(3):
+        changed = False
+        for side in "tblr":
+            window = grey[top:bottom, left:right]
+            if min(window.shape) < 16:
+                break
+            edge = {"t": window[0], "b": window[-1], "l": window[:, 0], "r": window[:, -1]}[side]
+            uniform = (np.abs(window - np.median(edge)) <= 40).mean(axis=1 if side in "tb" else 0) >= 0.97
+            run = uniform if side in "tl" else uniform[::-1]
+            count = len(run) if run.all() else int(np.argmin(run))
+            if count == 0 or count > len(run) * 0.4:
+                continue
+            changed = True
+            if side == "t":
+                top += count
+            elif side == "b":
+                bottom -= count
+            elif side == "l":
+                left += count
+            else:
+                right -= count
+        if not changed:
+            break
+    return image.crop((left, top, right, bottom))
+
+
+def reference_hashes(image: Image.Image) -> dict[str, str]:
+    """``image_hashes`` written the plain way: imagehash on each RGB window (the recipe every
+    catalogued hash was made with)."""
+    hashes = {"phash": str(imagehash.phash(image, hash_size=8))}
+    canonical = image
+    if max(image.size) > CANONICAL_SIDE:
+        canonical = image.copy()
+        canonical.thumbnail((CANONICAL_SIDE, CANONICAL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    trimmed = reference_trim(canonical)
+    w, h = trimmed.size
+    stat = ImageStat.Stat(trimmed.crop((round(0.1 * w), round(0.1 * h), round(0.9 * w), round(0.9 * h))))
+    hashes[COLOUR_KIND] = bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()
+    for kind, box in VARIANTS.items():
+        source = trimmed if kind == "trim90" else canonical
+        w, h = source.size
+        window = source.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+        hashes[kind] = str(imagehash.phash(window, hash_size=8))
+    return hashes
+
+
+def photo_like(seed: int, size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    fine = Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    return Image.blend(coarse, fine, 0.35)
+
+
+def test_phash_many_is_imagehash_phash_bit_for_bit() -> None:
+    rng = random.Random(0)
+    greys = [photo_like(n, (rng.randint(8, 400), rng.randint(8, 400))).convert("L") for n in range(150)]
+    greys += [Image.new("L", (50, 40), 128), Image.new("L", (33, 90), 0)]  # flat: all-equal DCT
+    assert phash_many(greys) == [str(imagehash.phash(g, hash_size=8)) for g in greys]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_image_hashes_match_the_plain_recipe(seed: int) -> None:
+    rng = random.Random(seed)
+    image = photo_like(seed, (rng.randint(40, 700), rng.randint(40, 700)))
+    copies = [
+        image,
+        ImageOps.pad(image, (max(image.size),) * 2, color="white"),  # letterbox
+        ImageOps.expand(image, border=12, fill="black"),  # frame
+        ImageOps.expand(ImageOps.pad(image, (max(image.size),) * 2, color="white"), border=9, fill="grey"),
+        ImageOps.expand(image, border=(0, 0, 0, max(8, image.size[1] // 8)), fill="white"),  # caption bar
+        image.rotate(3, expand=True, fillcolor="white"),
+        image.convert("L").convert("RGB"),
+    ]
+    for copy in copies:
+        assert trim_borders(copy).size == reference_trim(copy).size
+        assert image_hashes(copy) == reference_hashes(copy)
+        assert list(image_hashes(copy)) == list(reference_hashes(copy))
+
+
+def test_query_batch_equals_single_queries_with_and_without_a_merge() -> None:
+    rng = random.Random(3)
+    index = MultiIndexHashIndex(8, substrings=5)
+    stored = [rng.getrandbits(64) for _ in range(700)]
+    for key, value in enumerate(stored):
+        index.add(value, key)  # some merged, the last ones still in the buffer
+    queries = [stored[n] ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for n in range(0, 700, 7)]
+    queries += [rng.getrandbits(64) for _ in range(20)] + [stored[-1], stored[-1]]
+    for radius in (0, 3, 8):
+        assert index.query_batch(queries, radius) == [index.query(q, radius) for q in queries]
+    assert index.query_batch([]) == []
+
+
+def store_crawl(make_crawler: Any, build: Any, **settings: Any) -> tuple[VerifyPipeline, DedupePipeline, StorePipeline]:
+    crawler = make_crawler(**settings)
+    stages = tuple(build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline))
+    for stage in stages[1:]:
+        stage.open_spider()
+    return stages  # type: ignore[return-value]
+
+
+async def through(stages: Any, body: bytes, label: str = "cats") -> Any:
+    item = make_item(label=label, body=body, bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+    for stage in stages:
+        item = await stage.process_item(item)
+    return item
+
+
+def test_items_reaching_the_store_at_once_are_each_rechecked(make_crawler, build, dataset_dir: Path) -> None:
+    """Many items reaching the store at once (worker threads): a copy of a picture among them
+    is still caught, and every file has its row."""
+    stages = store_crawl(make_crawler, build)
+    bodies = [encode(picture(n), "PNG") for n in range(12)]
+    bodies.append(encode(picture(3).resize((96, 96), Image.Resampling.LANCZOS), "JPEG", quality=70))
+
+    async def all_at_once() -> list[Any]:
+        verified = [await stages[1].process_item(await stages[0].process_item(
+            make_item(body=b, bytes=len(b), sha256=hashlib.sha256(b).hexdigest()))) for b in bodies]
+        return await asyncio.gather(*(stages[2].process_item(item) for item in verified), return_exceptions=True)
+
+    results = asyncio.run(all_at_once())
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    dropped = [str(r) for r in results if isinstance(r, DropItem)]
+    assert len(stored) == 12 and dropped == ["near"]
+    files = sorted(p.name for p in (dataset_dir / "cats").iterdir())
+    with Catalog(dataset_dir) as catalog:
+        rows = catalog.rows("status = 'stored'")
+    assert sorted(Path(r["path"]).name for r in rows) == files and len(files) == 12
+    assert list((dataset_dir / ".tmp").iterdir()) == []
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+def test_a_failing_item_rolls_back_alone(make_crawler, build, dataset_dir: Path, monkeypatch) -> None:
+    stages = store_crawl(make_crawler, build)
+    store = stages[2]
+    insert = store.catalog.insert
+
+    def failing_insert(row: dict[str, Any], **kwargs: Any) -> int:
+        if row["sha256"] == bad_sha:
+            raise OSError("disk full (test)")
+        return insert(row, **kwargs)
+
+    bad = encode(picture(21), "PNG")
+    bad_sha = hashlib.sha256(bad).hexdigest()
+    monkeypatch.setattr(store.catalog, "insert", failing_insert)
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            through(stages, bad), through(stages, encode(picture(22), "PNG")), return_exceptions=True
+        )
+
+    failed, ok = asyncio.run(both())
+    assert isinstance(failed, OSError) and ok["status"] == "stored"
+    with Catalog(dataset_dir) as catalog:
+        assert [r["sha256"] for r in catalog.rows()] == [ok["sha256"]]
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("0", False), ("1", True)])
+def test_store_fsync_setting(make_crawler, build, value: str | None, expected: bool) -> None:
+    settings = {} if value is None else {"STORE_FSYNC": value}
+    assert build(StorePipeline, make_crawler(**settings)).fsync is expected
+
+
+def test_store_without_fsync_still_writes_whole_files(make_crawler, build, dataset_dir: Path) -> None:
+    stages = store_crawl(make_crawler, build, STORE_FSYNC=False)
+    body = encode(picture(30), "JPEG")
+    item = asyncio.run(through(stages, body))
+    assert (dataset_dir / item["path"]).read_bytes() == body
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+@pytest.mark.parametrize("size", [0, 10, INLINE_HASH_BYTES, INLINE_HASH_BYTES + 1, 3 * INLINE_HASH_BYTES])
+def test_sha256_hex_inline_or_in_a_thread(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert asyncio.run(sha256_hex(data)) == hashlib.sha256(data).hexdigest()
