@@ -70,7 +70,7 @@ def test_gradual_trains_the_head_first_then_all_with_lower_backbone_lr(make_cfg,
 def test_full_finetune_uses_discriminative_rates_from_the_start(make_cfg, catalog_dataset, baseline_weights):
     cfg = make_cfg(
         "model.finetune=full", f"model.net.weights={baseline_weights}", "model/scheduler=none",
-        "model.backbone_lr_ratio=0.01", PROBE, data_root=catalog_dataset,
+        "model.optimizer.lr=0.001", "model.backbone_lr_ratio=0.01", PROBE, data_root=catalog_dataset,
     )
     train(cfg)
     (record,) = [r for r in TrainingProbe.records if r["event"] == "epoch_end"]

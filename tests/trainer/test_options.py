@@ -69,8 +69,9 @@ def test_lr_finder_sets_the_learning_rate(make_cfg, tmp_path):
         "tune_lr=true", "lr_find.num_training=20", "trainer.limit_train_batches=null", "data.image_size=16",
         "data.batch_size=4", data_root=dataset,
     )
+    configured = cfg.model.optimizer.lr
     summary = train(cfg)
-    assert summary["learning_rate"] != 0.001 and cfg.model.optimizer.lr == summary["learning_rate"]
+    assert summary["learning_rate"] != configured and cfg.model.optimizer.lr == summary["learning_rate"]
     assert 1e-8 <= summary["learning_rate"] <= 1
     hparams = OmegaConf.load(Path(cfg.paths.output_dir) / "csv" / "hparams.yaml")
     assert hparams.model.optimizer.lr == summary["learning_rate"]  # logged with the config
