@@ -52,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/good.jpg":
             return self.reply(200, "image/jpeg", GOOD)
         if path == "/slow.jpg":
-            time.sleep(4)  # past the crawl's DOWNLOAD_TIMEOUT of 1 s
+            time.sleep(8)  # well past the crawl's DOWNLOAD_TIMEOUT of 3 s, which a loaded machine still meets for the rest
             return self.reply(200, "image/jpeg", GOOD)
         if path in ("/loop-a.jpg", "/loop-b.jpg"):
             self.send_response(302)
@@ -105,7 +105,7 @@ def crawled(server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
         [
             *SCRAPY, "crawl", "gallery", "-a", "label=../../etc", "-a", f"start_urls={server}/page",
             "-s", f"DATASET_DIR={dataset}", "-s", "AUTOTHROTTLE_ENABLED=0", "-s", "RETRY_ENABLED=0",
-            "-s", "DOWNLOAD_TIMEOUT=1", "-s", f"DOWNLOAD_MAXSIZE={MAX_SIZE}", "-s", "LOG_LEVEL=INFO",
+            "-s", "DOWNLOAD_TIMEOUT=3", "-s", f"DOWNLOAD_MAXSIZE={MAX_SIZE}", "-s", "LOG_LEVEL=INFO",
         ],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
