@@ -9,9 +9,10 @@ with text below, white or black), ``rotate`` (2-4 degrees either way, white fill
 * recall: share of copies matched to their own original;
 * false matches: pairs of distinct originals linked (every one is wrong).
 
-"ours" is the dedupe stage itself: a catalog in a temporary folder, originals added one by one
-through ``CatalogHashIndex`` (each checked first, as the pipeline does), then every copy
-checked. "ours, plain phash" turns the variants off (``DEDUPE_VARIANT_DISTANCE=0``).
+"ours" is the verify and dedupe stages themselves: every file goes through ``verify_image`` (which
+decodes it the way the crawl does, JPEGs at reduced size) and ``image_hashes``; a catalog in a
+temporary folder gets the originals one by one through ``CatalogHashIndex`` (each checked first,
+as the pipeline does), then every copy is checked. "ours, plain phash" turns the variants off (``DEDUPE_VARIANT_DISTANCE=0``).
 imagededup's PHash and DHash run in the peers' environment (``benchmarks/peers.sh``) on the
 same files, at their default threshold (10 bits) and at 6 bits.
 
@@ -39,6 +40,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from crawler.catalog import Catalog
 from crawler.pipelines.dedupe import CatalogHashIndex, DedupePipeline, image_hashes
+from crawler.pipelines.verify import verify_image
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "hymenoptera_data"
@@ -135,22 +137,22 @@ def ours(folder: Path, originals: list[str], copies: dict[str, list[str]], varia
         false_pairs = 0
         started = time.perf_counter()
         for n, name in enumerate(originals):
-            image = decode((folder / name).read_bytes())
-            hashes = image_hashes(image)
+            verified = verify_image((folder / name).read_bytes())
+            hashes = image_hashes(verified.image)
             phash = hashes.pop("phash")
             index.refresh()
             if index.find(f"sha-{n}", phash, hashes if variant_distance else None) is not None:
                 false_pairs += 1
             catalog.insert({
                 "label": "x", "status": "stored", "path": name, "sha256": f"sha-{n}", "phash": phash,
-                "width": image.width, "height": image.height, "hashes": hashes,
+                "width": verified.width, "height": verified.height, "hashes": hashes,
             })
         index.refresh()
         recall = {}
         for kind, names in copies.items():
             hits = 0
             for n, name in enumerate(names):
-                hashes = image_hashes(decode((folder / name).read_bytes()))
+                hashes = image_hashes(verify_image((folder / name).read_bytes()).image)
                 phash = hashes.pop("phash")
                 match = index.find(f"copy-{kind}-{n}", phash, hashes if variant_distance else None)
                 hits += match is not None and match.path == originals[n]

@@ -1,4 +1,7 @@
-"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 1 (docs/dataset.md).
+"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 2 (docs/dataset.md).
+
+Version 2 added ``source_width``/``source_height``; a version 1 catalog gets them (NULL on its
+old rows) the first time it is opened.
 
 SQLite in WAL mode lets readers run beside one writer, and a busy timeout plus ``BEGIN IMMEDIATE``
 around each check-and-insert serialises writers, so several ``scrapy crawl`` processes can write
@@ -26,7 +29,7 @@ __all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "Catalog", "SCHEMA_VERSION"]
 
 CATALOG_NAME = "catalog.sqlite"
 CSV_NAME = "catalog.csv"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 # Longest `url` kept for data: URIs (docs/dataset.md): a base64 image can be megabytes.
 DATA_URI_KEEP_CHARS = 100
 
@@ -51,7 +54,11 @@ COLUMNS: tuple[str, ...] = (
     "query",
     "licence",
     "author",
+    "source_width",
+    "source_height",
 )
+# Columns added after version 1, with their SQL types (appended by ALTER TABLE on old catalogs).
+_ADDED_COLUMNS = {"source_width": "INTEGER", "source_height": "INTEGER"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -74,7 +81,9 @@ CREATE TABLE IF NOT EXISTS images (
     spider TEXT,
     query TEXT,
     licence TEXT,
-    author TEXT
+    author TEXT,
+    source_width INTEGER,
+    source_height INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status_id ON images (status, id);
@@ -135,6 +144,16 @@ class Catalog:
             self._conn.executemany(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", _META.items()
             )
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older catalog to ``SCHEMA_VERSION`` (inside the opening transaction, so
+        two processes opening it at once migrate it once)."""
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(images)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
+        self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     # -- connection management -------------------------------------------------------------
 
@@ -205,10 +224,10 @@ class Catalog:
 
     def stored_since(self, last_id: int) -> list[sqlite3.Row]:
         """``stored`` rows with ``id > last_id`` (id, label, path, sha256, phash, width,
-        height), by id."""
+        height, source_width, source_height), by id."""
         with self._lock:
             return self._conn.execute(
-                "SELECT id, label, path, sha256, phash, width, height FROM images "
+                "SELECT id, label, path, sha256, phash, width, height, source_width, source_height FROM images "
                 "WHERE status = 'stored' AND id > ? ORDER BY id",
                 (last_id,),
             ).fetchall()
@@ -231,7 +250,7 @@ class Catalog:
         """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``."""
         with self._lock:
             return self._conn.execute(
-                "SELECT id, label, path, width, height FROM images "
+                "SELECT id, label, path, width, height, source_width, source_height FROM images "
                 "WHERE sha256 = ? AND status = 'stored' "
                 "ORDER BY id LIMIT 1",
                 (sha256,),
@@ -262,6 +281,14 @@ class Catalog:
         """The ``meta`` table as a dict."""
         with self._lock:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, key: str, value: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """Set one ``meta`` entry (in the caller's transaction when ``conn`` is given)."""
+        if conn is not None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return
+        with self.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per label: counts of ``stored``, ``duplicate/<reason>`` and ``rejected/<reason>``."""

@@ -4,6 +4,7 @@ Usage::
 
     python -m crawler.dataset check <dir> [--repair]   # exit 1 when anything is wrong
     python -m crawler.dataset export <dir> [--output catalog.csv]
+    python -m crawler.dataset rehash <dir>             # recompute perceptual hashes from files
 
 ``check`` finds: stored rows whose file is missing (``missing_file``), image files under a
 label folder with no stored row (``orphan_file``), files whose SHA-256 is not their name
@@ -14,6 +15,10 @@ not inconsistencies: no reader looks there.
 ``--repair`` fixes what it safely can, never deleting an image: bad or orphan files are moved to
 ``.trash/`` (keeping their relative path); rows of missing or trashed files become ``rejected``
 with reason ``missing_file``/``hash_mismatch``/``undecodable``; ``.tmp/`` is emptied.
+
+``rehash`` recomputes every stored image's perceptual hashes with the current recipe
+(``crawler.pipelines.dedupe.HASH_RECIPE``). A crawl does this by itself when it opens a dataset
+made with another recipe; the command does it ahead of time.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crawler.catalog import CATALOG_NAME, Catalog
+from crawler.pipelines.dedupe import HASH_RECIPE, rehash_catalog
 from crawler.pipelines.store import TMP_DIR
 from crawler.pipelines.verify import Rejected, verify_image
 
@@ -143,8 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     export_cmd = commands.add_parser("export", help="write the catalog as CSV")
     export_cmd.add_argument("dataset", type=Path)
     export_cmd.add_argument("--output", type=Path, default=None, help="default: <dataset>/catalog.csv")
+    rehash_cmd = commands.add_parser("rehash", help="recompute perceptual hashes from the stored files")
+    rehash_cmd.add_argument("dataset", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    if args.command == "rehash":
+        if not (args.dataset / CATALOG_NAME).exists():
+            logger.error("no catalog in %s", args.dataset)
+            return 2
+        with Catalog(args.dataset) as catalog:
+            rehashed, skipped = rehash_catalog(catalog)
+        logger.info("rehashed %d images with %s (%d skipped)", rehashed, HASH_RECIPE, skipped)
+        return 1 if skipped else 0
 
     if args.command == "export":
         if not (args.dataset / CATALOG_NAME).exists():

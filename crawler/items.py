@@ -18,8 +18,10 @@ class ImageItem(scrapy.Item):
     field Scrapy's FilesPipeline reads).
     Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
-    ``image`` (the normalised RGB ``PIL.Image`` for hashing, removed after dedupe), ``width`` and
-    ``height`` (pixels, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
+    ``image`` (the normalised RGB ``PIL.Image`` dedupe hashes: the canonical reduction, removed
+    after dedupe), ``width`` and ``height`` (pixels of the stored image, after EXIF orientation
+    and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
+    downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
     of dedupe's variants, catalogued in ``image_hashes``), ``catalog_seen_id`` (last catalog id dedupe compared
     against), and the outcome: ``status`` (``stored``/``duplicate``/``rejected``), ``reason``,
@@ -42,6 +44,8 @@ class ImageItem(scrapy.Item):
     image = scrapy.Field()
     width = scrapy.Field()
     height = scrapy.Field()
+    source_width = scrapy.Field()
+    source_height = scrapy.Field()
     format = scrapy.Field()
     ext = scrapy.Field()
     phash = scrapy.Field()

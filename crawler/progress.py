@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from itemadapter import ItemAdapter
 from scrapy import signals
-from scrapy.exceptions import CloseSpider, NotConfigured
+from scrapy.exceptions import CloseSpider
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.httpobj import urlparse_cached
@@ -69,7 +69,7 @@ class CrawlProgress:
     reached a callback: 2xx, not image downloads or robots.txt).
 
     Raises:
-        NotConfigured: on a negative ``PROGRESS_INTERVAL``.
+        ValueError: on a negative ``PROGRESS_INTERVAL`` (the crawl does not start).
     """
 
     INTERVAL = 10.0
@@ -105,7 +105,7 @@ class CrawlProgress:
     def from_crawler(cls, crawler: Crawler) -> Self:
         interval = crawler.settings.getfloat("PROGRESS_INTERVAL", cls.INTERVAL)
         if interval < 0:
-            raise NotConfigured(f"PROGRESS_INTERVAL must be >= 0 seconds, got {interval}")
+            raise ValueError(f"PROGRESS_INTERVAL must be >= 0 seconds, got {interval}")
         return cls(crawler, interval)
 
     # -- signals -------------------------------------------------------------------------------

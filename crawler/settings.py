@@ -53,9 +53,13 @@ ITEM_PIPELINES = {
     "crawler.pipelines.store.StorePipeline": 400,
 }
 EXTENSIONS = {
+    "crawler.threads.PipelineThreads": 100,
     "crawler.recorder.CatalogRecorder": 500,
     "crawler.progress.CrawlProgress": 510,
 }
+# Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
+# 0: one per CPU this process may use (more only adds GIL and cache contention).
+PIPELINE_THREADS = 0
 # A progress line per label every PROGRESS_INTERVAL seconds (0: only the end-of-crawl summary).
 PROGRESS_INTERVAL = 10.0
 
@@ -67,6 +71,10 @@ LOG_LEVEL = "INFO"
 VERIFY_MIN_SIDE = 32
 VERIFY_MAX_PIXELS = 50_000_000
 VERIFY_MAX_BYTES = 32 * 1024 * 1024
+# Longest side of stored images, pixels (0: store originals byte for byte); larger ones are
+# resized and re-encoded, JPEGs at VERIFY_JPEG_QUALITY. The catalog keeps both sizes.
+VERIFY_MAX_SIDE = 0
+VERIFY_JPEG_QUALITY = 90
 DEDUPE_MAX_DISTANCE = 6
 DEDUPE_VARIANT_DISTANCE = 8
 # fsync each image and its folder before its catalog row commits (durability on power loss).

@@ -1,17 +1,36 @@
-"""Run CPU-bound or blocking work (decoding, hashing, SQLite, fsync) off Scrapy's reactor."""
+"""Run CPU-bound or blocking work (decoding, hashing, SQLite, file writes) off Scrapy's reactor.
+
+The work goes to one thread pool per process, sized by the ``PIPELINE_THREADS`` setting (the
+``PipelineThreads`` extension applies it; default: the CPUs this process may run on). Pillow
+(decode, convert, resize), hashlib, SQLite and file writes release the GIL, so these threads run
+in parallel with each other and with the reactor thread. More threads than cores do not add
+speed, they cost it: on the 2-core benchmark machine (``benchmarks/pipeline_throughput``) the
+crawl used 26 CPU seconds for 2000 images with asyncio's default pool of 6 threads and 20-22
+with 2-4 threads, and went from 98 to 113-125 images/s, because oversubscribed threads thrash
+the GIL and the CPU caches. A process pool was also measured (2 processes beside 2 threads for
+verify + hashing): no gain, and every decoded image would cross a process boundary.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import os
+import threading
 from collections.abc import Callable
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
 
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
-__all__ = ["run_in_thread", "sha256_hex"]
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from typing_extensions import Self
+
+__all__ = ["PipelineThreads", "default_thread_count", "run_in_thread", "set_thread_count", "sha256_hex"]
 
 T = TypeVar("T")
 
@@ -20,25 +39,58 @@ T = TypeVar("T")
 INLINE_HASH_BYTES = 256 * 1024
 
 
-async def run_in_thread(func: Callable[..., T], *args: object) -> T:
-    """Await ``func(*args)`` run in a worker thread.
+def default_thread_count() -> int:
+    """The CPUs this process may run on (its affinity mask, else ``os.cpu_count()``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on every platform
+        return max(1, os.cpu_count() or 1)
 
-    Uses asyncio's default executor under the asyncio reactor (Scrapy's default) or when an
-    asyncio loop is running (unit tests driving ``process_item`` with ``asyncio.run``), and the
-    Twisted thread pool under any other reactor. Pillow (decode, convert, resize), hashlib and
-    fsync release the GIL, so threads give real parallelism for most of the work handed here;
-    what keeps the GIL is Scrapy's own reactor work and small numpy calls. A process pool of 2
-    was measured beside 2 threads for verify + hashing of the benchmark's 600 JPEGs on this
-    2-core machine (shared, load ~4): 270-279 against 264-279 images/s, so no gain, and it
-    would ship every decoded image (hundreds of KB) between processes.
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_size = default_thread_count()
+
+
+def set_thread_count(threads: int) -> None:
+    """Size the process's pipeline thread pool (``threads`` >= 1). Work already queued on a
+    previous pool still runs there.
+
+    Raises:
+        ValueError: if ``threads`` < 1.
+    """
+    global _pool, _size
+    if threads < 1:
+        raise ValueError(f"PIPELINE_THREADS must be >= 1, got {threads}")
+    with _lock:
+        if threads != _size and _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+        _size = threads
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_size, thread_name_prefix="pipeline")
+        return _pool
+
+
+async def run_in_thread(func: Callable[..., T], *args: object) -> T:
+    """Await ``func(*args)`` run in the pipeline thread pool (see the module docstring).
+
+    Uses the pool under the asyncio reactor (Scrapy's default) or whenever an asyncio loop is
+    running (unit tests driving ``process_item`` with ``asyncio.run``), and the Twisted thread
+    pool under any other reactor.
     """
     try:
-        asyncio.get_running_loop()
-        use_asyncio = True
+        loop = asyncio.get_running_loop()
     except RuntimeError:
-        use_asyncio = is_asyncio_available()
-    if use_asyncio:
-        return await asyncio.to_thread(func, *args)
+        loop = None
+    if loop is not None or is_asyncio_available():
+        loop = loop or asyncio.get_event_loop()
+        return await loop.run_in_executor(_executor(), functools.partial(func, *args))
     return await maybe_deferred_to_future(deferToThread(func, *args))
 
 
@@ -52,3 +104,21 @@ async def sha256_hex(data: bytes) -> str:
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class PipelineThreads:
+    """Scrapy extension: size the pipeline thread pool from ``PIPELINE_THREADS`` (default
+    ``default_thread_count()``, i.e. one thread per usable CPU).
+
+    Raises:
+        ValueError: if ``PIPELINE_THREADS`` < 0 (the crawl does not start).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        set_thread_count(threads)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        threads = crawler.settings.getint("PIPELINE_THREADS", 0)
+        return cls(default_thread_count() if threads == 0 else threads)

@@ -18,13 +18,28 @@ windows (a crop that keeps one corner). Two images are near duplicates when thei
 are within ``DEDUPE_MAX_DISTANCE`` bits or one of the ``MATCH_PAIRS`` of windows is within
 ``DEDUPE_VARIANT_DISTANCE`` bits (pairs are symmetric, so the order of arrival does not matter).
 The pairs were chosen greedily on the hymenoptera train photos and their copies and checked on
-the val photos: 0 false matches and ~92% recall on each half. Variants are hashed from one
-canonical reduction of the decoded image (longest side ``CANONICAL_SIDE`` pixels), the same for
-every image, so hashes in one index always come from the same recipe.
+the val photos.
+
+The hash recipe (``HASH_RECIPE``, kept in the catalog's ``meta`` table). Every hash, the full
+``phash`` included, is taken from one canonical reduction of the stored picture: longest side
+``CANONICAL_SIDE`` pixels (``canonical_image``). phash only looks at a 32x32 LANCZOS reduction,
+so 160 pixels keep every window's detail, and a small canonical image makes trimming, cropping
+and the ten resizes cheap (``benchmarks/dedupe_quality`` measured 128, 160 and 192 pixels with
+BILINEAR and LANCZOS reductions: 160 with LANCZOS had the best recall, 91.0%, and no false
+match; the 256 pixels used before gave 90.4%). JPEGs are decoded straight at reduced size with
+libjpeg's DCT scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8, never below the canonical size),
+which skips most of the inverse DCT and colour conversion; other formats are decoded fully and
+reduced. The rule
+is fixed by the stored format, so one picture always hashes the same way: drafted and
+full-size decodes are never mixed for JPEGs (on the hymenoptera photos the two paths differ by
+0-4 bits for most windows but by up to 42 bits for a few, enough to hide a duplicate). A catalog
+whose ``hash_recipe`` differs (or is missing: datasets from before the recipe was recorded) is
+rehashed from its stored files when a crawl opens it (``rehash_catalog``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Mapping
@@ -35,7 +50,7 @@ import imagehash
 import numpy as np
 import scipy.fftpack
 from itemadapter import ItemAdapter
-from PIL import Image, ImageStat
+from PIL import Image, ImageOps, ImageStat
 from scrapy.exceptions import DropItem, NotConfigured
 
 from crawler.catalog import Catalog
@@ -49,13 +64,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CANONICAL_SIDE",
+    "HASH_RECIPE",
     "MATCH_PAIRS",
     "VARIANTS",
     "DedupePipeline",
     "Match",
+    "canonical_image",
+    "canonical_size",
+    "decode_canonical_jpeg",
     "duplicate_reason",
+    "ensure_hash_recipe",
     "image_hashes",
     "perceptual_hash",
+    "rehash_catalog",
     "trim_borders",
 ]
 
@@ -64,13 +86,53 @@ HASH_SIZE = 8
 HASH_BITS = HASH_SIZE * HASH_SIZE
 
 
-def perceptual_hash(image: Image.Image) -> str:
-    """imagehash ``phash`` of a full-size RGB image, 64 bits as 16 lower-case hex chars.
+# Longest side of the canonical reduction every hash is taken from, pixels (module docstring).
+CANONICAL_SIDE = 160
+# The catalog meta value naming this recipe; a catalog with another one is rehashed.
+HASH_RECIPE = f"phash{HASH_SIZE}-canonical{CANONICAL_SIDE}-jpegdraft"
 
-    Always computed from the fully decoded image (never a JPEG ``draft``), so every hash in one
-    index comes from the same recipe.
+
+def canonical_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(width, height)`` scaled so the longest side is ``CANONICAL_SIDE`` pixels (rounded, at
+    least 1); ``size`` itself when it is no larger."""
+    width, height = size
+    longest = max(width, height)
+    if longest <= CANONICAL_SIDE:
+        return size
+    scale = CANONICAL_SIDE / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def canonical_image(image: Image.Image) -> Image.Image:
+    """``image`` (RGB) reduced to ``canonical_size`` (LANCZOS after an integer box reduction,
+    Pillow's ``reducing_gap=2.0``); ``image`` itself when it is no larger."""
+    size = canonical_size(image.size)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
+def decode_canonical_jpeg(body: bytes) -> Image.Image:
+    """The canonical RGB image of JPEG ``body``: decoded at reduced size with libjpeg's DCT
+    scaling (Pillow ``draft``, never below ``canonical_size``), EXIF-oriented, reduced.
+
+    Every entropy-coded block is still decoded, so truncated or corrupt data raises as a full
+    decode does.
+
+    Raises:
+        OSError, SyntaxError, ValueError...: whatever Pillow raises on bad data.
     """
-    return str(imagehash.phash(image, hash_size=HASH_SIZE))
+    with Image.open(io.BytesIO(body), formats=["JPEG"]) as image:
+        image.draft(None, canonical_size(image.size))
+        image.load()
+        return canonical_image(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def perceptual_hash(image: Image.Image) -> str:
+    """imagehash ``phash`` (64 bits, 16 lower-case hex chars) of the canonical reduction of
+    ``image`` (RGB; pass the canonical image itself, e.g. ``decode_canonical_jpeg``'s, to
+    follow ``HASH_RECIPE``)."""
+    return str(imagehash.phash(canonical_image(image), hash_size=HASH_SIZE))
 
 
 # Windows of the canonical image, as (left, top, right, bottom) fractions; "trim90" is taken
@@ -96,9 +158,6 @@ MATCH_PAIRS: tuple[tuple[str, str], ...] = (
     ("c80", "bl90"),
     ("c80", "br90"),
 )
-# Longest side of the canonical reduction the variants are hashed from, pixels: phash looks at
-# 32x32, so 256 keeps every window's detail while making trimming and cropping cheap.
-CANONICAL_SIDE = 256
 # trim_borders: a row or column belongs to a border when this share of its pixels is within
 # TRIM_TOLERANCE grey levels of the edge's median (JPEG noise and a stray pixel allowed).
 TRIM_TOLERANCE = 40
@@ -195,26 +254,24 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
 def image_hashes(image: Image.Image) -> dict[str, str]:
     """Every perceptual hash dedupe compares, as ``{kind: 16 hex chars}``.
 
-    ``phash`` is imagehash's phash of ``image`` itself (the catalog's ``phash`` column); the
-    ``VARIANTS`` are phashes of windows of one canonical reduction of it (see the module
-    docstring); ``colour`` (12 hex chars) is the colour signature variant matches must agree on
-    (mean and standard deviation of R, G, B, one byte each). ``image`` is RGB, fully decoded.
+    ``phash`` is imagehash's phash of the canonical image (the catalog's ``phash`` column); the
+    ``VARIANTS`` are phashes of windows of it (see the module docstring); ``colour`` (12 hex
+    chars) is the colour signature variant matches must agree on (mean and standard deviation
+    of R, G, B, one byte each). ``image`` is RGB: the canonical image (``VerifiedImage.image``,
+    which follows ``HASH_RECIPE``), or a larger one, reduced here with ``canonical_image``.
 
     The windows are cut from one grey copy of the canonical image: converting to grey is per
     pixel, so cropping before or after it gives the same pixels, and one conversion replaces
-    nine (plus the one ``trim_borders`` needs).
+    ten (plus the one ``trim_borders`` needs).
     """
-    canonical = image
-    if max(image.size) > CANONICAL_SIDE:
-        canonical = image.copy()
-        canonical.thumbnail((CANONICAL_SIDE, CANONICAL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canonical = canonical_image(image)
     grey = canonical.convert("L")
     box = _trim_box(np.asarray(grey))
     left, top = box[0], box[1]
     trimmed_size = (box[2] - left, box[3] - top)
     centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
     stat = ImageStat.Stat(canonical.crop((left + centre[0], top + centre[1], left + centre[2], top + centre[3])))
-    windows = [image.convert("L")]
+    windows = [grey]
     for kind, fractions in VARIANTS.items():
         if kind == "trim90":
             x0, y0, x1, y1 = _window(fractions, trimmed_size)
@@ -227,11 +284,82 @@ def image_hashes(image: Image.Image) -> dict[str, str]:
     return hashes
 
 
+def rehash_catalog(catalog: Catalog, *, batch: int = 256) -> tuple[int, int]:
+    """Recompute ``phash`` and the ``image_hashes`` of every ``stored`` image from its file,
+    with this module's ``HASH_RECIPE``, then record the recipe in the catalog's ``meta``.
+
+    For catalogs made before the recipe was recorded, or with another one: their hashes would
+    not be comparable with a new crawl's (see the module docstring). Files go through
+    ``verify_image`` (no size limits), so each is hashed exactly as a crawl hashes the bytes it
+    stores. Runs in batches of ``batch`` rows, each its own transaction, so a kill leaves the
+    recipe unrecorded and the next open starts again. Takes about 1-3 ms per image.
+
+    Returns:
+        ``(rehashed, skipped)``: images rehashed, and stored images whose file is missing or no
+        longer decodes (left as they are and logged; ``python -m crawler.dataset check`` reports
+        them).
+    """
+    from crawler.pipelines.verify import Rejected, verify_image  # verify imports this module
+
+    rows = [(row["id"], row["path"]) for row in catalog.rows("status = 'stored'")]
+    rehashed = skipped = 0
+    for start in range(0, len(rows), batch):
+        updates = []
+        for row_id, path in rows[start : start + batch]:
+            try:
+                body = (catalog.dataset_dir / path).read_bytes()
+                image = verify_image(body, min_side=1, max_pixels=2**62, max_bytes=2**62).image
+            except (OSError, Rejected) as exc:
+                logger.warning("rehash: skipped %s: %s", path, exc)
+                skipped += 1
+                continue
+            updates.append((row_id, image_hashes(image)))
+        with catalog.transaction() as tx:
+            for row_id, hashes in updates:
+                tx.execute("UPDATE images SET phash = ? WHERE id = ?", (hashes.pop("phash"), row_id))
+                tx.execute("DELETE FROM image_hashes WHERE image_id = ?", (row_id,))
+                tx.executemany(
+                    "INSERT INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?)",
+                    [(row_id, kind, value) for kind, value in hashes.items()],
+                )
+        rehashed += len(updates)
+    catalog.set_meta("hash_recipe", HASH_RECIPE)
+    return rehashed, skipped
+
+
+def ensure_hash_recipe(catalog: Catalog) -> None:
+    """Make the catalog's hashes follow ``HASH_RECIPE``: record it on a catalog with no stored
+    image, rehash (``rehash_catalog``) one whose recorded recipe differs or is missing."""
+    recorded = catalog.meta().get("hash_recipe")
+    if recorded == HASH_RECIPE:
+        return
+    stored = catalog.count_stored()
+    if not stored:
+        catalog.set_meta("hash_recipe", HASH_RECIPE)
+        return
+    logger.warning(
+        "catalog %s: hashes were made with recipe %s, not %s; rehashing its %d stored images",
+        catalog.path, recorded or "(none recorded)", HASH_RECIPE, stored,
+    )
+    rehashed, skipped = rehash_catalog(catalog)
+    logger.warning("rehashed %d images (%d skipped: missing or undecodable files)", rehashed, skipped)
+
+
 def duplicate_reason(label: str, existing_label: str, distance: int, same_bytes: bool) -> str:
     """``label_conflict`` across labels, else ``exact`` (same bytes) or ``near``."""
     if label != existing_label:
         return "label_conflict"
     return "exact" if same_bytes and distance == 0 else "near"
+
+
+def source_pixels(row: Mapping[str, Any]) -> int:
+    """Pixels of the image as downloaded (``source_width`` x ``source_height``; the stored
+    ``width`` x ``height`` for rows from before those columns, or 0 when unknown). A copy
+    replaces a stored one by this size, so that with ``VERIFY_MAX_SIDE`` two copies larger
+    than the limit still compare by what was downloaded."""
+    width = row["source_width"] if "source_width" in row.keys() and row["source_width"] else row["width"]
+    height = row["source_height"] if "source_height" in row.keys() and row["source_height"] else row["height"]
+    return (width or 0) * (height or 0)
 
 
 class Match:
@@ -250,7 +378,7 @@ class Match:
 
     @classmethod
     def of_row(cls, row: Any, distance: int, same_bytes: bool) -> Match:
-        return cls(row["path"], row["label"], distance, same_bytes, (row["width"] or 0) * (row["height"] or 0))
+        return cls(row["path"], row["label"], distance, same_bytes, source_pixels(row))
 
     def upgraded_by(self, label: str, pixels: int) -> bool:
         """True when an item of ``label`` and ``pixels`` should replace this stored image:
@@ -406,7 +534,8 @@ class DedupePipeline:
     ``duplicate_of`` and ``hash_distance``. Stats: ``dedupe/unique``, ``dedupe/upgrade``, ``dedupe/<reason>``.
 
     Raises:
-        NotConfigured: without DATASET_DIR, or on a distance outside [0, 64).
+        NotConfigured: without DATASET_DIR.
+        ValueError: on a distance outside [0, 64) (the crawl does not start).
         DropItem: with the duplicate reason.
     """
 
@@ -432,13 +561,15 @@ class DedupePipeline:
         variant_distance = settings.getint("DEDUPE_VARIANT_DISTANCE", cls.VARIANT_DISTANCE)
         for name, value in (("DEDUPE_MAX_DISTANCE", max_distance), ("DEDUPE_VARIANT_DISTANCE", variant_distance)):
             if not 0 <= value < HASH_BITS:
-                raise NotConfigured(f"{name} must be in [0, {HASH_BITS}) bits, got {value}")
+                raise ValueError(f"{name} must be in [0, {HASH_BITS}) bits, got {value}")
         return cls(
             crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance, variant_distance=variant_distance
         )
 
     def open_spider(self) -> None:
-        self.hashes = CatalogHashIndex(Catalog(self.dataset_dir), self.max_distance, self.variant_distance)
+        catalog = Catalog(self.dataset_dir)
+        ensure_hash_recipe(catalog)
+        self.hashes = CatalogHashIndex(catalog, self.max_distance, self.variant_distance)
         self.hashes.refresh()
         logger.info(
             "dedupe index: %d stored images, max distance %d bits (variants %d bits)",
@@ -466,7 +597,7 @@ class DedupePipeline:
         if match is None:
             stats.inc_value("dedupe/unique")
             return item
-        if match.upgraded_by(adapter["label"], adapter["width"] * adapter["height"]):
+        if match.upgraded_by(adapter["label"], source_pixels(adapter)):
             adapter["replaces"] = [(match.path, match.distance)]
             stats.inc_value("dedupe/upgrade")
             return item

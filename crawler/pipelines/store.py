@@ -32,7 +32,7 @@ from scrapy.utils.defer import deferred_from_coro
 
 from crawler.catalog import Catalog
 from crawler.labels import sanitize_label
-from crawler.pipelines.dedupe import DedupePipeline, Match, find_in_rows, mark_duplicate
+from crawler.pipelines.dedupe import DedupePipeline, Match, find_in_rows, mark_duplicate, source_pixels
 from crawler.threads import run_in_thread, sha256_hex
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class StorePipeline:
                     return _FULL
                 newer = self.catalog.stored_since(row.get("catalog_seen_id") or 0)
                 match = find_in_rows(newer, row["sha256"], row["phash"], self.max_distance)
-                pixels = (row.get("width") or 0) * (row.get("height") or 0)
+                pixels = source_pixels(row)
                 if match is not None:
                     if not match.upgraded_by(row["label"], pixels):
                         return match

@@ -1,7 +1,8 @@
 """Near-duplicate quality: the copies shops make are caught, distinct pictures are not linked.
 
 A small version of ``benchmarks/dedupe_quality.py``: generated pictures always, real photos
-from ../shared when they are there (that part skips otherwise)."""
+from ../shared when they are there (that part skips otherwise). Every picture goes the crawl's
+way, as JPEG bytes through ``verify_image`` (a reduced-size decode) and ``image_hashes``."""
 
 from __future__ import annotations
 
@@ -15,24 +16,25 @@ from PIL import Image, ImageDraw, ImageOps
 
 from crawler.catalog import Catalog
 from crawler.pipelines.dedupe import CatalogHashIndex, image_hashes, trim_borders
+from crawler.pipelines.verify import verify_image
 
 PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera_data" / "val"
 
 
-def jpeg(image: Image.Image, quality: int = 75) -> Image.Image:
+def jpeg(image: Image.Image, quality: int = 75) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+    return out.getvalue()
 
 
-def letterbox(image: Image.Image) -> Image.Image:
+def letterbox(image: Image.Image) -> bytes:
     side = max(image.size)
     square = Image.new("RGB", (side, side), "white")
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     return jpeg(square)
 
 
-def captioned(image: Image.Image) -> Image.Image:
+def captioned(image: Image.Image) -> bytes:
     bar = int(0.12 * image.height)
     canvas = Image.new("RGB", (image.width, image.height + bar), "white")
     canvas.paste(image, (0, 0))
@@ -59,13 +61,13 @@ def textured(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
 
 
 def index_of(tmp_path: Path, images: list[Image.Image]) -> tuple[CatalogHashIndex, int]:
-    """Store ``images`` one by one as the pipeline does; return the index and the number of
-    false matches met on the way (each image checked before it is stored)."""
+    """Store ``images`` (as JPEG q95) one by one as the pipeline does; return the index and the
+    number of false matches met on the way (each image checked before it is stored)."""
     catalog = Catalog(tmp_path / "dataset")
     index = CatalogHashIndex(catalog, 6, 8)
     false = 0
     for n, image in enumerate(images):
-        hashes = image_hashes(image)
+        hashes = image_hashes(verify_image(jpeg(image, 95)).image)
         phash = hashes.pop("phash")
         index.refresh()
         false += index.find(f"sha{n}", phash, hashes) is not None
@@ -75,8 +77,8 @@ def index_of(tmp_path: Path, images: list[Image.Image]) -> tuple[CatalogHashInde
     return index, false
 
 
-def caught(index: CatalogHashIndex, copy: Image.Image, n: int) -> bool:
-    hashes = image_hashes(copy)
+def caught(index: CatalogHashIndex, copy: bytes, n: int) -> bool:
+    hashes = image_hashes(verify_image(copy).image)
     match = index.find("copy", hashes.pop("phash"), hashes)
     return match is not None and match.path == f"x/{n}.jpg"
 
@@ -84,7 +86,7 @@ def caught(index: CatalogHashIndex, copy: Image.Image, n: int) -> bool:
 def test_trim_borders_removes_letterbox_and_frame_only() -> None:
     image = textured(1)
     assert trim_borders(image) is image
-    framed = ImageOps.expand(letterbox(image), 12, fill=(0, 0, 0))
+    framed = ImageOps.expand(Image.open(io.BytesIO(letterbox(image))).convert("RGB"), 12, fill=(0, 0, 0))
     trimmed = trim_borders(framed)
     assert abs(trimmed.width - image.width) <= 4 and abs(trimmed.height - image.height) <= 4
 

@@ -207,7 +207,7 @@ def test_dataset_dir_is_required(build, cls) -> None:
 
 
 def test_max_distance_must_fit_the_hash(make_crawler, build) -> None:
-    with pytest.raises(NotConfigured):
+    with pytest.raises(ValueError, match="DEDUPE_MAX_DISTANCE"):
         build(DedupePipeline, make_crawler(DEDUPE_MAX_DISTANCE=64))
 
 

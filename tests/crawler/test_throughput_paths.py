@@ -65,13 +65,14 @@ def reference_trim(image: Image.Image) -> Image.Image:
 
 
 def reference_hashes(image: Image.Image) -> dict[str, str]:
-    """``image_hashes`` written the plain way: imagehash on each RGB window (the recipe every
-    catalogued hash was made with)."""
-    hashes = {"phash": str(imagehash.phash(image, hash_size=8))}
+    """``image_hashes`` written the plain way: imagehash on the canonical image and on each RGB
+    window of it (the recipe every catalogued hash is made with)."""
     canonical = image
     if max(image.size) > CANONICAL_SIDE:
-        canonical = image.copy()
-        canonical.thumbnail((CANONICAL_SIDE, CANONICAL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        scale = CANONICAL_SIDE / max(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        canonical = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    hashes = {"phash": str(imagehash.phash(canonical, hash_size=8))}
     trimmed = reference_trim(canonical)
     w, h = trimmed.size
     stat = ImageStat.Stat(trimmed.crop((round(0.1 * w), round(0.1 * h), round(0.9 * w), round(0.9 * h))))

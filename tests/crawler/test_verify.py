@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from crawler_testkit import encode, make_item, picture, png_bomb, run
 from PIL import Image
-from scrapy.exceptions import DropItem, NotConfigured
+from scrapy.exceptions import DropItem
 
 from crawler.pipelines.verify import Rejected, VerifyPipeline, verify_image
 
@@ -187,6 +187,7 @@ def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> No
     "settings",
     [{"VERIFY_MIN_SIDE": 0}, {"VERIFY_MAX_PIXELS": -1}, {"VERIFY_FORMATS": "JPEG,HEIC"}],
 )
-def test_misconfiguration_raises_not_configured(make_crawler, build, settings) -> None:
-    with pytest.raises(NotConfigured):
+def test_misconfiguration_stops_the_crawl(make_crawler, build, settings) -> None:
+    # Not NotConfigured: Scrapy would just disable verify and let every item through.
+    with pytest.raises(ValueError, match="VERIFY_"):
         build(VerifyPipeline, make_crawler(**settings))

@@ -1,0 +1,243 @@
+"""The optional resize before storing (``VERIFY_MAX_SIDE``), the catalog's record of both sizes,
+the hash recipe (JPEGs hashed from a reduced-size decode), and what happens to datasets made
+before: schema migration and rehashing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crawler_testkit import encode, make_item, picture, run
+from PIL import Image
+from scrapy.exceptions import DropItem
+
+from crawler.catalog import COLUMNS, SCHEMA_VERSION, Catalog
+from crawler.pipelines.dedupe import (
+    CANONICAL_SIDE,
+    HASH_RECIPE,
+    DedupePipeline,
+    canonical_size,
+    decode_canonical_jpeg,
+    image_hashes,
+)
+from crawler.pipelines.store import StorePipeline
+from crawler.pipelines.verify import VerifyPipeline, verify_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stored_chain(crawler: Any, build: Any) -> list[Any]:
+    stages = [build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline)]
+    for stage in stages:
+        if hasattr(stage, "open_spider"):
+            stage.open_spider()
+    return stages
+
+
+def feed(stages: list[Any], body: bytes, label: str = "cats") -> Any:
+    async def go() -> Any:
+        item = make_item(label=label, body=body, bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+        for stage in stages:
+            item = await stage.process_item(item)
+        return item
+
+    return run(go())
+
+
+def close(stages: list[Any]) -> None:
+    for stage in stages:
+        if hasattr(stage, "close_spider"):
+            stage.close_spider()
+
+
+# -- resize ------------------------------------------------------------------------------------
+
+
+def test_max_side_resizes_a_jpeg_and_keeps_it_jpeg() -> None:
+    body = encode(picture(1, (600, 400)), "JPEG", quality=92)
+    result = verify_image(body, max_side=300, jpeg_quality=85)
+    assert (result.width, result.height, result.source_width, result.source_height) == (300, 200, 600, 400)
+    assert (result.format, result.reencoded, result.resized) == ("JPEG", True, True)
+    with Image.open(io.BytesIO(result.body)) as stored:
+        assert (stored.format, stored.size) == ("JPEG", (300, 200))
+    assert len(result.body) < len(body)
+
+
+def test_max_side_resizes_a_png_losslessly_and_leaves_small_images_alone() -> None:
+    large = encode(picture(2, (500, 250)), "PNG")
+    result = verify_image(large, max_side=200)
+    assert (result.format, result.width, result.height, result.resized) == ("PNG", 200, 100, True)
+    small = encode(picture(3, (150, 100)), "JPEG")
+    kept = verify_image(small, max_side=200)
+    assert (kept.body, kept.resized, kept.reencoded) == (small, False, False)
+    assert (kept.width, kept.source_width) == (150, 150)
+
+
+def test_max_side_applies_after_exif_orientation() -> None:
+    image = picture(4, (400, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display: 200 wide, 400 high
+    body = encode(image, "JPEG", exif=exif.tobytes())
+    result = verify_image(body, max_side=100)
+    assert (result.width, result.height, result.source_width, result.source_height) == (50, 100, 200, 400)
+
+
+@pytest.mark.parametrize("settings", [{"VERIFY_MAX_SIDE": -1}, {"VERIFY_JPEG_QUALITY": 0}, {"VERIFY_JPEG_QUALITY": 101}])
+def test_bad_resize_settings_stop_the_crawl(make_crawler, build, settings) -> None:
+    with pytest.raises(ValueError, match=next(iter(settings))):
+        build(VerifyPipeline, make_crawler(**settings))
+
+
+def test_resized_crawl_states_both_sizes_in_the_catalog(make_crawler, build, dataset_dir: Path) -> None:
+    stages = stored_chain(make_crawler(VERIFY_MAX_SIDE=256), build)
+    try:
+        item = feed(stages, encode(picture(5, (640, 480)), "JPEG", quality=90))
+    finally:
+        close(stages)
+    with Catalog(dataset_dir) as catalog:
+        (row,) = catalog.rows("status = 'stored'")
+    assert (row["width"], row["height"], row["source_width"], row["source_height"]) == (256, 192, 640, 480)
+    assert row["path"] == item["path"]
+    stored = (dataset_dir / row["path"]).read_bytes()
+    assert row["path"].endswith(f"/{hashlib.sha256(stored).hexdigest()}.jpg")
+    with Image.open(dataset_dir / row["path"]) as image:
+        assert image.size == (256, 192)
+
+
+def test_a_copy_replaces_a_resized_image_by_its_downloaded_size(make_crawler, build, dataset_dir: Path) -> None:
+    """With VERIFY_MAX_SIDE both copies are stored at the same size; the larger download wins."""
+    stages = stored_chain(make_crawler(VERIFY_MAX_SIDE=200), build)
+    try:
+        first = feed(stages, encode(picture(6, (480, 360)), "JPEG", quality=90))
+        with pytest.raises(DropItem, match="near"):  # a smaller download of the same picture
+            feed(stages, encode(picture(6, (400, 300)), "JPEG", quality=90))
+        larger = feed(stages, encode(picture(6, (640, 480)), "JPEG", quality=90))
+    finally:
+        close(stages)
+    with Catalog(dataset_dir) as catalog:
+        (row,) = catalog.rows("status = 'stored'")
+    assert row["path"] == larger["path"] != first["path"]
+    assert (row["width"], row["source_width"]) == (200, 640)
+
+
+# -- the hash recipe ---------------------------------------------------------------------------
+
+
+def test_a_jpeg_is_hashed_from_its_reduced_size_decode() -> None:
+    body = encode(picture(7, (1000, 750)), "JPEG", quality=90)
+    result = verify_image(body)
+    assert result.body == body and (result.width, result.height) == (1000, 750)
+    assert result.image.size == canonical_size((1000, 750)) == (CANONICAL_SIDE, 120)
+    assert image_hashes(result.image) == image_hashes(decode_canonical_jpeg(body))
+
+
+def test_hashes_made_at_crawl_time_are_what_a_rehash_of_the_stored_file_gives() -> None:
+    """Hashes follow the stored bytes (resized or not), so rehashing a dataset is exact."""
+    for body, max_side in [
+        (encode(picture(8, (900, 600)), "JPEG"), 0),
+        (encode(picture(8, (900, 600)), "JPEG"), 300),
+        (encode(picture(9, (700, 500)), "PNG"), 300),
+        (encode(picture(10, (300, 200), mode="RGBA"), "PNG"), 0),  # re-encoded (alpha)
+    ]:
+        crawled = verify_image(body, max_side=max_side)
+        again = verify_image(crawled.body)
+        assert image_hashes(crawled.image) == image_hashes(again.image)
+
+
+def test_truncated_and_corrupt_jpegs_are_caught_by_the_reduced_size_decode() -> None:
+    from crawler.pipelines.verify import Rejected
+
+    body = encode(picture(11, (800, 600)), "JPEG", quality=90)
+    with pytest.raises(Rejected) as truncated:
+        verify_image(body[: len(body) * 2 // 3])
+    assert truncated.value.reason == "truncated"
+    # Random bytes in the entropy-coded data after the start of scan: a full-size decode
+    # fails on them ("broken data stream"), and so does the reduced one.
+    scan = body.index(b"\xff\xda")
+    noise = random.Random(0).randbytes(len(body) - scan - 402)
+    with pytest.raises(Rejected):
+        verify_image(body[: scan + 400] + noise + body[-2:])
+
+
+# -- datasets made before ----------------------------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE images (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, label TEXT NOT NULL,
+    status TEXT NOT NULL, path TEXT, reason TEXT, duplicate_of TEXT, hash_distance INTEGER,
+    sha256 TEXT, phash TEXT, width INTEGER, height INTEGER, bytes INTEGER, format TEXT, url TEXT,
+    page_url TEXT, spider TEXT, query TEXT, licence TEXT, author TEXT);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE image_hashes (image_id INTEGER NOT NULL, kind TEXT NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (image_id, kind));
+INSERT INTO meta VALUES ('schema_version', '1'), ('hash', 'phash'), ('hash_size', '8');
+"""
+
+
+def v1_dataset(root: Path, bodies: list[bytes]) -> None:
+    """A dataset as the first release wrote it: schema 1, full-size phashes, no recipe."""
+    root.mkdir(parents=True)
+    conn = sqlite3.connect(root / "catalog.sqlite")
+    conn.executescript(V1_SCHEMA)
+    for n, body in enumerate(bodies):
+        sha = hashlib.sha256(body).hexdigest()
+        (root / "cats").mkdir(exist_ok=True)
+        (root / "cats" / f"{sha}.jpg").write_bytes(body)
+        conn.execute(
+            "INSERT INTO images (created_at, label, status, path, sha256, phash, width, height) "
+            "VALUES ('2026-01-01', 'cats', 'stored', ?, ?, ?, 300, 200)",
+            (f"cats/{sha}.jpg", sha, f"{n:016x}"),  # hashes no current recipe would give
+        )
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_catalog_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    v1_dataset(tmp_path / "old", [encode(picture(12, (300, 200)), "JPEG")])
+    with Catalog(tmp_path / "old") as catalog:
+        assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "2"
+        (row,) = catalog.rows()
+        assert tuple(row.keys()) == COLUMNS
+        assert (row["width"], row["source_width"]) == (300, None)
+    with Catalog(tmp_path / "old") as catalog:  # opening again changes nothing
+        assert len(catalog.rows()) == 1
+
+
+def test_a_crawl_rehashes_a_dataset_made_with_another_recipe(make_crawler, build, dataset_dir: Path) -> None:
+    bodies = [encode(picture(seed, (300, 200)), "JPEG", quality=90) for seed in (13, 14)]
+    v1_dataset(dataset_dir, bodies)
+    stages = stored_chain(make_crawler(), build)
+    try:
+        with Catalog(dataset_dir) as catalog:
+            assert catalog.meta()["hash_recipe"] == HASH_RECIPE
+            rows = catalog.rows("status = 'stored'")
+            kinds = catalog._conn.execute("SELECT COUNT(DISTINCT kind) FROM image_hashes").fetchone()[0]
+        for row, body in zip(rows, bodies, strict=True):
+            assert row["phash"] == image_hashes(verify_image(body).image)["phash"]
+        assert kinds == 9  # 8 windows and the colour signature
+        # The old images are found again: a recompressed copy is a near duplicate.
+        copy = encode(Image.open(io.BytesIO(bodies[1])).convert("RGB").resize((150, 100)), "JPEG", quality=60)
+        with pytest.raises(DropItem, match="near"):
+            feed(stages, copy)
+    finally:
+        close(stages)
+
+
+def test_rehash_command(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    v1_dataset(root, [encode(picture(15, (300, 200)), "JPEG")])
+    (root / "cats" / "gone.jpg").write_bytes(b"")  # not catalogued: not rehash's business
+    done = subprocess.run(
+        [sys.executable, "-m", "crawler.dataset", "rehash", str(root)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rehashed 1 images" in done.stderr
+    with Catalog(root) as catalog:
+        assert catalog.meta()["hash_recipe"] == HASH_RECIPE
