@@ -19,7 +19,7 @@ same files, at their default threshold (10 bits) and at 6 bits.
 Reproduce::
 
     bash benchmarks/peers.sh                      # once: peers' venvs in /tmp/imageclf-peers
-    .venv/bin/python -m benchmarks.dedupe_quality [--images DIR] [--peers /tmp/imageclf-peers]
+    .venv/bin/python -m benchmarks.dedupe_quality [--images DIR] [--peers /tmp/imageclf-peers] [--hash dhash ...]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from crawler.catalog import Catalog
-from crawler.pipelines.dedupe import CatalogHashIndex, DedupePipeline, image_hashes
+from crawler.pipelines.dedupe import HASH_FUNCTIONS, CatalogHashIndex, DedupePipeline, image_hashes
 from crawler.pipelines.verify import verify_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,9 @@ def build_set(images_dir: Path, folder: Path, seed: int) -> tuple[list[str], dic
     return originals, copies
 
 
-def ours(folder: Path, originals: list[str], copies: dict[str, list[str]], variant_distance: int) -> dict:
+def ours(
+    folder: Path, originals: list[str], copies: dict[str, list[str]], variant_distance: int, hash_name: str = "phash"
+) -> dict:
     """Recall per transform and false-match pairs of the dedupe stage's own index."""
     with tempfile.TemporaryDirectory() as dataset:
         catalog = Catalog(dataset)
@@ -138,7 +140,7 @@ def ours(folder: Path, originals: list[str], copies: dict[str, list[str]], varia
         started = time.perf_counter()
         for n, name in enumerate(originals):
             verified = verify_image((folder / name).read_bytes())
-            hashes = image_hashes(verified.image)
+            hashes = image_hashes(verified.image, hash_name)
             phash = hashes.pop("phash")
             index.refresh()
             if index.find(f"sha-{n}", phash, hashes if variant_distance else None) is not None:
@@ -152,7 +154,7 @@ def ours(folder: Path, originals: list[str], copies: dict[str, list[str]], varia
         for kind, names in copies.items():
             hits = 0
             for n, name in enumerate(names):
-                hashes = image_hashes(verify_image((folder / name).read_bytes()).image)
+                hashes = image_hashes(verify_image((folder / name).read_bytes()).image, hash_name)
                 phash = hashes.pop("phash")
                 match = index.find(f"copy-{kind}-{n}", phash, hashes if variant_distance else None)
                 hits += match is not None and match.path == originals[n]
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of photos (searched recursively)")
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="folder made by benchmarks/peers.sh")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hash", action="append", choices=list(HASH_FUNCTIONS), default=None,
+                        help="also measure ours with this DEDUPE_HASH (repeatable; phash always runs)")
     args = parser.parse_args(argv)
     if not args.images.is_dir():
         print(f"skipped: no photos at {args.images}")  # noqa: T201
@@ -215,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             f"ours (phash<=6 + variants<=8)": ours(folder, originals, copies, DedupePipeline.VARIANT_DISTANCE),
             "ours, plain phash (<= 6 bits)": ours(folder, originals, copies, 0),
         }
+        for name in args.hash or []:
+            if name != "phash":
+                results[f"ours, DEDUPE_HASH={name}"] = ours(
+                    folder, originals, copies, DedupePipeline.VARIANT_DISTANCE, name
+                )
         peer_python = args.peers / "torch" / "bin" / "python"
         if peer_python.exists():
             results.update({f"imagededup {k}": v for k, v in peers(folder, originals, copies, peer_python).items()})

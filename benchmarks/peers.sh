@@ -25,5 +25,10 @@ if ! "$PEERS_DIR/torch/bin/python" -c "import fastai.vision.all, imagededup.meth
   "$UV" pip install --quiet --python "$PEERS_DIR/torch/bin/python" \
     "torch==2.15.0" "torchvision==0.29.2" fastai imagededup
 fi
+# Bytecode compiled ahead, as pip does when it installs and as our Makefile does for .venv/, so
+# no tool compiles its imports at start-up (idempotent: compileall skips up-to-date files).
+for env in img2dataset torch; do
+  "$PEERS_DIR/$env/bin/python" -m compileall -q -j 0 "$PEERS_DIR/$env/lib" >/dev/null || true
+done
 "$PEERS_DIR/img2dataset/bin/python" -c "import img2dataset, importlib.metadata as m; print('img2dataset', m.version('img2dataset'))"
 "$PEERS_DIR/torch/bin/python" -c "import importlib.metadata as m; print('fastai', m.version('fastai'), 'imagededup', m.version('imagededup'), 'torch', m.version('torch'))"

@@ -241,6 +241,13 @@ class Catalog:
                 (last_id,),
             ).fetchall()
 
+    def version(self) -> tuple[int, int]:
+        """A token that changes whenever anything commits to the catalog: SQLite's
+        ``data_version`` (commits by other connections, other processes included) and this
+        connection's ``total_changes``. Equal tokens mean no new rows, without reading a table."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0]), self._conn.total_changes
+
     def count_stored(self) -> int:
         """Number of ``stored`` rows."""
         with self._lock:

@@ -16,8 +16,8 @@ not inconsistencies: no reader looks there.
 ``.trash/`` (keeping their relative path); rows of missing or trashed files become ``rejected``
 with reason ``missing_file``/``hash_mismatch``/``undecodable``; ``.tmp/`` is emptied.
 
-``rehash`` recomputes every stored image's perceptual hashes with the current recipe
-(``crawler.pipelines.dedupe.HASH_RECIPE``). A crawl does this by itself when it opens a dataset
+``rehash [--hash NAME]`` recomputes every stored image's perceptual hashes with the current
+recipe (``crawler.pipelines.dedupe.hash_recipe``), with the hash the catalog records or NAME. A crawl does this by itself when it opens a dataset
 made with another recipe; the command does it ahead of time.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crawler.catalog import CATALOG_NAME, Catalog
-from crawler.pipelines.dedupe import HASH_RECIPE, rehash_catalog
+from crawler.pipelines.dedupe import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe, rehash_catalog
 from crawler.pipelines.store import TMP_DIR
 from crawler.pipelines.verify import Rejected, verify_image
 
@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     export_cmd.add_argument("--output", type=Path, default=None, help="default: <dataset>/catalog.csv")
     rehash_cmd = commands.add_parser("rehash", help="recompute perceptual hashes from the stored files")
     rehash_cmd.add_argument("dataset", type=Path)
+    rehash_cmd.add_argument(
+        "--hash", choices=sorted(HASH_FUNCTIONS), default=None,
+        help="perceptual hash to use (default: the one the catalog records, else phash)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -159,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("no catalog in %s", args.dataset)
             return 2
         with Catalog(args.dataset) as catalog:
-            rehashed, skipped = rehash_catalog(catalog)
-        logger.info("rehashed %d images with %s (%d skipped)", rehashed, HASH_RECIPE, skipped)
+            recorded = catalog.meta().get("hash")
+            hash_name = args.hash or (recorded if recorded in HASH_FUNCTIONS else DEFAULT_HASH)
+            rehashed, skipped = rehash_catalog(catalog, hash_name)
+        logger.info("rehashed %d images with %s (%d skipped)", rehashed, hash_recipe(hash_name), skipped)
         return 1 if skipped else 0
 
     if args.command == "export":

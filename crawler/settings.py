@@ -77,6 +77,8 @@ VERIFY_MAX_SIDE = 0
 VERIFY_JPEG_QUALITY = 90
 DEDUPE_MAX_DISTANCE = 6
 DEDUPE_VARIANT_DISTANCE = 8
+# imagehash hash for dedupe: phash (default), dhash, average_hash or whash.
+DEDUPE_HASH = "phash"
 # fsync each image and its folder before its catalog row commits (durability on power loss).
 STORE_FSYNC = True
 

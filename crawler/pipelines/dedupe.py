@@ -42,7 +42,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CANONICAL_SIDE",
+    "HASH_FUNCTIONS",
     "HASH_RECIPE",
     "MATCH_PAIRS",
     "VARIANTS",
@@ -75,6 +76,7 @@ __all__ = [
     "decode_canonical_jpeg",
     "duplicate_reason",
     "ensure_hash_recipe",
+    "hash_recipe",
     "image_hashes",
     "perceptual_hash",
     "rehash_catalog",
@@ -88,8 +90,29 @@ HASH_BITS = HASH_SIZE * HASH_SIZE
 
 # Longest side of the canonical reduction every hash is taken from, pixels (module docstring).
 CANONICAL_SIDE = 160
-# The catalog meta value naming this recipe; a catalog with another one is rehashed.
-HASH_RECIPE = f"phash{HASH_SIZE}-canonical{CANONICAL_SIDE}-jpegdraft"
+# imagehash's 64-bit hashes dedupe can use (DEDUPE_HASH); phash is the default and the one the
+# thresholds, MATCH_PAIRS and benchmarks/dedupe_quality figures are for.
+HASH_FUNCTIONS: dict[str, Callable[..., imagehash.ImageHash]] = {
+    "phash": imagehash.phash,
+    "dhash": imagehash.dhash,
+    "average_hash": imagehash.average_hash,
+    "whash": imagehash.whash,
+}
+DEFAULT_HASH = "phash"
+
+
+def hash_recipe(hash_name: str = DEFAULT_HASH) -> str:
+    """The catalog ``meta`` value naming how hashes are made; a catalog with another is rehashed.
+
+    Raises:
+        ValueError: for a ``hash_name`` not in ``HASH_FUNCTIONS``.
+    """
+    if hash_name not in HASH_FUNCTIONS:
+        raise ValueError(f"unknown perceptual hash {hash_name!r}; valid: {', '.join(HASH_FUNCTIONS)}")
+    return f"{hash_name}{HASH_SIZE}-canonical{CANONICAL_SIDE}-jpegdraft"
+
+
+HASH_RECIPE = hash_recipe()
 
 
 def canonical_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -128,11 +151,11 @@ def decode_canonical_jpeg(body: bytes) -> Image.Image:
         return canonical_image(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-def perceptual_hash(image: Image.Image) -> str:
-    """imagehash ``phash`` (64 bits, 16 lower-case hex chars) of the canonical reduction of
-    ``image`` (RGB; pass the canonical image itself, e.g. ``decode_canonical_jpeg``'s, to
-    follow ``HASH_RECIPE``)."""
-    return str(imagehash.phash(canonical_image(image), hash_size=HASH_SIZE))
+def perceptual_hash(image: Image.Image, hash_name: str = DEFAULT_HASH) -> str:
+    """imagehash's ``hash_name`` (default ``phash``; 64 bits, 16 lower-case hex chars) of the
+    canonical reduction of ``image`` (RGB; pass the canonical image itself, e.g.
+    ``decode_canonical_jpeg``'s, to follow ``HASH_RECIPE``)."""
+    return str(HASH_FUNCTIONS[hash_name](canonical_image(image), hash_size=HASH_SIZE))
 
 
 # Windows of the canonical image, as (left, top, right, bottom) fractions; "trim90" is taken
@@ -251,11 +274,12 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
-def image_hashes(image: Image.Image) -> dict[str, str]:
+def image_hashes(image: Image.Image, hash_name: str = DEFAULT_HASH) -> dict[str, str]:
     """Every perceptual hash dedupe compares, as ``{kind: 16 hex chars}``.
 
-    ``phash`` is imagehash's phash of the canonical image (the catalog's ``phash`` column); the
-    ``VARIANTS`` are phashes of windows of it (see the module docstring); ``colour`` (12 hex
+    ``phash`` is imagehash's ``hash_name`` hash (default phash) of the canonical image (the
+    catalog's ``phash`` column, whichever hash ``meta.hash`` names); the ``VARIANTS`` are the
+    same hash of windows of it (see the module docstring); ``colour`` (12 hex
     chars) is the colour signature variant matches must agree on (mean and standard deviation
     of R, G, B, one byte each). ``image`` is RGB: the canonical image (``VerifiedImage.image``,
     which follows ``HASH_RECIPE``), or a larger one, reduced here with ``canonical_image``.
@@ -278,15 +302,19 @@ def image_hashes(image: Image.Image) -> dict[str, str]:
             windows.append(grey.crop((left + x0, top + y0, left + x1, top + y1)))
         else:
             windows.append(grey.crop(_window(fractions, canonical.size)))
-    values = phash_many(windows)
+    if hash_name == "phash":
+        values = phash_many(windows)
+    else:
+        values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
     hashes = {"phash": values[0], COLOUR_KIND: bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()}
     hashes.update(zip(VARIANTS, values[1:], strict=True))
     return hashes
 
 
-def rehash_catalog(catalog: Catalog, *, batch: int = 256) -> tuple[int, int]:
+def rehash_catalog(catalog: Catalog, hash_name: str = DEFAULT_HASH, *, batch: int = 256) -> tuple[int, int]:
     """Recompute ``phash`` and the ``image_hashes`` of every ``stored`` image from its file,
-    with this module's ``HASH_RECIPE``, then record the recipe in the catalog's ``meta``.
+    with ``hash_recipe(hash_name)``, then record the recipe and the hash in the catalog's
+    ``meta`` (``hash_recipe``, ``hash``).
 
     For catalogs made before the recipe was recorded, or with another one: their hashes would
     not be comparable with a new crawl's (see the module docstring). Files go through
@@ -313,7 +341,7 @@ def rehash_catalog(catalog: Catalog, *, batch: int = 256) -> tuple[int, int]:
                 logger.warning("rehash: skipped %s: %s", path, exc)
                 skipped += 1
                 continue
-            updates.append((row_id, image_hashes(image)))
+            updates.append((row_id, image_hashes(image, hash_name)))
         with catalog.transaction() as tx:
             for row_id, hashes in updates:
                 tx.execute("UPDATE images SET phash = ? WHERE id = ?", (hashes.pop("phash"), row_id))
@@ -323,25 +351,33 @@ def rehash_catalog(catalog: Catalog, *, batch: int = 256) -> tuple[int, int]:
                     [(row_id, kind, value) for kind, value in hashes.items()],
                 )
         rehashed += len(updates)
-    catalog.set_meta("hash_recipe", HASH_RECIPE)
+    _record_recipe(catalog, hash_name)
     return rehashed, skipped
 
 
-def ensure_hash_recipe(catalog: Catalog) -> None:
-    """Make the catalog's hashes follow ``HASH_RECIPE``: record it on a catalog with no stored
-    image, rehash (``rehash_catalog``) one whose recorded recipe differs or is missing."""
+def _record_recipe(catalog: Catalog, hash_name: str) -> None:
+    with catalog.transaction() as tx:
+        catalog.set_meta("hash_recipe", hash_recipe(hash_name), conn=tx)
+        catalog.set_meta("hash", hash_name, conn=tx)
+
+
+def ensure_hash_recipe(catalog: Catalog, hash_name: str = DEFAULT_HASH) -> None:
+    """Make the catalog's hashes follow ``hash_recipe(hash_name)``: record it on a catalog with
+    no stored image, rehash (``rehash_catalog``) one whose recorded recipe differs (another
+    hash, or an older recipe) or is missing."""
+    recipe = hash_recipe(hash_name)
     recorded = catalog.meta().get("hash_recipe")
-    if recorded == HASH_RECIPE:
+    if recorded == recipe:
         return
     stored = catalog.count_stored()
     if not stored:
-        catalog.set_meta("hash_recipe", HASH_RECIPE)
+        _record_recipe(catalog, hash_name)
         return
     logger.warning(
         "catalog %s: hashes were made with recipe %s, not %s; rehashing its %d stored images",
-        catalog.path, recorded or "(none recorded)", HASH_RECIPE, stored,
+        catalog.path, recorded or "(none recorded)", recipe, stored,
     )
-    rehashed, skipped = rehash_catalog(catalog)
+    rehashed, skipped = rehash_catalog(catalog, hash_name)
     logger.warning("rehashed %d images (%d skipped: missing or undecodable files)", rehashed, skipped)
 
 
@@ -420,17 +456,26 @@ class CatalogHashIndex:
             mine: frozenset(self._codes[theirs] for m, theirs in pairs if m == mine) for mine in self.KINDS
         }
         self.colours: dict[int, bytes] = {}
+        self.ids_of_sha256: dict[str, int] = {}  # first stored row of each SHA-256 seen
         self.stored = 0  # stored images indexed
         self.last_id = 0
+        self._version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def refresh(self) -> int:
-        """Add ``stored`` rows with id above the last seen; return the new last id."""
+        """Add ``stored`` rows with id above the last seen; return the new last id. Reads no
+        table when nothing was committed since the last call (``Catalog.version``)."""
         with self._lock:
+            version = self.catalog.version()
+            if version == self._version:
+                return self.last_id
+            self._version = version
             since = self.last_id
             for row in self.catalog.stored_since(since):
                 if row["phash"]:
                     self.index.add(int(row["phash"], 16), row["id"] * 16)
+                if row["sha256"]:
+                    self.ids_of_sha256.setdefault(row["sha256"], row["id"])
                 self.stored += 1
                 self.last_id = row["id"]
             if self.variant_distance and self.last_id > since:
@@ -447,9 +492,12 @@ class CatalogHashIndex:
     def find(self, sha256: str, phash: str, hashes: Mapping[str, str] | None = None) -> Match | None:
         """The stored image this one duplicates: exact match first, else the nearest by full
         phash, else the nearest by a pair of variant hashes (``MATCH_PAIRS``)."""
-        exact = self.catalog.find_stored_sha256(sha256)
-        if exact is not None:
-            return Match.of_row(exact, 0, True)
+        # Most items are new: the in-memory map answers them without a query; a hit is
+        # confirmed in the catalog (the row may have been replaced or reviewed away since).
+        if sha256 in self.ids_of_sha256:
+            exact = self.catalog.find_stored_sha256(sha256)
+            if exact is not None:
+                return Match.of_row(exact, 0, True)
         variants = self.variant_distance and hashes
         values = {"phash": phash}
         if variants:
@@ -520,11 +568,16 @@ class DedupePipeline:
             has probability ~4.5e-12 per pair (binomial tail of 64 fair bits), i.e. about two
             chance matches among a million images.
         DEDUPE_VARIANT_DISTANCE: largest Hamming distance, in bits, between the variant hashes
-            of a ``MATCH_PAIRS`` pair (default 8; 0 turns variants off). On the hymenoptera
-            photos every variant pair of distinct photos is at least 12 bits apart; at 8 bits
-            the copies of ``benchmarks/dedupe_quality`` are caught ~93% of the time with no
-            false match. Each image is compared through 16 pairs, so the chance rate for
-            unrelated hashes is ~16 x 3.0e-10 per pair of images (see README for the figures).
+            of a ``MATCH_PAIRS`` pair (default 8; 0 turns variants off). At 8 bits the copies
+            of ``benchmarks/dedupe_quality`` are caught 91% of the time with no false match
+            among the 78,606 pairs of distinct hymenoptera photos. Each image is compared
+            through 16 pairs, so the chance rate for unrelated hashes is ~16 x 3.0e-10 per
+            pair of images (see README for the figures).
+        DEDUPE_HASH: the imagehash hash (``HASH_FUNCTIONS``: ``phash``, the default, ``dhash``,
+            ``average_hash`` or ``whash``), 64 bits, for the image and its windows. The
+            distances above were measured for phash. Changing it on an existing dataset
+            rehashes its stored images when the crawl opens it (hashes of two kinds are never
+            compared).
 
     Sets ``phash``, ``hashes`` (the variants, for the catalog's ``image_hashes``) and
     ``catalog_seen_id`` on unique items. A larger copy (more pixels, same
@@ -535,7 +588,8 @@ class DedupePipeline:
 
     Raises:
         NotConfigured: without DATASET_DIR.
-        ValueError: on a distance outside [0, 64) (the crawl does not start).
+        ValueError: on a distance outside [0, 64) or an unknown ``DEDUPE_HASH`` (the crawl
+            does not start).
         DropItem: with the duplicate reason.
     """
 
@@ -543,12 +597,19 @@ class DedupePipeline:
     VARIANT_DISTANCE = 8
 
     def __init__(
-        self, crawler: Crawler, *, dataset_dir: Path, max_distance: int, variant_distance: int = VARIANT_DISTANCE
+        self,
+        crawler: Crawler,
+        *,
+        dataset_dir: Path,
+        max_distance: int,
+        variant_distance: int = VARIANT_DISTANCE,
+        hash_name: str = DEFAULT_HASH,
     ) -> None:
         self.crawler = crawler
         self.dataset_dir = dataset_dir
         self.max_distance = max_distance
         self.variant_distance = variant_distance
+        self.hash_name = hash_name
         self.hashes: CatalogHashIndex | None = None
 
     @classmethod
@@ -562,18 +623,25 @@ class DedupePipeline:
         for name, value in (("DEDUPE_MAX_DISTANCE", max_distance), ("DEDUPE_VARIANT_DISTANCE", variant_distance)):
             if not 0 <= value < HASH_BITS:
                 raise ValueError(f"{name} must be in [0, {HASH_BITS}) bits, got {value}")
+        hash_name = settings.get("DEDUPE_HASH", DEFAULT_HASH)
+        hash_recipe(hash_name)  # ValueError naming the valid hashes
         return cls(
-            crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance, variant_distance=variant_distance
+            crawler,
+            dataset_dir=Path(dataset_dir),
+            max_distance=max_distance,
+            variant_distance=variant_distance,
+            hash_name=hash_name,
         )
 
     def open_spider(self) -> None:
         catalog = Catalog(self.dataset_dir)
-        ensure_hash_recipe(catalog)
+        ensure_hash_recipe(catalog, self.hash_name)
         self.hashes = CatalogHashIndex(catalog, self.max_distance, self.variant_distance)
         self.hashes.refresh()
         logger.info(
-            "dedupe index: %d stored images, max distance %d bits (variants %d bits)",
+            "dedupe index: %d stored images, %s, max distance %d bits (variants %d bits)",
             self.hashes.stored,
+            self.hash_name,
             self.max_distance,
             self.variant_distance,
         )
@@ -607,7 +675,10 @@ class DedupePipeline:
 
     def _decide(self, image: Image.Image, sha256: str) -> tuple[dict[str, str], int, Match | None]:
         assert self.hashes is not None
-        hashes = image_hashes(image) if self.variant_distance else {"phash": perceptual_hash(image)}
+        if self.variant_distance:
+            hashes = image_hashes(image, self.hash_name)
+        else:
+            hashes = {"phash": perceptual_hash(image, self.hash_name)}
         seen_id = self.hashes.refresh()
         variants = {kind: value for kind, value in hashes.items() if kind != "phash"}
         return hashes, seen_id, self.hashes.find(sha256, hashes["phash"], variants)

@@ -25,6 +25,7 @@ from crawler.pipelines.dedupe import (
     DedupePipeline,
     canonical_size,
     decode_canonical_jpeg,
+    hash_recipe,
     image_hashes,
 )
 from crawler.pipelines.store import StorePipeline
@@ -241,3 +242,36 @@ def test_rehash_command(tmp_path: Path) -> None:
     assert "rehashed 1 images" in done.stderr
     with Catalog(root) as catalog:
         assert catalog.meta()["hash_recipe"] == HASH_RECIPE
+
+
+# -- DEDUPE_HASH -------------------------------------------------------------------------------
+
+
+def test_dedupe_hash_is_configurable_and_a_switch_rehashes(make_crawler, build, dataset_dir: Path) -> None:
+    bodies = [encode(picture(seed, (300, 200)), "JPEG", quality=90) for seed in (16, 17)]
+    stages = stored_chain(make_crawler(), build)  # phash, the default
+    try:
+        for body in bodies:
+            feed(stages, body)
+    finally:
+        close(stages)
+    stages = stored_chain(make_crawler(DEDUPE_HASH="dhash"), build)  # a later crawl switches
+    try:
+        with Catalog(dataset_dir) as catalog:
+            meta = catalog.meta()
+            stored = {row["sha256"]: row["phash"] for row in catalog.rows("status = 'stored'")}
+        assert (meta["hash"], meta["hash_recipe"]) == ("dhash", hash_recipe("dhash"))
+        for body in bodies:
+            expected = image_hashes(verify_image(body).image, "dhash")["phash"]
+            assert stored[hashlib.sha256(body).hexdigest()] == expected
+            assert expected != image_hashes(verify_image(body).image)["phash"]
+        copy = encode(Image.open(io.BytesIO(bodies[0])).convert("RGB").resize((150, 100)), "JPEG", quality=60)
+        with pytest.raises(DropItem, match="near"):
+            feed(stages, copy)
+    finally:
+        close(stages)
+
+
+def test_an_unknown_dedupe_hash_stops_the_crawl(make_crawler, build) -> None:
+    with pytest.raises(ValueError, match="phash, dhash, average_hash, whash"):
+        build(DedupePipeline, make_crawler(DEDUPE_HASH="md5"))
