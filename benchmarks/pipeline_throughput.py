@@ -20,7 +20,7 @@ same URL list in the same run:
 Reproduce::
 
     bash benchmarks/peers.sh            # once
-    .venv/bin/python -m benchmarks.pipeline_throughput [--count 2000] [--latency 0.05]
+    .venv/bin/python -m benchmarks.pipeline_throughput [--count 2000] [--latency 0.05] [--floor]
 """
 
 from __future__ import annotations
@@ -222,8 +222,10 @@ def run_ours(base: str, tmp: Path, settings: dict[str, object]) -> tuple[float, 
         cwd=REPO, check=True, timeout=1800,
     )
     seconds = time.perf_counter() - started
-    stored = len(list((dataset / "bench").glob("*")))
     info = json.loads(result.read_text())
+    stored = len(list((dataset / "bench").glob("*")))
+    if "ITEM_PIPELINES" in settings:  # the floor row stores nothing: count downloaded items
+        stored = int(info["stats"].get("item_scraped_count", 0))
     if os.environ.get("BENCH_STATS"):
         print(json.dumps(info["stats"], indent=1, sort_keys=True))  # noqa: T201
     info["phases"] = (info["opened"] - wall, info["closed"] - info["opened"], time.time() - info["closed"])
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=32, help="our CONCURRENT_ITEMS (default 32, the project's)")
     parser.add_argument("--variant", action="append", default=[], metavar="SETTING=VALUE[,...]",
                         help="also run ours with these settings changed (repeatable)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run ours with the download stage only (Scrapy's own cost: no verify, dedupe or store)")
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="folder made by benchmarks/peers.sh")
     parser.add_argument("--only", choices=["ours", "img2dataset", "fastai"], action="append")
     args = parser.parse_args(argv)
@@ -302,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                 "img2dataset (32 threads x 2)": ("img2dataset", lambda: run_img2dataset(args.peers / "img2dataset" / "bin" / "python", urls, tmp)),
                 "fastai download_images (32)": ("fastai", lambda: run_fastai(args.peers / "torch" / "bin" / "python", urls, tmp)),
             }
+            if args.floor:
+                floor = {**ours, "ITEM_PIPELINES": json.dumps({"crawler.pipelines.download.DownloadPipeline": 100})}
+                runners["ours, download stage only"] = ("ours", lambda: run_ours(base, tmp, floor))
             for variant in args.variant:
                 changed = dict(pair.split("=", 1) for pair in variant.split(","))
                 runners[f"ours, {variant}"] = ("ours", lambda changed=changed: run_ours(base, tmp, {**ours, **changed}))
@@ -310,23 +317,30 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 load = os.getloadavg()[0]
                 cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+                server = resource.getrusage(resource.RUSAGE_SELF)
                 try:
                     seconds, done, extra = run()
                     used = resource.getrusage(resource.RUSAGE_CHILDREN)
                     cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+                    served = resource.getrusage(resource.RUSAGE_SELF)
+                    server_s = served.ru_utime + served.ru_stime - server.ru_utime - server.ru_stime
                     lag = f"{extra['max_lag'] * 1000:.0f} (p99 {extra['p99_lag'] * 1000:.0f})" if "max_lag" in extra else "-"
-                    rows.append((label, f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{cpu_s:.1f}", lag, f"{load:.2f}"))
+                    rows.append((label, f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{cpu_s:.1f}",
+                                 f"{server_s:.1f}", lag, f"{load:.2f}"))
                     if "phases" in extra:
                         details.append(describe(label, extra))
                 except (OSError, subprocess.SubprocessError) as exc:
-                    rows.append((label, "-", "-", f"not measured: {type(exc).__name__}", "-", "-", f"{load:.2f}"))
+                    rows.append((label, "-", "-", f"not measured: {type(exc).__name__}", "-", "-", "-", f"{load:.2f}"))
     finally:
         httpd.shutdown()
-    header = ("tool", "images", "seconds", "images/s", "CPU s", "reactor lag ms", "load (1 min)")
+    header = ("tool", "images", "seconds", "images/s", "CPU s", "server CPU s", "reactor lag ms", "load (1 min)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{args.count} URLs, {args.latency * 1000:.0f} ms latency, {os.cpu_count()} cores"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
-    lines.append("CPU s: user + system time of the tool's processes; reactor lag: longest (99th percentile) delay of a 10 ms tick")
+    lines.append(
+        "CPU s: user + system time of the tool's processes; server CPU s: the local image server's "
+        "(this process) meanwhile; reactor lag: longest (99th percentile) delay of a 10 ms tick"
+    )
     lines += details
     lines.append("ours: " + " ".join(f"-s {k}={v}" for k, v in ours.items()))
     lines.append(f"reproduce: bash benchmarks/peers.sh && .venv/bin/python -m benchmarks.pipeline_throughput --count {args.count} --latency {args.latency}")
