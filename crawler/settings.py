@@ -8,6 +8,8 @@ documented defaults live on the component classes, the values here only make the
 BOT_NAME = "crawler"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
+# `scrapy crawl` exits 1 when the spider closed for a failure reason (crawler/commands/crawl.py).
+COMMANDS_MODULE = "crawler.commands"
 
 # Identify ourselves honestly so site owners can tell who is crawling and block us if they wish.
 USER_AGENT = "imageclf-crawler/0.1 (+https://github.com/imageclf/imageclf; dataset builder)"

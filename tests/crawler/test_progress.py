@@ -61,6 +61,8 @@ def test_robots_txt_refusal_is_reported_as_a_failure(tmp_path) -> None:
     assert "ERROR: robots.txt disallows" in out
     assert "'finish_reason': 'robots_denied'" in out
     assert "Spider closed (robots_denied)" in out
+    assert result.returncode == 1
+    assert "crawl failed: the spider closed with finish reason 'robots_denied'" in out
 
 
 @pytest.mark.timeout(120)
@@ -69,6 +71,7 @@ def test_a_crawl_that_parses_no_page_is_a_failure(tmp_path) -> None:
         result = run_crawl(gallery_command(f"{site.url}/missing", "pics", tmp_path / "dataset"))
     assert "Spider closed (nothing_crawled)" in result.stdout
     assert "ERROR: no page was crawled" in result.stdout
+    assert result.returncode == 1
 
 
 def test_summary_counts_reasons_and_lists_label_conflicts(make_crawler, build) -> None:

@@ -103,7 +103,8 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {
 
 @pytest.fixture(scope="module")
 def runs(server, tmp_path_factory) -> dict[str, tuple[str, Path]]:
-    """Every crawl of RUNS at once: run name -> (log, dataset)."""
+    """Every crawl of RUNS at once: run name -> (log, dataset). `scrapy crawl` exits 0 for
+    the crawls that did their job and 1 for those that failed (changed markup, robots.txt)."""
     root = tmp_path_factory.mktemp("search")
     procs = {}
     for name, (spider, variant, extra) in RUNS.items():
@@ -116,7 +117,7 @@ def runs(server, tmp_path_factory) -> dict[str, tuple[str, Path]]:
     for name, proc in procs.items():
         result = finish(proc)
         assert "Traceback" not in result.stdout, result.stdout[-3000:]
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert result.returncode == (1 if name in ("bing_changed", "bing_denied") else 0), result.stdout[-3000:]
         results[name] = (result.stdout, root / name)
     return results
 

@@ -1,0 +1,1 @@
+"""Project commands (Scrapy's ``COMMANDS_MODULE``): ``crawl`` with exit codes that tell failure."""
