@@ -25,11 +25,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "Catalog", "SCHEMA_VERSION"]
+__all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "REVIEW_DELETE", "SCHEMA_VERSION", "Catalog"]
 
 CATALOG_NAME = "catalog.sqlite"
 CSV_NAME = "catalog.csv"
 SCHEMA_VERSION = "2"
+# The reason of a row whose image a person deleted in review (crawler/review.py); later crawls
+# reject copies of it.
+REVIEW_DELETE = "review_delete"
 # Longest `url` kept for data: URIs (docs/dataset.md): a base64 image can be megabytes.
 DATA_URI_KEEP_CHARS = 100
 
@@ -222,23 +225,29 @@ class Catalog:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def stored_since(self, last_id: int) -> list[sqlite3.Row]:
-        """``stored`` rows with ``id > last_id`` (id, label, path, sha256, phash, width,
-        height, source_width, source_height), by id."""
+    def stored_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
+        """``stored`` rows with ``id > last_id`` (id, label, status, path, sha256, phash, width,
+        height, source_width, source_height), by id; with ``deleted``, also the rows of images
+        deleted in review (``rejected``, reason ``REVIEW_DELETE``)."""
+        where = "(status = 'stored' OR (status = 'rejected' AND reason = ?))" if deleted else "status = 'stored'"
+        params = (REVIEW_DELETE, last_id) if deleted else (last_id,)
         with self._lock:
             return self._conn.execute(
-                "SELECT id, label, path, sha256, phash, width, height, source_width, source_height FROM images "
-                "WHERE status = 'stored' AND id > ? ORDER BY id",
-                (last_id,),
+                "SELECT id, label, status, path, sha256, phash, width, height, source_width, source_height "
+                f"FROM images WHERE {where} AND id > ? ORDER BY id",  # noqa: S608 (fixed clauses)
+                params,
             ).fetchall()
 
-    def hashes_since(self, last_id: int) -> list[sqlite3.Row]:
-        """``image_hashes`` rows (image_id, kind, hash) of ``stored`` images with ``id > last_id``."""
+    def hashes_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
+        """``image_hashes`` rows (image_id, kind, hash) of ``stored`` images with ``id > last_id``
+        (with ``deleted``, also of images deleted in review)."""
+        where = "(i.status = 'stored' OR (i.status = 'rejected' AND i.reason = ?))" if deleted else "i.status = 'stored'"
+        params = (REVIEW_DELETE, last_id) if deleted else (last_id,)
         with self._lock:
             return self._conn.execute(
                 "SELECT h.image_id, h.kind, h.hash FROM image_hashes h JOIN images i ON i.id = h.image_id "
-                "WHERE i.status = 'stored' AND i.id > ? ORDER BY h.image_id",
-                (last_id,),
+                f"WHERE {where} AND i.id > ? ORDER BY h.image_id",  # noqa: S608 (fixed clauses)
+                params,
             ).fetchall()
 
     def version(self) -> tuple[int, int]:
@@ -253,14 +262,17 @@ class Catalog:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM images WHERE status = 'stored'").fetchone()[0])
 
-    def find_stored_sha256(self, sha256: str) -> sqlite3.Row | None:
-        """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``."""
+    def find_stored_sha256(self, sha256: str, *, deleted: bool = False) -> sqlite3.Row | None:
+        """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``; with
+        ``deleted``, else the first row of such an image deleted in review."""
+        where = "(status = 'stored' OR (status = 'rejected' AND reason = ?))" if deleted else "status = 'stored'"
+        params = (sha256, REVIEW_DELETE) if deleted else (sha256,)
         with self._lock:
             return self._conn.execute(
-                "SELECT id, label, path, width, height, source_width, source_height FROM images "
-                "WHERE sha256 = ? AND status = 'stored' "
-                "ORDER BY id LIMIT 1",
-                (sha256,),
+                "SELECT id, label, status, path, width, height, source_width, source_height FROM images "
+                f"WHERE sha256 = ? AND {where} "  # noqa: S608 (fixed clauses)
+                "ORDER BY status = 'stored' DESC, id LIMIT 1",
+                params,
             ).fetchone()
 
     def find_stored_path(self, path: str) -> sqlite3.Row | None:

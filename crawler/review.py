@@ -51,7 +51,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crawler.catalog import CATALOG_NAME, Catalog
+from crawler.catalog import CATALOG_NAME, REVIEW_DELETE, Catalog
 from crawler.dataset import TRASH_DIR
 from crawler.labels import sanitize_label
 
@@ -62,7 +62,7 @@ __all__ = ["ACTIONS", "ReviewError", "Score", "apply_decisions", "create_app", "
 ACTIONS = ("keep", "delete", "move")
 #: The plan of an apply in progress, at the dataset root (a dot-file: never a label or image).
 JOURNAL_NAME = ".review-apply.json"
-DELETE_REASON = "review_delete"
+DELETE_REASON = REVIEW_DELETE
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

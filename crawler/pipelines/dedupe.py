@@ -53,7 +53,7 @@ from itemadapter import ItemAdapter
 from PIL import Image, ImageOps, ImageStat
 from scrapy.exceptions import DropItem, NotConfigured
 
-from crawler.catalog import Catalog
+from crawler.catalog import REVIEW_DELETE, Catalog
 from crawler.hashindex import MultiIndexHashIndex, hamming
 from crawler.threads import run_in_thread
 
@@ -401,27 +401,33 @@ def source_pixels(row: Mapping[str, Any]) -> int:
 class Match:
     """A stored image an item duplicates: its catalog ``path`` and ``label``, the Hamming
     ``distance`` in bits between the perceptual hashes (0 for the same bytes), and its size
-    ``pixels`` (width x height, 0 when unknown)."""
+    ``pixels`` (width x height, 0 when unknown). ``deleted``: the image is not stored but was
+    deleted by a person in review (``path`` is then ``None``), so copies of it are rejected."""
 
-    __slots__ = ("distance", "label", "path", "pixels", "same_bytes")
+    __slots__ = ("deleted", "distance", "label", "path", "pixels", "same_bytes")
 
-    def __init__(self, path: str, label: str, distance: int, same_bytes: bool, pixels: int = 0) -> None:
+    def __init__(
+        self, path: str, label: str, distance: int, same_bytes: bool, pixels: int = 0, deleted: bool = False
+    ) -> None:
         self.path = path
         self.label = label
         self.distance = distance
         self.same_bytes = same_bytes
         self.pixels = pixels
+        self.deleted = deleted
 
     @classmethod
     def of_row(cls, row: Any, distance: int, same_bytes: bool) -> Match:
-        return cls(row["path"], row["label"], distance, same_bytes, source_pixels(row))
+        deleted = "status" in row.keys() and row["status"] == "rejected"
+        return cls(row["path"], row["label"], distance, same_bytes, source_pixels(row), deleted)
 
     def upgraded_by(self, label: str, pixels: int) -> bool:
         """True when an item of ``label`` and ``pixels`` should replace this stored image:
         same label, different bytes, strictly more pixels. Search results and shops serve
         downscaled copies; whichever arrives first, the dataset keeps the largest. Across
-        labels the first stays (a label conflict is for a person to settle)."""
-        return label == self.label and not self.same_bytes and pixels > self.pixels
+        labels the first stays (a label conflict is for a person to settle); a deleted image
+        is never brought back by a larger copy."""
+        return not self.deleted and label == self.label and not self.same_bytes and pixels > self.pixels
 
 
 class CatalogHashIndex:
@@ -471,15 +477,16 @@ class CatalogHashIndex:
                 return self.last_id
             self._version = version
             since = self.last_id
-            for row in self.catalog.stored_since(since):
+            # Images deleted in review stay in the index, so their copies are rejected.
+            for row in self.catalog.stored_since(since, deleted=True):
                 if row["phash"]:
                     self.index.add(int(row["phash"], 16), row["id"] * 16)
                 if row["sha256"]:
                     self.ids_of_sha256.setdefault(row["sha256"], row["id"])
-                self.stored += 1
+                self.stored += row["status"] == "stored"
                 self.last_id = row["id"]
             if self.variant_distance and self.last_id > since:
-                for row in self.catalog.hashes_since(since):
+                for row in self.catalog.hashes_since(since, deleted=True):
                     if row["image_id"] > self.last_id:
                         continue
                     code = self._codes.get(row["kind"])
@@ -495,7 +502,7 @@ class CatalogHashIndex:
         # Most items are new: the in-memory map answers them without a query; a hit is
         # confirmed in the catalog (the row may have been replaced or reviewed away since).
         if sha256 in self.ids_of_sha256:
-            exact = self.catalog.find_stored_sha256(sha256)
+            exact = self.catalog.find_stored_sha256(sha256, deleted=True)
             if exact is not None:
                 return Match.of_row(exact, 0, True)
         variants = self.variant_distance and hashes
@@ -528,7 +535,7 @@ class CatalogHashIndex:
             # the image that stands for it is the one it points to.
             if row is not None and row["status"] != "stored" and row["duplicate_of"]:
                 row = self.catalog.find_stored_path(row["duplicate_of"])
-            if row is not None and row["status"] == "stored":
+            if row is not None and (row["status"] == "stored" or row["reason"] == REVIEW_DELETE):
                 return Match.of_row(row, distance, False)
         return None
 
@@ -584,7 +591,10 @@ class DedupePipeline:
     label) of a stored image passes with ``replaces`` set: the store stage swaps it in and
     turns the smaller one's row into its duplicate. A duplicate gets
     ``status = "duplicate"``, ``reason`` (``exact``, ``near`` or ``label_conflict``),
-    ``duplicate_of`` and ``hash_distance``. Stats: ``dedupe/unique``, ``dedupe/upgrade``, ``dedupe/<reason>``.
+    ``duplicate_of`` and ``hash_distance``. A copy of an image a person deleted in review
+    (``python -m crawler.review``) gets ``status = "rejected"``, ``reason = "review_delete"``:
+    deletions stick across later crawls. Stats: ``dedupe/unique``, ``dedupe/upgrade``,
+    ``dedupe/<reason>``.
 
     Raises:
         NotConfigured: without DATASET_DIR.
@@ -665,6 +675,14 @@ class DedupePipeline:
         if match is None:
             stats.inc_value("dedupe/unique")
             return item
+        if match.deleted:
+            adapter["status"] = "rejected"
+            adapter["reason"] = REVIEW_DELETE
+            adapter["hash_distance"] = match.distance
+            adapter.pop("body", None)
+            stats.inc_value(f"dedupe/{REVIEW_DELETE}")
+            logger.info("copy (%d bits) of an image deleted in review: %s", match.distance, str(adapter["url"])[:100])
+            raise DropItem(REVIEW_DELETE)
         if match.upgraded_by(adapter["label"], source_pixels(adapter)):
             adapter["replaces"] = [(match.path, match.distance)]
             stats.inc_value("dedupe/upgrade")

@@ -266,3 +266,25 @@ def test_store_swaps_in_the_larger_of_two_copies_in_flight(chain, dataset_dir: P
     assert [p.name for p in (dataset_dir / "cats").iterdir()] == [Path(large["path"]).name]
     with Catalog(dataset_dir) as catalog:
         assert [r["path"] for r in catalog.rows("status = 'stored'")] == [large["path"]]
+
+
+def test_an_image_deleted_in_review_stays_out_of_later_crawls(chain, dataset_dir: Path) -> None:
+    from crawler.review import apply_decisions, decide
+
+    first = chain()
+    kept = first.feed(encode(picture(50), "PNG"))
+    junk = first.feed(encode(picture(51), "PNG"))
+    with Catalog(dataset_dir) as catalog:
+        (row,) = catalog.rows("path = ?", (junk["path"],))
+        decide(catalog, row["id"], "delete")
+        apply_decisions(dataset_dir, catalog)
+    # The crawl that was running when the person applied sees it too...
+    assert first.reason(encode(picture(51), "PNG")) == "review_delete"
+    # ...and so does a later one: the same bytes, a smaller copy, under any label.
+    later = chain()
+    assert later.reason(encode(picture(51), "PNG")) == "review_delete"
+    assert later.reason(near_copy(51), label="dogs") == "review_delete"
+    assert later.reason(encode(picture(50), "PNG")) == "exact"  # the kept one is still a duplicate
+    with Catalog(dataset_dir) as catalog:  # (the chain has no recorder: no rows for drops)
+        stored = {r["path"] for r in catalog.rows("status = 'stored'")}
+    assert stored == {kept["path"]}
