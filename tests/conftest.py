@@ -1,4 +1,8 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder.
+
+Under pytest's prepend import mode, importing this file puts ``tests/`` on sys.path (before any
+test module is imported), so helper modules here, such as ``uvicorn_thread.py``, can be imported by
+plain name from tests/crawler and tests/trainer alike."""
 
 from __future__ import annotations
 

@@ -16,16 +16,14 @@ Fixture files live in ``fixtures/<source>/``; ``{{BASE}}`` in them stands for th
 from __future__ import annotations
 
 import subprocess
-import threading
 import zlib
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from crawler_testkit import encode, picture
 from crawls import FAST, REPO, SCRAPY
+from http_testkit import HttpServer, Request
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROBOTS_TXT = "User-agent: *\nDisallow: /denied/\n"
@@ -38,37 +36,23 @@ def image_bytes(name: str) -> bytes:
     return encode(picture(zlib.crc32(name.encode()), size=(200, 150)), "JPEG", quality=90)
 
 
-class FixtureServer:
+class FixtureServer(HttpServer):
     """``with FixtureServer(route) as server``: serving on ``server.base`` in a thread.
 
     ``server.requests`` logs ``(path, query dict)`` of every request, in arrival order.
     """
 
     def __init__(self, route: Route) -> None:
+        super().__init__()
         self.route = route
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._images: dict[str, bytes] = {}
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                parts = urlsplit(self.path)
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                server.requests.append((parts.path, query))
-                answer = server.answer(parts.path, query)
-                status, ctype, body = answer or (404, "text/plain", b"not found")
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+    def on_get(self, request: Request) -> None:
+        parts = urlsplit(request.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self.requests.append((parts.path, query))
+        request.reply(*(self.answer(parts.path, query) or (404, "text/plain", b"not found")))
 
     def answer(self, path: str, query: dict[str, str]) -> tuple[int, str, bytes] | None:
         if path == "/robots.txt":
@@ -89,14 +73,6 @@ class FixtureServer:
     def paths(self, prefix: str) -> list[tuple[str, dict[str, str]]]:
         """Logged requests whose path starts with ``prefix``."""
         return [(path, query) for path, query in self.requests if path.startswith(prefix)]
-
-    def __enter__(self) -> FixtureServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def start_crawl(spider: str, dataset: Path, *args: str) -> subprocess.Popen[str]:

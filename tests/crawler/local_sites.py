@@ -5,11 +5,8 @@ an infinite-scroll gallery built by JavaScript, and a site whose robots.txt forb
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
 from crawler_testkit import encode, picture
+from http_testkit import HttpServer, Request
 
 # The page inserts every <img> with JavaScript: the first batch on load, one more batch per
 # scroll near the bottom (after a short "fetch" delay, as real sites do), up to TOTAL.
@@ -42,46 +39,25 @@ document.addEventListener("DOMContentLoaded", more);
 """
 
 
-class LocalSite:
+class LocalSite(HttpServer):
     """A threaded HTTP server on 127.0.0.1 serving ``routes`` (path -> (type, bytes)).
 
     Use as a context manager; ``url`` is its base URL.
     """
 
     def __init__(self, routes: dict[str, tuple[str, bytes]]) -> None:
+        super().__init__()
         self.routes = routes
         self.requests: list[str] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                site.requests.append(self.path)
-                ctype, body = site.routes.get(self.path, ("text/html", b"<h1>404</h1>"))
-                self.send_response(200 if self.path in site.routes else 404)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base
 
-    def __enter__(self) -> LocalSite:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def on_get(self, request: Request) -> None:
+        self.requests.append(request.path)
+        ctype, body = self.routes.get(request.path, ("text/html", b"<h1>404</h1>"))
+        request.reply(200 if request.path in self.routes else 404, ctype, body)
 
 
 def infinite_scroll_site(total: int = 20, batch: int = 4, delay_ms: int = 200) -> LocalSite:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from crawls import catalog_rows
 from fixture_server import finish, image_bytes, start_crawl
+from http_testkit import HttpServer, Request
 
 from crawler.middlewares import retry_after_seconds
 
@@ -28,48 +28,27 @@ def test_retry_after_http_date() -> None:
     assert retry_after_seconds(formatdate(now - 30, usegmt=True), now=now) == 0.0
 
 
-class BusyServer:
+class BusyServer(HttpServer):
     """Answers 429 with ``Retry-After: 1`` to the first request for each image, then the image."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.log: list[tuple[float, str, int]] = []
-        seen: set[str] = set()
-        lock = threading.Lock()
-        server = self
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                with lock:
-                    first = self.path.startswith("/busy/") and self.path not in seen
-                    seen.add(self.path)
-                if self.path == "/robots.txt":
-                    status, body, ctype = 200, b"User-agent: *\nAllow: /\n", "text/plain"
-                elif first:
-                    status, body, ctype = 429, b"slow down", "text/plain"
-                else:
-                    status, body, ctype = 200, image_bytes(self.path), "image/jpeg"
-                server.log.append((time.monotonic(), self.path, status))
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                if status == 429:
-                    self.send_header("Retry-After", "1")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> BusyServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def on_get(self, request: Request) -> None:
+        with self._lock:
+            first = request.path.startswith("/busy/") and request.path not in self._seen
+            self._seen.add(request.path)
+        if request.path == "/robots.txt":
+            status, body, ctype = 200, b"User-agent: *\nAllow: /\n", "text/plain"
+        elif first:
+            status, body, ctype = 429, b"slow down", "text/plain"
+        else:
+            status, body, ctype = 200, image_bytes(request.path), "image/jpeg"
+        self.log.append((time.monotonic(), request.path, status))
+        request.reply(status, ctype, body, {"Retry-After": "1"} if status == 429 else None)
 
 
 @pytest.mark.timeout(120)

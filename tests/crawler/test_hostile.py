@@ -12,14 +12,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from crawler_testkit import encode, picture, png_bomb
+from http_testkit import HttpServer, Request
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRAPY = Path(sys.executable).with_name("scrapy")
@@ -41,61 +40,45 @@ CASES = {
 BAD_DATA_URI = "data:image/png;base64,iVBORw0KGgo%%%not*base64!!!"
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?")[0]
-        if path == "/page":
-            imgs = "".join(f'<img src="{p}">' for p in CASES) + f'<img src="{BAD_DATA_URI}">'
-            return self.reply(200, "text/html", f"<html><body>{imgs}</body></html>".encode())
-        if path == "/robots.txt":
-            return self.reply(200, "text/plain", b"User-agent: *\nAllow: /\n")
-        if path == "/good.jpg":
-            return self.reply(200, "image/jpeg", GOOD)
-        if path == "/slow.jpg":
-            time.sleep(8)  # well past the crawl's DOWNLOAD_TIMEOUT of 3 s, which a loaded machine still meets for the rest
-            return self.reply(200, "image/jpeg", GOOD)
-        if path in ("/loop-a.jpg", "/loop-b.jpg"):
-            self.send_response(302)
-            self.send_header("Location", "/loop-b.jpg" if path == "/loop-a.jpg" else "/loop-a.jpg")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        if path == "/big-announced.png":
-            return self.reply(200, "image/png", BIG)
-        if path == "/big-chunked.png":  # no Content-Length: the limit must hold while reading
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for start in range(0, len(BIG), 16384):
-                self.wfile.write(BIG[start : start + 16384])
-            return None
-        if path == "/bomb.png":
-            return self.reply(200, "image/png", png_bomb(20000, 20000))
-        if path == "/empty.jpg":
-            return self.reply(200, "image/jpeg", b"")
-        return self.reply(404, "text/html", b"not found")
-
-    def reply(self, status: int, ctype: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def answer(request: Request) -> None:
+    path = request.path.split("?")[0]
+    if path == "/page":
+        imgs = "".join(f'<img src="{p}">' for p in CASES) + f'<img src="{BAD_DATA_URI}">'
+        return request.reply(200, "text/html", f"<html><body>{imgs}</body></html>".encode())
+    if path == "/robots.txt":
+        return request.reply(200, "text/plain", b"User-agent: *\nAllow: /\n")
+    if path == "/good.jpg":
+        return request.reply(200, "image/jpeg", GOOD)
+    if path == "/slow.jpg":
+        time.sleep(8)  # well past the crawl's DOWNLOAD_TIMEOUT of 3 s, which a loaded machine still meets for the rest
+        return request.reply(200, "image/jpeg", GOOD)
+    if path in ("/loop-a.jpg", "/loop-b.jpg"):
+        request.send_response(302)
+        request.send_header("Location", "/loop-b.jpg" if path == "/loop-a.jpg" else "/loop-a.jpg")
+        request.send_header("Content-Length", "0")
+        request.end_headers()
+        return None
+    if path == "/big-announced.png":
+        return request.reply(200, "image/png", BIG)
+    if path == "/big-chunked.png":  # no Content-Length: the limit must hold while reading
+        request.send_response(200)
+        request.send_header("Content-Type", "image/png")
+        request.send_header("Connection", "close")
+        request.end_headers()
+        for start in range(0, len(BIG), 16384):
+            request.wfile.write(BIG[start : start + 16384])
+        return None
+    if path == "/bomb.png":
+        return request.reply(200, "image/png", png_bomb(20000, 20000))
+    if path == "/empty.jpg":
+        return request.reply(200, "image/jpeg", b"")
+    return request.reply(404, "text/html", b"not found")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with HttpServer(answer) as running:
+        yield running.base
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from crawler_testkit import encode, picture
+from uvicorn_thread import live_server
 
 from crawler.catalog import Catalog
 from crawler.dataset import check
@@ -147,27 +144,6 @@ def test_scores_are_matched_by_path_or_content_id(tmp_path: Path) -> None:
     (root / "bad.csv").write_text("file,score\nx,1\n")
     assert main([str(root), "--scores", str(root / "bad.csv")]) == 2
     assert main([str(tmp_path), "--scores", str(root / "scores.csv")]) == 2  # no catalog
-
-
-@contextlib.contextmanager
-def live_server(app):
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "review server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def card(page, path: str):

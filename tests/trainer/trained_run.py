@@ -6,9 +6,7 @@ sys.path.)"""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from trainer_testkit import write_catalog_dataset
+from uvicorn_thread import live_server as uvicorn_live_server
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -62,31 +61,8 @@ def train_tiny_run(base: Path, *overrides: str, per_class: int = 12) -> tuple[Pa
     return dataset, run, summary
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve the ASGI ``app`` with uvicorn in a thread; yield its base URL (ending in ``/``)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+# ``with live_server(app) as url``: the shared uvicorn thread, with the ASGI lifespan required.
+live_server = functools.partial(uvicorn_live_server, lifespan="on")
 
 
 @contextlib.contextmanager
