@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from fixture_server import FIXTURES, FixtureServer, finish, start_crawl
 from crawler.spiders.urls import UrlsSpider, read_url_file
 
 DATA_URI = "data:image/png;base64," + base64.b64encode(encode(picture(4242, size=(96, 96)))).decode()
+# The same kind of image percent-encoded (RFC 2397 without ;base64), as some pages inline them.
+PERCENT_BYTES = encode(picture(4343, size=(80, 80)), "JPEG", quality=80)
+PERCENT_DATA_URI = "data:image/jpeg," + urllib.parse.quote(PERCENT_BYTES, safe="")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def url_file(server: FixtureServer, tmp: Path, name: str, extra: str = "") -> Pa
 def runs(server, tmp_path_factory) -> dict[str, tuple[str, int, Path]]:
     """All crawls at once: run name -> (log, exit code, dataset)."""
     tmp = tmp_path_factory.mktemp("urls")
-    text = url_file(server, tmp, "urls.txt", DATA_URI + "\n")
+    text = url_file(server, tmp, "urls.txt", DATA_URI + "\n" + PERCENT_DATA_URI + "\n")
     commands = {
         "text": ["-a", f"file={text}", "-a", "label=tabby"],
         "csv": ["-a", f"file={url_file(server, tmp, 'labelled.csv')}", "-a", "label=other"],
@@ -59,7 +64,7 @@ def test_text_list_downloads_each_url_once(server, runs) -> None:
         f"{img}/dead-url.jpg", f"{img}/url-1.jpg", f"{img}/url-2.jpg", f"{img}/url-3.jpg",
     ]
     assert sum(row["url"].startswith("data:image/png;base64,") for row in rows) == 1
-    assert sum(row["status"] == "stored" for row in rows) == 4  # 3 files + the data: URI
+    assert sum(row["status"] == "stored" for row in rows) == 5  # 3 files + the two data: URIs
     assert [row["reason"] for row in rows if row["status"] == "rejected"] == ["http_404"]
     for row in rows:
         assert row["page_url"] is None
@@ -124,3 +129,14 @@ def test_read_url_file_formats(tmp_path) -> None:
     bad.write_text("link,label\nhttp://a/1.jpg,x\n")
     with pytest.raises(ValueError, match="'url' column"):
         read_url_file(bad)
+
+
+@pytest.mark.timeout(240)
+def test_base64_and_percent_encoded_data_uris_are_downloads_like_any_other(runs) -> None:
+    log, code, dataset = runs["text"]
+    assert code == 0, log[-3000:]
+    inline = {row["sha256"]: row for row in catalog_rows(dataset) if row["url"].startswith("data:")}
+    for body in (base64.b64decode(DATA_URI.split(",", 1)[1]), PERCENT_BYTES):
+        row = inline[hashlib.sha256(body).hexdigest()]
+        assert row["status"] == "stored", dict(row)
+        assert (dataset / row["path"]).read_bytes() == body
