@@ -118,12 +118,14 @@ class Catalog:
     Args:
         dataset_dir: the dataset folder (created if missing).
         timeout: seconds a write waits for another writer's lock before ``sqlite3.OperationalError``.
+        durable: commit with ``synchronous=FULL`` (each commit survives power loss) instead of
+            ``NORMAL`` (survives a killed process; the last commits may roll back on power loss).
 
     Raises:
         sqlite3.DatabaseError: if the file exists and is not a SQLite database.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+    def __init__(self, dataset_dir: str | os.PathLike[str], *, timeout: float = 60.0, durable: bool = False) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.dataset_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dataset_dir / CATALOG_NAME
@@ -139,7 +141,7 @@ class Catalog:
             logger.warning("catalog %s: journal mode is %s, not WAL", self.path, mode)
         # NORMAL is durable against process kills in WAL mode (only power loss may roll back
         # the last commits), and avoids an fsync per row.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         with self.transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

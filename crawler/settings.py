@@ -81,8 +81,10 @@ DEDUPE_MAX_DISTANCE = 6
 DEDUPE_VARIANT_DISTANCE = 8
 # imagehash hash for dedupe: phash (default), dhash, average_hash or whash.
 DEDUPE_HASH = "phash"
-# fsync each image and its folder before its catalog row commits (durability on power loss).
-STORE_FSYNC = True
+# Durability against power loss: fsync each image and its folder before its catalog row, and
+# commit that row with synchronous=FULL. Off, the dataset is still safe against killed crawls
+# (atomic renames, SQLite WAL); after a power loss, `python -m crawler.dataset check --repair`.
+STORE_FSYNC = False
 
 # DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
 DATASET_DIR = None

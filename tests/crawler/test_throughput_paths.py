@@ -198,10 +198,16 @@ def test_a_failing_item_rolls_back_alone(make_crawler, build, dataset_dir: Path,
     stages[2].close_spider()
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, True), ("0", False), ("1", True)])
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("0", False), ("1", True)])
 def test_store_fsync_setting(make_crawler, build, value: str | None, expected: bool) -> None:
     settings = {} if value is None else {"STORE_FSYNC": value}
-    assert build(StorePipeline, make_crawler(**settings)).fsync is expected
+    store = build(StorePipeline, make_crawler(**settings))
+    assert store.fsync is expected
+    store.open_spider()
+    try:  # SQLite's synchronous: 1 NORMAL (safe against kills), 2 FULL (against power loss)
+        assert store.catalog._conn.execute("PRAGMA synchronous").fetchone()[0] == (2 if expected else 1)
+    finally:
+        store.close_spider()
 
 
 def test_store_without_fsync_still_writes_whole_files(make_crawler, build, dataset_dir: Path) -> None:
