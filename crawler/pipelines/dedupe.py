@@ -584,7 +584,7 @@ class DedupePipeline:
             ``average_hash`` or ``whash``), 64 bits, for the image and its windows. The
             distances above were measured for phash. Changing it on an existing dataset
             rehashes its stored images when the crawl opens it (hashes of two kinds are never
-            compared).
+            compared); crawls writing one dataset at the same time must use the same hash.
 
     Sets ``phash``, ``hashes`` (the variants, for the catalog's ``image_hashes``) and
     ``catalog_seen_id`` on unique items. A larger copy (more pixels, same
