@@ -295,19 +295,23 @@ def image_hashes(image: Image.Image, hash_name: str = DEFAULT_HASH) -> dict[str,
     trimmed_size = (box[2] - left, box[3] - top)
     centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
     stat = ImageStat.Stat(canonical.crop((left + centre[0], top + centre[1], left + centre[2], top + centre[3])))
-    windows = [grey]
+    boxes = [(0, 0, *canonical.size)]
     for kind, fractions in VARIANTS.items():
         if kind == "trim90":
             x0, y0, x1, y1 = _window(fractions, trimmed_size)
-            windows.append(grey.crop((left + x0, top + y0, left + x1, top + y1)))
+            boxes.append((left + x0, top + y0, left + x1, top + y1))
         else:
-            windows.append(grey.crop(_window(fractions, canonical.size)))
+            boxes.append(_window(fractions, canonical.size))
+    # Without borders to trim (most pictures) "trim90" is the same window as "c90": hash once.
+    unique = list(dict.fromkeys(boxes))
+    windows = [grey if box == boxes[0] else grey.crop(box) for box in unique]
     if hash_name == "phash":
         values = phash_many(windows)
     else:
         values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
-    hashes = {"phash": values[0], COLOUR_KIND: bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()}
-    hashes.update(zip(VARIANTS, values[1:], strict=True))
+    of_box = dict(zip(unique, values, strict=True))
+    hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()}
+    hashes.update((kind, of_box[box]) for kind, box in zip(VARIANTS, boxes[1:], strict=True))
     return hashes
 
 
