@@ -355,6 +355,8 @@ def rehash_catalog(catalog: Catalog, hash_name: str = DEFAULT_HASH, *, batch: in
                     [(row_id, kind, value) for kind, value in hashes.items()],
                 )
         rehashed += len(updates)
+        if len(rows) > batch:
+            logger.info("rehash: %d of %d stored images", min(start + batch, len(rows)), len(rows))
     _record_recipe(catalog, hash_name)
     return rehashed, skipped
 
