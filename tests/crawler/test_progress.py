@@ -90,12 +90,14 @@ def test_summary_counts_reasons_and_lists_label_conflicts(make_crawler, build) -
     progress.item_dropped(make_item("dogs", status="rejected", reason="too_small"), Exception("too_small"))
     progress.item_dropped(make_item("dogs"), Exception("max_images"))  # never judged
     progress.pages = 3
+    crawler.stats.set_value("verify/resized", 2)
     text = progress.summary("finished")
     rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in text.splitlines() if "|" in line}
     assert rows["cats"][1:] == ["2", "4 (exact 1, near 3)", "0"]
     assert rows["dogs"][1:] == ["0", "1 (label_conflict 1)", "1 (too_small 1)"]
     assert "label conflict (dogs): http://127.0.0.1/dog.jpg is the same picture as cats/abc.jpg" in text
     assert "1 image(s) found past max_images" in text
+    assert "2 stored image(s) resized to VERIFY_MAX_SIDE" in text
     with pytest.raises(CloseSpider):
         CrawlProgress(crawler, 0).spider_idle()
     progress.spider_idle()  # pages were parsed: no objection to closing
