@@ -232,7 +232,7 @@ class CrawlProgress:
                 lines.append(f"  ... and {len(tally.conflicts) - LIST_AT_MOST} more label conflicts ({label})")
         resized = self._stat("verify/resized")
         if resized:
-            lines.append(f"  {resized} stored image(s) resized to VERIFY_MAX_SIDE (catalog: source_width, source_height)")
+            lines.append(f"  {resized} image(s) larger than VERIFY_MAX_SIDE resized (catalog: source_width, source_height)")
         if self.not_judged:
             lines.append(f"  {self.not_judged} image(s) found past max_images were not fetched or judged")
         forbidden = self._stat("robotstxt/forbidden")

@@ -97,7 +97,7 @@ def test_summary_counts_reasons_and_lists_label_conflicts(make_crawler, build) -
     assert rows["dogs"][1:] == ["0", "1 (label_conflict 1)", "1 (too_small 1)"]
     assert "label conflict (dogs): http://127.0.0.1/dog.jpg is the same picture as cats/abc.jpg" in text
     assert "1 image(s) found past max_images" in text
-    assert "2 stored image(s) resized to VERIFY_MAX_SIDE" in text
+    assert "2 image(s) larger than VERIFY_MAX_SIDE resized" in text
     with pytest.raises(CloseSpider):
         CrawlProgress(crawler, 0).spider_idle()
     progress.spider_idle()  # pages were parsed: no objection to closing
