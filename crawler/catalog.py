@@ -227,29 +227,37 @@ class Catalog:
 
     # -- reads -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _counted(deleted: bool, table: str = "") -> tuple[str, tuple[str, ...]]:
+        """The SQL condition (and its parameters) for the rows dedupe compares against:
+        ``stored`` ones, and with ``deleted`` also those deleted in review. ``table`` is the
+        alias of ``images`` in a join."""
+        at = f"{table}." if table else ""
+        if not deleted:
+            return f"{at}status = 'stored'", ()
+        return f"({at}status = 'stored' OR ({at}status = 'rejected' AND {at}reason = ?))", (REVIEW_DELETE,)
+
     def stored_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
         """``stored`` rows with ``id > last_id`` (id, label, status, path, sha256, phash, width,
         height, source_width, source_height), by id; with ``deleted``, also the rows of images
         deleted in review (``rejected``, reason ``REVIEW_DELETE``)."""
-        where = "(status = 'stored' OR (status = 'rejected' AND reason = ?))" if deleted else "status = 'stored'"
-        params = (REVIEW_DELETE, last_id) if deleted else (last_id,)
+        where, params = self._counted(deleted)
         with self._lock:
             return self._conn.execute(
                 "SELECT id, label, status, path, sha256, phash, width, height, source_width, source_height "
                 f"FROM images WHERE {where} AND id > ? ORDER BY id",  # noqa: S608 (fixed clauses)
-                params,
+                (*params, last_id),
             ).fetchall()
 
     def hashes_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
         """``image_hashes`` rows (image_id, kind, hash) of ``stored`` images with ``id > last_id``
         (with ``deleted``, also of images deleted in review)."""
-        where = "(i.status = 'stored' OR (i.status = 'rejected' AND i.reason = ?))" if deleted else "i.status = 'stored'"
-        params = (REVIEW_DELETE, last_id) if deleted else (last_id,)
+        where, params = self._counted(deleted, "i")
         with self._lock:
             return self._conn.execute(
                 "SELECT h.image_id, h.kind, h.hash FROM image_hashes h JOIN images i ON i.id = h.image_id "
                 f"WHERE {where} AND i.id > ? ORDER BY h.image_id",  # noqa: S608 (fixed clauses)
-                params,
+                (*params, last_id),
             ).fetchall()
 
     def version(self) -> tuple[int, int]:
@@ -267,14 +275,13 @@ class Catalog:
     def find_stored_sha256(self, sha256: str, *, deleted: bool = False) -> sqlite3.Row | None:
         """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``; with
         ``deleted``, else the first row of such an image deleted in review."""
-        where = "(status = 'stored' OR (status = 'rejected' AND reason = ?))" if deleted else "status = 'stored'"
-        params = (sha256, REVIEW_DELETE) if deleted else (sha256,)
+        where, params = self._counted(deleted)
         with self._lock:
             return self._conn.execute(
                 "SELECT id, label, status, path, width, height, source_width, source_height FROM images "
                 f"WHERE sha256 = ? AND {where} "  # noqa: S608 (fixed clauses)
                 "ORDER BY status = 'stored' DESC, id LIMIT 1",
-                params,
+                (sha256, *params),
             ).fetchone()
 
     def find_stored_path(self, path: str) -> sqlite3.Row | None:
