@@ -7,7 +7,7 @@ import scrapy
 __all__ = ["ImageItem"]
 
 # Fields too big to log: the downloaded bytes and the decoded image.
-_HEAVY = frozenset({"body", "image", "file_urls", "files"})
+_HEAVY = frozenset({"body", "image", "image_hashes", "file_urls", "files"})
 
 
 class ImageItem(scrapy.Item):
@@ -19,7 +19,9 @@ class ImageItem(scrapy.Item):
     Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
     ``image`` (the normalised RGB ``PIL.Image`` dedupe hashes: the canonical reduction, removed
-    after dedupe), ``width`` and ``height`` (pixels of the stored image, after EXIF orientation
+    after dedupe) or, when verify ran in a worker process, ``image_hashes`` (dedupe's hashes of
+    it, ``{kind: hex}``, removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of
+    the bytes to store, which then replace ``body``), ``width`` and ``height`` (pixels of the stored image, after EXIF orientation
     and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
     downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
@@ -42,6 +44,8 @@ class ImageItem(scrapy.Item):
     bytes = scrapy.Field()
     sha256 = scrapy.Field()
     image = scrapy.Field()
+    image_hashes = scrapy.Field()
+    staged = scrapy.Field()
     width = scrapy.Field()
     height = scrapy.Field()
     source_width = scrapy.Field()

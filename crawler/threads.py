@@ -7,8 +7,9 @@ in parallel with each other and with the reactor thread. More threads than cores
 speed, they cost it: on the 2-core benchmark machine (``benchmarks/pipeline_throughput``) the
 crawl used 26 CPU seconds for 2000 images with asyncio's default pool of 6 threads and 20-22
 with 2-4 threads, and went from 98 to 113-125 images/s, because oversubscribed threads thrash
-the GIL and the CPU caches. A process pool was also measured (2 processes beside 2 threads for
-verify + hashing): no gain, and every decoded image would cross a process boundary.
+the GIL and the CPU caches. The per-image decode, hashes and file write run in worker processes
+by default (``crawler.workers``); these threads then keep the dedupe decisions and catalog
+commits, and all of that work when worker processes are off (``PIPELINE_PROCESSES = 0``).
 """
 
 from __future__ import annotations

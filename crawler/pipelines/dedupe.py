@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 import imagehash
 import numpy as np
-import scipy.fftpack
 from itemadapter import ItemAdapter
 from PIL import Image, ImageOps, ImageStat
 from scrapy.exceptions import DropItem, NotConfigured
@@ -77,6 +76,7 @@ __all__ = [
     "duplicate_reason",
     "ensure_hash_recipe",
     "hash_recipe",
+    "hashes_of",
     "image_hashes",
     "perceptual_hash",
     "rehash_catalog",
@@ -266,6 +266,8 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
     times in Python: the per-call overhead was most of the cost of hashing 9 windows of a
     256-pixel image.
     """
+    import scipy.fftpack  # here: crawls that hash in worker processes never import it (0.2 s)
+
     side = HASH_SIZE * 4  # imagehash's highfreq_factor
     pixels = np.stack([np.asarray(g.resize((side, side), Image.Resampling.LANCZOS)) for g in greys])
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)
@@ -313,6 +315,14 @@ def image_hashes(image: Image.Image, hash_name: str = DEFAULT_HASH) -> dict[str,
     hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()}
     hashes.update((kind, of_box[box]) for kind, box in zip(VARIANTS, boxes[1:], strict=True))
     return hashes
+
+
+def hashes_of(image: Image.Image, hash_name: str = DEFAULT_HASH, *, variants: bool = True) -> dict[str, str]:
+    """The hashes dedupe compares for ``image`` (RGB, see ``image_hashes``): every kind of
+    ``image_hashes`` when ``variants`` (``DEDUPE_VARIANT_DISTANCE`` > 0), else ``{"phash": ...}``."""
+    if variants:
+        return image_hashes(image, hash_name)
+    return {"phash": perceptual_hash(image, hash_name)}
 
 
 def rehash_catalog(catalog: Catalog, hash_name: str = DEFAULT_HASH, *, batch: int = 256) -> tuple[int, int]:
@@ -592,8 +602,9 @@ class DedupePipeline:
             rehashes its stored images when the crawl opens it (hashes of two kinds are never
             compared); crawls writing one dataset at the same time must use the same hash.
 
-    Sets ``phash``, ``hashes`` (the variants, for the catalog's ``image_hashes``) and
-    ``catalog_seen_id`` on unique items. A larger copy (more pixels, same
+    Hashes the item's ``image``, or takes the hashes verify computed in a worker process
+    (``image_hashes``: the same ``hashes_of``, same recipe). Sets ``phash``, ``hashes`` (the
+    variants, for the catalog's ``image_hashes``) and ``catalog_seen_id`` on unique items. A larger copy (more pixels, same
     label) of a stored image passes with ``replaces`` set: the store stage swaps it in and
     turns the smaller one's row into its duplicate. A duplicate gets
     ``status = "duplicate"``, ``reason`` (``exact``, ``near`` or ``label_conflict``),
@@ -670,10 +681,12 @@ class DedupePipeline:
         adapter = ItemAdapter(item)
         stats = self.crawler.stats
         assert stats is not None and self.hashes is not None
+        # Verify hands on the canonical image, or, when it ran in a worker process, its hashes.
         image = adapter.pop("image", None)
-        if image is None:
+        computed = adapter.pop("image_hashes", None)
+        if image is None and computed is None:
             raise DropItem("not_verified")  # verify must run first; a configuration error
-        hashes, seen_id, match = await run_in_thread(self._decide, image, adapter["sha256"])
+        hashes, seen_id, match = await run_in_thread(self._decide, computed or image, adapter["sha256"])
         adapter["phash"] = hashes.pop("phash")
         if self.variant_distance:
             adapter["hashes"] = hashes
@@ -697,12 +710,14 @@ class DedupePipeline:
         stats.inc_value(f"dedupe/{adapter['reason']}")
         raise DropItem(adapter["reason"])
 
-    def _decide(self, image: Image.Image, sha256: str) -> tuple[dict[str, str], int, Match | None]:
+    def _decide(
+        self, image: Image.Image | Mapping[str, str], sha256: str
+    ) -> tuple[dict[str, str], int, Match | None]:
         assert self.hashes is not None
-        if self.variant_distance:
-            hashes = image_hashes(image, self.hash_name)
+        if isinstance(image, Mapping):
+            hashes = dict(image)
         else:
-            hashes = {"phash": perceptual_hash(image, self.hash_name)}
+            hashes = hashes_of(image, self.hash_name, variants=bool(self.variant_distance))
         seen_id = self.hashes.refresh()
         variants = {kind: value for kind, value in hashes.items() if kind != "phash"}
         return hashes, seen_id, self.hashes.find(sha256, hashes["phash"], variants)

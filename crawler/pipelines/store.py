@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TMP_DIR", "StorePipeline", "write_atomic"]
+__all__ = ["TMP_DIR", "StorePipeline", "discard_staged", "write_atomic", "write_tmp"]
 
 TMP_DIR = ".tmp"
 TRASH_DIR = ".trash"
@@ -63,7 +63,7 @@ def write_atomic(data: bytes, target: Path, tmp_dir: Path, *, fsync: bool = True
         OSError: from the filesystem; the temporary file is removed first.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _write_tmp(data, tmp_dir, fsync=fsync)
+    tmp = write_tmp(data, tmp_dir, fsync=fsync)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
@@ -75,7 +75,14 @@ def write_atomic(data: bytes, target: Path, tmp_dir: Path, *, fsync: bool = True
         _fsync_dir(target.parent)
 
 
-def _write_tmp(data: bytes, tmp_dir: Path, *, fsync: bool = True) -> Path:
+def write_tmp(data: bytes, tmp_dir: Path, *, fsync: bool = True) -> Path:
+    """Write ``data`` to a new file ``img-*.part`` in ``tmp_dir`` (fsynced if ``fsync``) and
+    return its path; a kill before the rename into a label folder leaves it to
+    ``python -m crawler.dataset check --repair``.
+
+    Raises:
+        OSError: from the filesystem; the file is removed first.
+    """
     fd, name = tempfile.mkstemp(prefix="img-", suffix=".part", dir=tmp_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -88,6 +95,15 @@ def _write_tmp(data: bytes, tmp_dir: Path, *, fsync: bool = True) -> Path:
             os.unlink(name)
         raise
     return Path(name)
+
+
+def discard_staged(item: Any) -> None:
+    """Remove the temporary file of an item's ``staged`` bytes (see ``StorePipeline``) unless it
+    is gone already (stored: renamed into its label folder)."""
+    staged = ItemAdapter(item).get("staged")
+    if staged:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged[0])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,8 +128,9 @@ class StorePipeline:
 
     The spider's ``max_images`` attribute (if set) caps how many images this crawl stores:
     when reached, the spider is closed (reason ``max_images``) and later items are dropped
-    without a catalog row (they were never judged). Sets ``path`` and ``status = "stored"``
-    and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>`` for late duplicates.
+    without a catalog row (they were never judged). Stores ``staged`` (the temporary file
+    verify's worker process wrote, renamed into place) or else ``body``. Sets ``path`` and
+    ``status = "stored"`` and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>`` for late duplicates.
 
     Raises:
         NotConfigured: without DATASET_DIR.
@@ -161,11 +178,16 @@ class StorePipeline:
             raise DropItem("max_images", log_level="DEBUG")
         label = sanitize_label(adapter["label"])
         adapter["label"] = label
-        body: bytes = adapter.pop("body")
-        path = f"{label}/{await sha256_hex(body)}.{adapter['ext']}"
-        adapter["path"] = path
+        staged = adapter.pop("staged", None)
+        if staged:  # verify's worker process already wrote the bytes to a temporary file
+            source: bytes | Path = Path(staged[0])
+            digest = staged[1]
+        else:
+            source = adapter.pop("body")
+            digest = await sha256_hex(source)
+        adapter["path"] = f"{label}/{digest}.{adapter['ext']}"
         adapter["status"] = "stored"
-        outcome = await run_in_thread(self._commit, body, dict(adapter), max_images)
+        outcome = await run_in_thread(self._commit, source, dict(adapter), max_images)
         if outcome == _FULL:
             for key in ("path", "status"):
                 adapter.pop(key, None)
@@ -184,14 +206,15 @@ class StorePipeline:
             )
         return item
 
-    def _commit(self, body: bytes, row: dict[str, Any], max_images: int | None) -> Match | str | None:
-        """Write the file and its row unless a duplicate was stored meanwhile or the crawl's
+    def _commit(self, source: bytes | Path, row: dict[str, Any], max_images: int | None) -> Match | str | None:
+        """Write the file (``source``: its bytes, or the temporary file holding them, which is
+        renamed or removed) and its row unless a duplicate was stored meanwhile or the crawl's
         ``max_images`` is reached (blocking). Returns ``None`` for a new image, ``"replaced"``
         when it took the place of a smaller stored copy, the ``Match`` of a late duplicate,
         or ``"max_images"``. Commits of this process are serialised by the
         catalog's lock, so the count checked here is exact."""
         assert self.catalog is not None
-        tmp = _write_tmp(body, self.tmp_dir, fsync=self.fsync)
+        tmp = source if isinstance(source, Path) else write_tmp(source, self.tmp_dir, fsync=self.fsync)
         try:
             with self.catalog.transaction() as tx:
                 if max_images is not None and self.stored >= max_images:

@@ -19,19 +19,24 @@ stored, ``source_width``/``source_height`` downloaded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from itemadapter import ItemAdapter
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from scrapy import signals
 from scrapy.exceptions import DropItem
 
-from crawler.pipelines.dedupe import canonical_image, decode_canonical_jpeg
+from crawler.pipelines.dedupe import DEFAULT_HASH, DedupePipeline, canonical_image, decode_canonical_jpeg, hashes_of
+from crawler.pipelines.store import TMP_DIR, StorePipeline, discard_staged, write_tmp
 from crawler.threads import run_in_thread
+from crawler.workers import WorkerCrashed, WorkerPool, acquire_pool, default_process_count, release_pool
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXTENSIONS", "Rejected", "VerifiedImage", "VerifyPipeline", "verify_image"]
+__all__ = ["EXTENSIONS", "PreparedImage", "Rejected", "VerifiedImage", "VerifyPipeline", "prepare_image", "verify_image"]
 
 # File extension per stored Pillow format (docs/dataset.md).
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
@@ -69,6 +74,7 @@ class Rejected(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,61 @@ def verify_image(
         )
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """Outcome of ``prepare_image``: what ``VerifiedImage`` says, minus the pixels and the bytes.
+
+    ``hashes`` are dedupe's hashes of the canonical image (``hashes_of``); ``staged`` the
+    temporary file holding the bytes to store and ``sha256`` their SHA-256 (hex), or both
+    ``None`` when no folder was given, in which case ``body`` holds re-encoded bytes (``None``:
+    store the downloaded bytes as they are).
+    """
+
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+    source_format: str
+    format: str
+    reencoded: bool
+    resized: bool
+    hashes: dict[str, str]
+    staged: str | None = None
+    sha256: str | None = None
+    body: bytes | None = None
+
+
+def prepare_image(
+    body: bytes,
+    limits: dict[str, Any],
+    hash_name: str = DEFAULT_HASH,
+    variants: bool = True,
+    tmp_dir: str | None = None,
+    fsync: bool = False,
+) -> PreparedImage:
+    """Verify ``body`` (``verify_image(body, **limits)``), hash it for dedupe (``hashes_of``) and
+    write the bytes to store into a new temporary file in ``tmp_dir`` (fsynced if ``fsync``):
+    every per-image step that needs the CPU, in one call, for a worker process
+    (``crawler.workers``). Only sizes, hashes and a path come back, never pixels.
+
+    Raises:
+        Rejected: as ``verify_image``.
+        OSError: writing the temporary file.
+    """
+    result = verify_image(body, **limits)
+    hashes = hashes_of(result.image, hash_name, variants=variants)
+    staged = digest = reencoded_body = None
+    if tmp_dir is not None:
+        staged = str(write_tmp(result.body, Path(tmp_dir), fsync=fsync))
+        digest = hashlib.sha256(result.body).hexdigest()
+    elif result.reencoded:
+        reencoded_body = result.body
+    return PreparedImage(
+        result.width, result.height, result.source_width, result.source_height, result.source_format,
+        result.format, result.reencoded, result.resized, hashes, staged, digest, reencoded_body,
+    )
+
+
 @contextlib.contextmanager
 def _decoding() -> Iterator[None]:
     """Map Pillow's decoding errors to ``Rejected`` (``truncated``, ``too_many_pixels`` or
@@ -259,15 +320,27 @@ class VerifyPipeline:
             before storing (default 0: keep every original byte for byte). The fine-tuning
             recipes this project follows resized their images to 400-500 px before training.
         VERIFY_JPEG_QUALITY: quality (1-95) of resized JPEG sources (default 90).
+        PIPELINE_PROCESSES: worker processes for the per-image work (default ``None``: one per
+            CPU; 0: none, work in a pipeline thread); shared by the crawls of one process.
 
-    On success sets ``image`` (the canonical image dedupe hashes), ``width``, ``height``,
-    ``source_width``, ``source_height``, ``format``, ``ext`` and replaces ``body`` with the
-    bytes to store. Stats: ``verify/ok``, ``verify/reencoded``, ``verify/resized``,
-    ``verify/rejected/<reason>``.
+    Where the work runs: in the crawl's worker processes (``crawler.workers``,
+    ``PIPELINE_PROCESSES``, on by default), which also hash the image for dedupe and write the
+    bytes to store into ``DATASET_DIR/.tmp/`` (``prepare_image``), so only sizes, hashes and a
+    path come back to the crawl process; without worker processes, in a pipeline thread.
+
+    On success sets ``width``, ``height``, ``source_width``, ``source_height``, ``format`` and
+    ``ext``, and then either ``image_hashes`` (dedupe's hashes, ``{kind: hex}``) and ``staged``
+    (``(temporary file, SHA-256 hex)`` of the bytes to store, which replace ``body``), from a
+    worker process; or ``image`` (the canonical image dedupe hashes) and ``body`` replaced by
+    the bytes to store, from a thread. A staged file whose item is dropped, fails or is not
+    stored is removed (signals ``item_dropped``, ``item_error``, ``item_scraped``). Stats:
+    ``verify/ok``, ``verify/reencoded``, ``verify/resized``, ``verify/rejected/<reason>``;
+    ``worker_crashed`` is the reason when the worker process died on the image (a crash in a
+    native decoder, the OOM killer).
 
     Raises:
         ValueError: on a non-positive limit, a negative ``VERIFY_MAX_SIDE``, a quality
-            outside 1-95 or an unknown format name (the crawl does not start: a disabled
+            outside 1-95, a negative ``PIPELINE_PROCESSES`` or an unknown format name (the crawl does not start: a disabled
             verify stage would let every item through unchecked).
         DropItem: with the ``Rejected`` reason (the item gets ``status = "rejected"``).
     """
@@ -297,6 +370,18 @@ class VerifyPipeline:
         self.formats = formats
         self.max_side = max_side
         self.jpeg_quality = jpeg_quality
+        # What a worker process needs besides the bytes (prepare_image): dedupe's hash and,
+        # when the crawl has a dataset, the store's temporary folder.
+        settings = crawler.settings
+        self.hash_name = settings.get("DEDUPE_HASH") or DEFAULT_HASH
+        self.variants = settings.getint("DEDUPE_VARIANT_DISTANCE", DedupePipeline.VARIANT_DISTANCE) > 0
+        dataset_dir = settings.get("DATASET_DIR")
+        self.tmp_dir = Path(dataset_dir) / TMP_DIR if dataset_dir else None
+        self.fsync = settings.getbool("STORE_FSYNC", StorePipeline.FSYNC)
+        self.processes = default_process_count(settings.get("PIPELINE_PROCESSES"))
+        self.pool: WorkerPool | None = None
+        for signal in (signals.item_dropped, signals.item_error, signals.item_scraped):
+            crawler.signals.connect(discard_staged, signal=signal)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -326,23 +411,41 @@ class VerifyPipeline:
         adapter = ItemAdapter(item)
         stats = self.crawler.stats
         assert stats is not None
+        pool = self.pool
         try:
-            result = await run_in_thread(self.check, adapter.get("body") or b"")
-        except Rejected as exc:
+            if pool is None:
+                result: VerifiedImage | PreparedImage = await run_in_thread(self.check, adapter.get("body") or b"")
+            else:
+                tmp_dir = None if self.tmp_dir is None else str(self.tmp_dir)
+                result = await pool.run(
+                    prepare_image, adapter.get("body") or b"", self.limits, self.hash_name, self.variants,
+                    tmp_dir, self.fsync,
+                )
+        except (Rejected, WorkerCrashed) as exc:
+            crashed = isinstance(exc, WorkerCrashed)
+            reason = "worker_crashed" if crashed else exc.reason
             adapter["status"] = "rejected"
-            adapter["reason"] = exc.reason
+            adapter["reason"] = reason
             adapter.pop("body", None)
-            stats.inc_value(f"verify/rejected/{exc.reason}")
-            logger.info("rejected %s: %s", adapter.get("url", "")[:100], exc)
-            raise DropItem(exc.reason) from exc
-        adapter["image"] = result.image
+            stats.inc_value(f"verify/rejected/{reason}")
+            (logger.warning if crashed else logger.info)("rejected %s: %s", adapter.get("url", "")[:100], exc)
+            raise DropItem(reason) from exc
         adapter["width"] = result.width
         adapter["height"] = result.height
         adapter["source_width"] = result.source_width
         adapter["source_height"] = result.source_height
         adapter["format"] = result.format
         adapter["ext"] = EXTENSIONS[result.format]
-        adapter["body"] = result.body
+        if isinstance(result, VerifiedImage):
+            adapter["image"] = result.image
+            adapter["body"] = result.body
+        else:
+            adapter["image_hashes"] = result.hashes
+            if result.staged is not None:
+                adapter["staged"] = (result.staged, result.sha256)
+                adapter.pop("body", None)
+            elif result.body is not None:
+                adapter["body"] = result.body
         stats.inc_value("verify/ok")
         if result.reencoded:
             stats.inc_value("verify/reencoded")
@@ -350,14 +453,30 @@ class VerifyPipeline:
             stats.inc_value("verify/resized")
         return item
 
+    def open_spider(self) -> None:
+        if self.tmp_dir is not None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = acquire_pool(self.processes)
+
+    def close_spider(self) -> Coroutine[Any, Any, None] | None:
+        """Release the worker pool: a coroutine for Scrapy to await, or ``None`` without one."""
+        if self.pool is None:
+            return None
+        self.pool = None
+        return release_pool()
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """This pipeline's keyword arguments of ``verify_image``."""
+        return {
+            "min_side": self.min_side,
+            "max_pixels": self.max_pixels,
+            "max_bytes": self.max_bytes,
+            "formats": self.formats,
+            "max_side": self.max_side,
+            "jpeg_quality": self.jpeg_quality,
+        }
+
     def check(self, body: bytes) -> VerifiedImage:
         """``verify_image`` with this pipeline's limits (blocking; call it from a thread)."""
-        return verify_image(
-            body,
-            min_side=self.min_side,
-            max_pixels=self.max_pixels,
-            max_bytes=self.max_bytes,
-            formats=self.formats,
-            max_side=self.max_side,
-            jpeg_quality=self.jpeg_quality,
-        )
+        return verify_image(body, **self.limits)
