@@ -11,14 +11,17 @@ list in the same run:
 * ours: ``scrapy crawl gallery`` on the listing page into a fresh dataset: download, verify
   (complete decode), dedupe (phash + variant hashes, index, catalog lookups), store (atomic
   write, SQLite row; ``--variant STORE_FSYNC=1`` adds the durable row, fsync included).
-  Images/s = stored images / wall time of the process (start-up included, as for the peers). The politeness defaults (8 requests per site, AutoThrottle) are meant for
-  real sites; here the crawl runs with a concurrency like the peers' 32 workers
-  (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN``/``CONCURRENT_ITEMS`` =
-  ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``), printed under the table. The ``ReactorLag``
+  Images/s = stored images / wall time of the process (start-up included, as for the peers);
+  CPU s include the crawl's worker processes (``PIPELINE_PROCESSES``). The politeness defaults
+  (8 requests per site, AutoThrottle) are meant for real sites; here the crawl downloads 32 at
+  once like the peers' 32 workers (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN`` =
+  ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``; ``CONCURRENT_ITEMS`` the project's, ``--items``),
+  printed under the table. The ``ReactorLag``
   extension ticks every 10 ms on Scrapy's reactor and reports the longest late tick: CPU work
   that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
   Scrapy stats; ``--variant SETTING=VALUE`` adds a row with settings changed.
-* img2dataset (its own venv, no torch beside it): ``--thread_count 32``, files output, no resize.
+* img2dataset (its own venv, no torch beside it): ``--thread_count 32 --processes_count 2``
+  (up to 64 downloads at once), files output, no resize.
 * fastai ``download_images(..., n_workers=32)`` (its venv, with torch).
 
 Reproduce::

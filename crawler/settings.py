@@ -62,8 +62,9 @@ EXTENSIONS = {
 # 0: one per CPU this process may use (more only adds GIL and cache contention).
 PIPELINE_THREADS = 0
 # Worker processes for each image's decode, hashes and file write (crawler/workers.py): None, one
-# per CPU this process may use; 0, none (that work then runs in the pipeline threads, sharing
-# the crawl process's GIL with Scrapy: about 40% fewer images/s in benchmarks/).
+# per CPU this process may use but one (the crawl process keeps a core busy), at least 1; 0, none
+# (that work then runs in the pipeline threads, sharing the crawl process's GIL with Scrapy:
+# about 35% fewer images/s in benchmarks/).
 PIPELINE_PROCESSES = None
 # A progress line per label every PROGRESS_INTERVAL seconds (0: only the end-of-crawl summary).
 PROGRESS_INTERVAL = 10.0

@@ -321,7 +321,8 @@ class VerifyPipeline:
             recipes this project follows resized their images to 400-500 px before training.
         VERIFY_JPEG_QUALITY: quality (1-95) of resized JPEG sources (default 90).
         PIPELINE_PROCESSES: worker processes for the per-image work (default ``None``: one per
-            CPU; 0: none, work in a pipeline thread); shared by the crawls of one process.
+            CPU but one, at least 1; 0: none, work in a pipeline thread); shared by the crawls
+            of one process.
 
     Where the work runs: in the crawl's worker processes (``crawler.workers``,
     ``PIPELINE_PROCESSES``, on by default), which also hash the image for dedupe and write the
