@@ -21,8 +21,8 @@ class ImageItem(scrapy.Item):
     ``image`` (the normalised RGB ``PIL.Image`` dedupe hashes: the canonical reduction, removed
     after dedupe) or, when verify ran in a worker process, ``image_hashes`` (dedupe's hashes of
     it, ``{kind: hex}``, removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of
-    the bytes to store, which then replace ``body``), ``width`` and ``height`` (pixels of the stored image, after EXIF orientation
-    and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
+    the bytes to store, which then replace ``body``), ``width`` and ``height`` (pixels of the
+    stored image, after EXIF orientation and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
     downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
     of dedupe's variants, catalogued in ``image_hashes``), ``catalog_seen_id`` (last catalog id dedupe compared

@@ -604,10 +604,10 @@ class DedupePipeline:
 
     Hashes the item's ``image``, or takes the hashes verify computed in a worker process
     (``image_hashes``: the same ``hashes_of``, same recipe). Sets ``phash``, ``hashes`` (the
-    variants, for the catalog's ``image_hashes``) and ``catalog_seen_id`` on unique items. A larger copy (more pixels, same
-    label) of a stored image passes with ``replaces`` set: the store stage swaps it in and
-    turns the smaller one's row into its duplicate. A duplicate gets
-    ``status = "duplicate"``, ``reason`` (``exact``, ``near`` or ``label_conflict``),
+    variants, for the catalog's ``image_hashes``) and ``catalog_seen_id`` on unique items. A
+    larger copy (more pixels, same label) of a stored image passes with ``replaces`` set: the
+    store stage swaps it in and turns the smaller one's row into its duplicate. A duplicate
+    gets ``status = "duplicate"``, ``reason`` (``exact``, ``near`` or ``label_conflict``),
     ``duplicate_of`` and ``hash_distance``. A copy of an image a person deleted in review
     (``python -m crawler.review``) gets ``status = "rejected"``, ``reason = "review_delete"``:
     deletions stick across later crawls. Stats: ``dedupe/unique``, ``dedupe/upgrade``,

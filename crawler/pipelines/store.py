@@ -130,7 +130,8 @@ class StorePipeline:
     when reached, the spider is closed (reason ``max_images``) and later items are dropped
     without a catalog row (they were never judged). Stores ``staged`` (the temporary file
     verify's worker process wrote, renamed into place) or else ``body``. Sets ``path`` and
-    ``status = "stored"`` and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>`` for late duplicates.
+    ``status = "stored"`` and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>``
+    for late duplicates.
 
     Raises:
         NotConfigured: without DATASET_DIR.

@@ -341,8 +341,9 @@ class VerifyPipeline:
 
     Raises:
         ValueError: on a non-positive limit, a negative ``VERIFY_MAX_SIDE``, a quality
-            outside 1-95, a negative ``PIPELINE_PROCESSES`` or an unknown format name (the crawl does not start: a disabled
-            verify stage would let every item through unchecked).
+            outside 1-95, a negative ``PIPELINE_PROCESSES`` or an unknown format name (the
+            crawl does not start: a disabled verify stage would let every item through
+            unchecked).
         DropItem: with the ``Rejected`` reason (the item gets ``status = "rejected"``).
     """
 
