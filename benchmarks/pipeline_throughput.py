@@ -16,9 +16,8 @@ list in the same run:
   (8 requests per site, AutoThrottle) are meant for real sites; here the crawl downloads 32 at
   once like the peers' 32 workers (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN`` =
   ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``; ``CONCURRENT_ITEMS`` the project's, ``--items``),
-  printed under the table. The ``ReactorLag``
-  extension ticks every 10 ms on Scrapy's reactor and reports the longest late tick: CPU work
-  that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
+  printed under the table. The ``ReactorLag`` extension ticks every 10 ms on Scrapy's reactor
+  and reports the longest late tick: CPU work that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
   Scrapy stats; ``--variant SETTING=VALUE`` adds a row with settings changed.
 * img2dataset (its own venv, no torch beside it): ``--thread_count 32 --processes_count 2``
   (up to 64 downloads at once), files output, no resize.
