@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,35 @@ def test_wal_mode_and_two_connections_see_each_other(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+OPENER = """
+import sys, time
+from crawler.catalog import Catalog
+for folder, start in zip(sys.argv[1::2], sys.argv[2::2]):
+    while time.time() < float(start):
+        pass
+    Catalog(folder).close()
+"""
+
+
+def test_processes_opening_one_fresh_dataset_at_once_all_succeed(tmp_path: Path) -> None:
+    """Six processes open each of eight new datasets at the same instant (as two crawls into a
+    fresh dataset do): none fails with "database is locked" while the file turns to WAL."""
+    start = time.time() + 3.0  # after every process has imported the catalog
+    rounds = [arg for n in range(8) for arg in (str(tmp_path / f"d{n}"), str(start + 0.3 * n))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, *rounds], cwd=Path(__file__).resolve().parents[2],
+            stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(6)
+    ]
+    errors = [err for proc in procs if (err := proc.communicate(timeout=120)[1]) and proc.returncode]
+    assert errors == []
+    for n in range(8):
+        with sqlite3.connect(tmp_path / f"d{n}" / "catalog.sqlite") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_immediate_transaction_serialises_writers(tmp_path: Path) -> None:
