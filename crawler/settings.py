@@ -71,6 +71,8 @@ PROGRESS_INTERVAL = 10.0
 
 # Dropping junk is normal operation, not a warning.
 DEFAULT_DROPITEM_LOG_LEVEL = "INFO"
+# One line per dropped item (label, URL, reason) instead of the whole item with its hashes.
+LOG_FORMATTER = "crawler.logformatter.ImageLogFormatter"
 LOG_LEVEL = "INFO"
 
 # Component settings (defaults documented on each class).

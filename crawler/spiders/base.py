@@ -9,14 +9,16 @@ reason the log, the stats and the summary all show (``parse_error``, ``robots_de
 
 from __future__ import annotations
 
+import difflib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import scrapy
-from scrapy.exceptions import CloseSpider, IgnoreRequest, NotConfigured
+from scrapy.exceptions import CloseSpider, IgnoreRequest
 from scrapy.http import Request
 from scrapy.spidermiddlewares.httperror import HttpError
 
+from crawler.errors import UserError
 from crawler.items import ImageItem
 from crawler.labels import sanitize_label
 
@@ -35,17 +37,29 @@ def positive_int(name: str, value: str | int | None) -> int | None:
     """``value`` (a ``-a`` argument) as a positive int; ``None`` when absent or empty.
 
     Raises:
-        ValueError: naming the argument, when it is not a positive integer.
+        UserError: naming the argument, when it is not a positive integer.
     """
     if value is None or value == "":
         return None
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+        number = 0
     if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"-a {name} must be a positive integer, got {value!r} (e.g. -a {name}=100)")
     return number
+
+
+def spider_label(spider_name: str, label: str) -> str:
+    """``label`` sanitised to a folder name (:func:`crawler.labels.sanitize_label`).
+
+    Raises:
+        UserError: the label has no usable character.
+    """
+    try:
+        return sanitize_label(label)
+    except ValueError as exc:
+        raise UserError(f"the {spider_name} spider cannot use this label: {exc} (pick a word or two)") from None
 
 
 class ImageSpider(scrapy.Spider):
@@ -58,12 +72,17 @@ class ImageSpider(scrapy.Spider):
         max_images: stop once this many images were stored by this crawl; the store pipeline
             enforces it, spiders also stop paging (``enough_stored``).
 
+    Each spider declares the ``-a`` arguments it takes in ``arguments`` (its own, added to its
+    base classes'); a crawl given any other fails before its first request, listing the valid
+    ones (:meth:`valid_arguments`).
+
     Raises:
-        ValueError: on a missing or unusable label, or a non-positive ``max_images``.
-        NotConfigured: when DATASET_DIR is not set.
+        UserError: on a missing or unusable label, a non-positive ``max_images``, an unknown
+            argument, or when DATASET_DIR is not set.
     """
 
     label_required = True
+    arguments: ClassVar[tuple[str, ...]] = ("label", "query", "max_images")
 
     def __init__(
         self,
@@ -75,15 +94,43 @@ class ImageSpider(scrapy.Spider):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not label and self.label_required:
-            raise ValueError(f"the {self.name} spider needs a label: -a label=<category>")
-        self.label = sanitize_label(label) if label else None
+            raise UserError(f"the {self.name} spider needs a label (-a label=<category>)")
+        self.label = spider_label(self.name, label) if label else None
         self.query = (query or label or "").strip()
         self.max_images = positive_int("max_images", max_images)
 
     @classmethod
+    def valid_arguments(cls) -> list[str]:
+        """The ``-a`` arguments of this spider: its bases' ``arguments``, then its own."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            names += [name for name in vars(klass).get("arguments", ()) if name not in names]
+        return names
+
+    @classmethod
+    def check_arguments(cls, given: Any) -> None:
+        """Refuse ``-a`` arguments the spider does not declare (a typo would otherwise be
+        ignored, and ``-a max_image=3`` would store everything).
+
+        Raises:
+            UserError: naming the unknown arguments, the closest valid one and all valid ones.
+        """
+        valid = cls.valid_arguments()
+        unknown = [name for name in given if name not in valid]
+        if not unknown:
+            return
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"did you mean -a {close[0]}? " if close else ""
+        raise UserError(
+            f"the {cls.name} spider has no argument {', '.join('-a ' + name for name in unknown)} "
+            f"({hint}valid: {', '.join(valid)})"
+        )
+
+    @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        cls.check_arguments(kwargs)
         if not crawler.settings.get("DATASET_DIR"):
-            raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
+            raise UserError("DATASET_DIR is not set (run with -s DATASET_DIR=<folder>)")
         return super().from_crawler(crawler, *args, **kwargs)
 
     def enough_stored(self) -> bool:
@@ -136,6 +183,7 @@ class SearchSpider(ImageSpider):
     """
 
     MAX_PAGES = 20
+    arguments: ClassVar[tuple[str, ...]] = ("max_pages",)
     base_url_setting = ""
     default_base_url = ""
     # Public APIs made for programs (their own usage policy governs clients) may keep robots.txt

@@ -53,6 +53,7 @@ class BingSpider(SearchSpider):
     base_url_setting = "BING_BASE_URL"
     default_base_url = "https://www.bing.com"
     PAGE_SIZE = 35
+    arguments = ("filters",)
 
     def __init__(self, *args: Any, filters: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

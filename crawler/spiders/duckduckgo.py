@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from scrapy.http import Response
 
+from crawler.errors import UserError
 from crawler.spiders.base import SearchSpider
 
 logger = logging.getLogger(__name__)
@@ -52,17 +53,18 @@ class DuckDuckGoSpider(SearchSpider):
     ``duckduckgo/parse_error``, the crawl closes as ``parse_error``.
 
     Raises:
-        ValueError: on an unknown ``safesearch`` (besides ``ImageSpider``'s checks).
+        UserError: on an unknown ``safesearch`` (besides ``ImageSpider``'s checks).
     """
 
     name = "duckduckgo"
     base_url_setting = "DUCKDUCKGO_BASE_URL"
     default_base_url = "https://duckduckgo.com"
+    arguments = ("safesearch",)
 
     def __init__(self, *args: Any, safesearch: str = "moderate", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if safesearch not in SAFESEARCH:
-            raise ValueError(f"safesearch must be one of {sorted(SAFESEARCH)}, got {safesearch!r}")
+            raise UserError(f"-a safesearch must be one of {', '.join(sorted(SAFESEARCH))}, got {safesearch!r} (e.g. -a safesearch=moderate)")
         self.safesearch = safesearch
         self.vqd: str | None = None
 

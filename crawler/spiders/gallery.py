@@ -24,9 +24,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from scrapy.exceptions import NotConfigured
 from scrapy.http import Request, TextResponse
 
+from crawler.errors import UserError
 from crawler.resume import judged_urls
 from crawler.spiders.base import ImageSpider, positive_int
 from crawler.threads import run_in_thread
@@ -159,12 +159,13 @@ class GallerySpider(ImageSpider):
     (``data-src``...) over a placeholder ``src``; ``src`` (``data:`` URIs included).
 
     Raises:
-        ValueError: on a missing or unusable label, no start URL, or non-integer limits.
-        NotConfigured: when DATASET_DIR is not set, or with ``render`` when the browser
+        UserError: on a missing or unusable label, no start URL, non-integer limits, an unknown
+            argument, when DATASET_DIR is not set, or with ``render`` when the browser
             executable is missing.
     """
 
     name = "gallery"
+    arguments = ("start_urls", "max_pages", "next_selector", "render", "max_scrolls", "scroll_timeout")
     MAX_PAGES = 50
     MAX_SCROLLS = 20
     SCROLL_TIMEOUT = 60.0  # seconds per page
@@ -189,7 +190,7 @@ class GallerySpider(ImageSpider):
         if isinstance(start_urls, str):
             start_urls = [u.strip() for u in start_urls.split(",") if u.strip()]
         if not start_urls:
-            raise ValueError("the gallery spider needs -a start_urls=<url[,url...]>")
+            raise UserError("the gallery spider needs a page to start from (-a start_urls=<url[,url...]>)")
         self.start_urls = list(start_urls)
         self.max_pages = positive_int("max_pages", max_pages) or self.MAX_PAGES
         self.next_selector = next_selector
@@ -344,15 +345,15 @@ def enable_rendering(settings: Settings) -> None:
     starts and Chromium on the first rendered request.
 
     Raises:
-        NotConfigured: the browser executable does not exist.
+        UserError: the browser executable does not exist.
     """
     chromium = settings.get("CHROMIUM_PATH") or os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
     options = dict(settings.getdict("PLAYWRIGHT_LAUNCH_OPTIONS"))
     options.setdefault("executable_path", chromium)
     if not os.access(options["executable_path"], os.X_OK):
-        raise NotConfigured(
-            f"render=1 needs Chromium at {options['executable_path']!r}: install it "
-            "(Debian: apt-get install chromium; or `make browsers`) or set -s CHROMIUM_PATH=<path>"
+        raise UserError(
+            f"render=1 needs Chromium at {options['executable_path']!r} (install it: "
+            "`make browsers` or apt-get install chromium; or set -s CHROMIUM_PATH=<path>)"
         )
     handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
     handlers.update({"http": PLAYWRIGHT_HANDLER, "https": PLAYWRIGHT_HANDLER})
@@ -370,7 +371,7 @@ def _flag(name: str, value: str | bool | None) -> bool:
         return False
     if text in ("1", "true", "yes", "on"):
         return True
-    raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    raise UserError(f"-a {name} must be 0 or 1, got {value!r} (e.g. -a {name}=1)")
 
 
 def _positive_float(name: str, value: str | float | None) -> float | None:
@@ -379,7 +380,7 @@ def _positive_float(name: str, value: str | float | None) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+        number = 0.0
     if not number > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise UserError(f"-a {name} must be a positive number, got {value!r} (e.g. -a {name}=30)")
     return number

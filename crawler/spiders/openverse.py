@@ -71,6 +71,7 @@ class OpenverseSpider(SearchSpider):
     default_base_url = "https://api.openverse.org"
     api_requests_obey_robotstxt = False
     PAGE_SIZE = 20
+    arguments = FILTERS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.filters = {key: kwargs.pop(key) for key in FILTERS if kwargs.get(key)}

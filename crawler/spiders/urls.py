@@ -21,8 +21,8 @@ from typing import Any
 
 from scrapy.http import Request, Response
 
-from crawler.labels import sanitize_label
-from crawler.spiders.base import ImageSpider
+from crawler.errors import UserError
+from crawler.spiders.base import ImageSpider, spider_label
 
 logger = logging.getLogger(__name__)
 
@@ -79,35 +79,41 @@ class UrlsSpider(ImageSpider):
     (stat ``urls/skipped``); a URL listed twice is requested once (``urls/duplicate_entries``).
 
     Raises:
-        ValueError: no ``file``, an unreadable or empty file, a CSV without ``url`` column, a
-            row without a label when no ``-a label`` was given, or a bad ``max_images``.
-        NotConfigured: when DATASET_DIR is not set.
+        UserError: no ``file``, an unreadable or empty file, a CSV without ``url`` column, a
+            row without a label when no ``-a label`` was given, a bad ``max_images``, an
+            unknown argument, or when DATASET_DIR is not set.
     """
 
     name = "urls"
     label_required = False
+    arguments = ("file",)
 
     def __init__(self, *args: Any, file: str | None = None, query: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, query=query, **kwargs)
         # Without -a query, each row's query is its own label.
         self.query_given = bool(query)
         if not file:
-            raise ValueError("the urls spider needs a URL list: -a file=<urls.txt|urls.csv>")
+            raise UserError("the urls spider needs a URL list (-a file=<urls.txt|urls.csv>)")
         try:
             entries = read_url_file(file)
         except OSError as exc:
-            raise ValueError(f"the urls spider cannot read -a file={file}: {exc.strerror or exc}") from None
+            raise UserError(
+                f"the urls spider cannot read -a file={file}: {exc.strerror or exc} "
+                "(give the path of a readable text or CSV file of URLs)"
+            ) from None
+        except ValueError as exc:  # a CSV without a url column, or not UTF-8 text
+            raise UserError(f"{exc} (a text file of URLs, one a line, or a CSV with a 'url' column)") from None
         if not entries:
-            raise ValueError(f"the urls spider found no URLs in {file}")
+            raise UserError(f"the urls spider found no URLs in {file} (one URL a line; # starts a comment)")
         unlabelled = [url for url, label in entries if label is None]
         if unlabelled and self.label is None:
-            raise ValueError(
-                f"the urls spider needs a label: {len(unlabelled)} entries of {file} have none "
-                f"(first: {unlabelled[0][:100]}); pass -a label=<category> or add a label column"
+            raise UserError(
+                f"the urls spider needs a label: {len(unlabelled)} entries of {file} have none, "
+                f"first {unlabelled[0][:100]} (pass -a label=<category> or add a label column)"
             )
         self.file = file
         # Row labels are checked now, so a bad one fails before anything is downloaded.
-        self.entries = [(url, sanitize_label(label) if label else None) for url, label in entries]
+        self.entries = [(url, spider_label(self.name, label) if label else None) for url, label in entries]
 
     async def start(self) -> AsyncIterator[Any]:
         # The list is fetched through Scrapy's file:// handler so that the items come from a

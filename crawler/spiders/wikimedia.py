@@ -73,6 +73,7 @@ class WikimediaSpider(SearchSpider):
     api_requests_obey_robotstxt = False
     PAGE_SIZE = 50
     WIDTH = 1024
+    arguments = ("width",)
 
     def __init__(self, *args: Any, width: str | int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

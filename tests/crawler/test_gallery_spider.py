@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from scrapy.exceptions import NotConfigured
 from scrapy.http import HtmlResponse, Request
 from scrapy.utils.test import get_crawler
 
+from crawler.errors import UserError
 from crawler.items import ImageItem
 from crawler.spiders.gallery import (
     GallerySpider,
@@ -116,21 +116,21 @@ def test_start_requests_every_start_url() -> None:
 
 
 def test_label_is_required_and_sanitised() -> None:
-    with pytest.raises(ValueError, match="label"):
+    with pytest.raises(UserError, match="label"):
         make_spider(label=None)
     assert make_spider(label="../../etc").label == "_.._etc"
 
 
 def test_start_urls_and_limits_are_checked() -> None:
-    with pytest.raises(ValueError, match="start_urls"):
+    with pytest.raises(UserError, match="start_urls"):
         make_spider(start_urls="")
-    with pytest.raises(ValueError, match="max_images"):
+    with pytest.raises(UserError, match="max_images"):
         make_spider(max_images="many")
 
 
 def test_dataset_dir_is_required() -> None:
     crawler = get_crawler(GallerySpider, {})
-    with pytest.raises(NotConfigured, match="DATASET_DIR"):
+    with pytest.raises(UserError, match="DATASET_DIR"):
         GallerySpider.from_crawler(crawler, label="cats", start_urls="http://site.test/")
 
 

@@ -79,14 +79,15 @@ def test_render_without_the_browser_fails_clearly(site, tmp_path) -> None:
             "-a", "render=1", "-s", f"CHROMIUM_PATH={tmp_path / 'no-chromium'}",
         )
     )
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stdout
     assert "render=1 needs Chromium" in result.stdout and "CHROMIUM_PATH" in result.stdout
 
 
 def test_bad_render_flag_is_refused() -> None:
+    from crawler.errors import UserError
     from crawler.spiders.gallery import GallerySpider
 
-    with pytest.raises(ValueError, match="render must be 0 or 1"):
+    with pytest.raises(UserError, match="render must be 0 or 1"):
         GallerySpider(label="x", start_urls="http://127.0.0.1/", render="maybe")
     spider = GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", max_scrolls="3")
     request = spider.page_request("http://127.0.0.1/", page_number=1)

@@ -12,6 +12,7 @@ from crawler_testkit import encode, picture
 from crawls import catalog_rows
 from fixture_server import FIXTURES, FixtureServer, finish, start_crawl
 
+from crawler.errors import UserError
 from crawler.spiders.urls import UrlsSpider, read_url_file
 
 DATA_URI = "data:image/png;base64," + base64.b64encode(encode(picture(4242, size=(96, 96)))).decode()
@@ -99,15 +100,15 @@ def test_csv_with_a_label_on_every_row_needs_no_label_argument(runs) -> None:
 def test_missing_label_or_file_fails_clearly(server, tmp_path) -> None:
     # (How `scrapy crawl` turns these into a non-zero exit is tested with the gallery spider.)
     text = url_file(server, tmp_path, "urls.txt")
-    with pytest.raises(ValueError, match=r"needs a label: 6 entries of .* have none"):
+    with pytest.raises(UserError, match=r"needs a label: 6 entries of .* have none"):
         UrlsSpider(file=str(text))
-    with pytest.raises(ValueError, match="needs a URL list: -a file="):
+    with pytest.raises(UserError, match=r"needs a URL list \(-a file="):
         UrlsSpider(label="tabby")
-    with pytest.raises(ValueError, match="cannot read -a file="):
+    with pytest.raises(UserError, match="cannot read -a file="):
         UrlsSpider(label="tabby", file=str(tmp_path / "missing.txt"))
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing yet\n\n")
-    with pytest.raises(ValueError, match="found no URLs"):
+    with pytest.raises(UserError, match="found no URLs"):
         UrlsSpider(label="tabby", file=str(empty))
 
 
