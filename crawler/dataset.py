@@ -5,6 +5,7 @@ Usage::
     python -m crawler.dataset check <dir> [--repair]   # exit 1 when anything is wrong
     python -m crawler.dataset export <dir> [--output catalog.csv]
     python -m crawler.dataset rehash <dir>             # recompute perceptual hashes from files
+    python -m crawler.dataset summary <dir> [--contact-sheet sheet.png]   # crawler/summary.py
 
 ``check`` finds: stored rows whose file is missing (``missing_file``), image files under a
 label folder with no stored row (``orphan_file``), files whose SHA-256 is not their name
@@ -30,6 +31,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from crawler.catalog import CATALOG_NAME, Catalog
 from crawler.pipelines.dedupe import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe, rehash_catalog
@@ -139,8 +141,27 @@ def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
     return fixed
 
 
+def _catalogued(root: Path) -> Path:
+    """``root``, checked to be a folder with a catalog.
+
+    Raises:
+        UserError: it is not.
+    """
+    from crawler.errors import UserError
+
+    if not root.is_dir():
+        raise UserError(f"no dataset folder {root} (give the folder a crawl wrote with -s DATASET_DIR=...)")
+    if not (root / CATALOG_NAME).exists():
+        raise UserError(f"{root} has no {CATALOG_NAME}: not a crawled dataset (give the folder a crawl wrote)")
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 consistent, 1 problems, 2 usage)."""
+    # Imported here, not at the top: the summary's drawing code is needed by one subcommand only.
+    from crawler import summary
+    from crawler.errors import UserError, report
+
     parser = argparse.ArgumentParser(prog="python -m crawler.dataset", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check_cmd = commands.add_parser("check", help="check a dataset against its catalog")
@@ -155,13 +176,30 @@ def main(argv: list[str] | None = None) -> int:
         "--hash", choices=sorted(HASH_FUNCTIONS), default=None,
         help="perceptual hash to use (default: the one the catalog records, else phash)",
     )
+    summary_cmd = commands.add_parser("summary", help="per-label counts, formats, sizes, sources; a contact sheet")
+    summary_cmd.add_argument("dataset", type=Path)
+    summary_cmd.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG",
+                             help="also draw sample images per label into this PNG file")
+    summary_cmd.add_argument("--per-label", type=int, default=8, help="images per label on the sheet (default 8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return _run(args, summary)
+    except UserError as exc:
+        return report(exc)
+
+
+def _run(args: argparse.Namespace, summary: ModuleType) -> int:
+    if args.command == "summary":
+        found = summary.summarize(args.dataset)
+        print(summary.format_summary(found))  # noqa: T201 (the command's output)
+        if args.contact_sheet is not None:
+            path = summary.contact_sheet(found, args.contact_sheet, per_label=max(1, args.per_label))
+            print(f"contact sheet: {path}")  # noqa: T201
+        return 0
 
     if args.command == "rehash":
-        if not (args.dataset / CATALOG_NAME).exists():
-            logger.error("no catalog in %s", args.dataset)
-            return 2
+        _catalogued(args.dataset)
         with Catalog(args.dataset) as catalog:
             recorded = catalog.meta().get("hash")
             hash_name = args.hash or (recorded if recorded in HASH_FUNCTIONS else DEFAULT_HASH)
@@ -170,19 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if skipped else 0
 
     if args.command == "export":
-        if not (args.dataset / CATALOG_NAME).exists():
-            logger.error("no catalog in %s", args.dataset)
-            return 2
+        _catalogued(args.dataset)
         with Catalog(args.dataset) as catalog:
             path = catalog.export_csv(args.output)
         logger.info("exported %s", path)
         return 0
 
-    try:
-        problems, stale = check(args.dataset)
-    except FileNotFoundError as exc:
-        logger.error("%s", exc)
-        return 2
+    if not args.dataset.is_dir():
+        _catalogued(args.dataset)  # raises: no such folder
+    problems, stale = check(args.dataset)
     for problem in problems:
         logger.warning("%s %s %s", problem.kind, problem.path, problem.detail)
     if stale:
