@@ -209,3 +209,73 @@ def test_review_page_in_chromium(tmp_path: Path) -> None:
     assert check(root)[0] == []
     assert main(["restore", str(root), paths["dogs"][0]]) == 0
     assert (root / paths["dogs"][0]).is_file() and check(root)[0] == []
+
+
+def test_help_lists_both_commands_and_the_short_form_still_works(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "crawler.review", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "restore" in result.stdout and "serve" in result.stdout
+    root = tmp_path / "dataset"
+    build_dataset(root)
+    # `python -m crawler.review DATASET --scores ...` is `serve`: a bad scores file is reported
+    # by serve before it starts listening.
+    (root / "bad.csv").write_text("file,score\nx,1\n")
+    assert main([str(root), "--scores", str(root / "bad.csv")]) == 2
+    assert main(["serve", str(root), "--scores", str(root / "bad.csv")]) == 2
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_only_the_review_page_itself_can_change_the_dataset(tmp_path: Path) -> None:
+    import re
+
+    root = tmp_path / "dataset"
+    paths = build_dataset(root)
+    with Catalog(root) as catalog:
+        image_id = catalog.find_stored_path(paths["cats"][0])["id"]
+    with live_server(create_app(root, load_scores(root / "scores.csv"))) as url:
+        status, page = request(url)
+        assert status == 200 and "loading..." in page
+        token = re.search(r'name="review-token" content="([^"]+)"', page).group(1)
+        own_origin = url.rstrip("/")
+        body = json.dumps({"action": "delete"}).encode()
+        as_json = {"Content-Type": "application/json"}
+        decision = f"{url}api/decisions/{image_id}"
+
+        # What another web page open in the same browser can send: its own Origin, no token.
+        foreign = {**as_json, "Origin": "http://evil.example"}
+        assert request(decision, "PUT", foreign, body)[0] == 403
+        assert request(decision, "PUT", {**foreign, "X-Review-Token": token}, body)[0] == 403
+        assert request(f"{url}api/apply", "POST", {"Origin": "http://evil.example"}, b"")[0] == 403
+        assert request(decision, "DELETE", {"Origin": "null"})[0] == 403
+        # A DNS-rebinding page: the right origin for its name, but the name is not this server.
+        rebound = {**as_json, "Host": "evil.example:80", "Origin": "http://evil.example:80", "X-Review-Token": token}
+        assert request(decision, "PUT", rebound, body)[0] == 403
+        # The page's own origin without the token, or with a wrong one.
+        assert request(decision, "PUT", {**as_json, "Origin": own_origin}, body)[0] == 403
+        assert request(decision, "PUT", {**as_json, "Origin": own_origin, "X-Review-Token": "x" * 43}, body)[0] == 403
+        with Catalog(root) as catalog:
+            assert catalog.rows("id IN (SELECT image_id FROM review)") == []
+        assert (root / paths["cats"][0]).is_file()
+
+        # The page itself: same origin and its token.
+        status, answer = request(decision, "PUT", {**as_json, "Origin": own_origin, "X-Review-Token": token}, body)
+        assert status == 200 and json.loads(answer)["decision"]["action"] == "delete"
+        status, answer = request(f"{url}api/apply", "POST", {"Origin": own_origin, "X-Review-Token": token}, b"")
+        assert status == 200 and json.loads(answer)["deleted"] == 1
+    assert (root / ".trash" / paths["cats"][0]).is_file()
+    with live_server(create_app(root, load_scores(root / "scores.csv"))) as url:
+        # A new session has a new token: the old one no longer works.
+        assert request(f"{url}api/apply", "POST", {"X-Review-Token": token}, b"")[0] == 403
