@@ -5,7 +5,7 @@ markup changed or robots.txt forbade every page; scripts and schedulers that run
 category then see an empty success. This command is Scrapy's ``crawl`` (same options, same run)
 and exits:
 
-- 2 when building or starting the crawl raised :class:`crawler.errors.UserError` (a missing or
+- 2 for an unknown spider name, or when building or starting the crawl raised :class:`crawler.errors.UserError` (a missing or
   misspelt ``-a`` argument, a missing ``DATASET_DIR``, a bad setting value, from the spider or
   any component's ``from_crawler``/``open_spider``): one line ``error: <what> (<how to fix>)`` on
   stderr and no traceback, unless ``-s LOG_LEVEL=DEBUG`` asks for it;
@@ -18,6 +18,7 @@ and exits:
 from __future__ import annotations
 
 import asyncio
+import difflib
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,12 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("scrapy crawl takes exactly one spider name")
         assert self.crawler_process
-        crawler = self._create_crawler(args[0])
         self.user_error: UserError | None = None
+        try:
+            crawler = self._create_crawler(args[0])
+        except KeyError:  # Scrapy's spider loader: "Spider not found"
+            self.exitcode = report(self._unknown_spider(args[0]))
+            return
         self._watch(self.crawler_process.crawl(crawler, **opts.spargs))
         self.crawler_process.start()
         if self.user_error is not None:
@@ -67,6 +72,13 @@ class Command(ScrapyCrawlCommand):
         if reason in FAILED_REASONS:
             print(f"crawl failed: the spider closed with finish reason {reason!r}", file=sys.stderr)  # noqa: T201
             self.exitcode = 1
+
+    def _unknown_spider(self, name: str) -> UserError:
+        assert self.crawler_process
+        names = sorted(self.crawler_process.spider_loader.list())
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return UserError(f"no spider named {name!r} ({hint}spiders: {', '.join(names)})")
 
     def _watch(self, started: Any) -> None:
         """Take a :class:`UserError` out of the crawl's task (``AsyncCrawlerProcess``) or

@@ -192,3 +192,8 @@ def test_review_with_a_missing_or_bad_scores_file(tmp_path) -> None:
     bad.write_text("file,score\nx,1\n")
     result = run([sys.executable, "-m", "crawler.review", str(tmp_path), "--scores", str(bad)])
     assert_one_line_error(result, "'path' and 'loss' columns")
+
+
+def test_an_unknown_spider_name() -> None:
+    result = run(crawl("gallary", "-a", "label=ants"))
+    assert_one_line_error(result, "no spider named 'gallary'", "did you mean gallery?", "urls", "wikimedia")
