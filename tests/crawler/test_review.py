@@ -279,3 +279,29 @@ def test_only_the_review_page_itself_can_change_the_dataset(tmp_path: Path) -> N
     with live_server(create_app(root, load_scores(root / "scores.csv"))) as url:
         # A new session has a new token: the old one no longer works.
         assert request(f"{url}api/apply", "POST", {"X-Review-Token": token}, b"")[0] == 403
+
+
+def test_review_page_says_loading_until_its_images_arrive(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    root = tmp_path / "dataset"
+    build_dataset(root, per_label=3)
+    app = create_app(root, load_scores(root / "scores.csv"))
+    held = []
+    with live_server(app) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(20_000)
+        page.route("**/image/*", lambda route: held.append(route))  # hold every image request
+        page.goto(url)
+        expect(page.locator(".card")).to_have_count(3)
+        page.wait_for_function("document.querySelectorAll('img').length === 3")
+        expect(page.locator("#loading")).to_be_visible()
+        expect(page.locator("#loading")).to_have_text("loading...")
+        page.wait_for_timeout(300)
+        expect(page.locator("#loading")).to_be_visible()  # still: no image has arrived
+        assert len(held) == 3
+        for route in held:
+            route.continue_()
+        expect(page.locator("#loading")).to_be_hidden()
+        browser.close()
