@@ -193,7 +193,9 @@ def format_summary(summary: DatasetSummary) -> str:
     for name, values in (("width", summary.widths), ("height", summary.heights)):
         q = quantiles(values)
         if q:
-            lines.append(f"{name} px: min {q[0]}, 10% {q[1]}, 25% {q[2]}, median {q[3]}, 75% {q[4]}, 90% {q[5]}, max {q[6]}")
+            lines.append(
+                f"{name} px: min {q[0]}, 10% {q[1]}, 25% {q[2]}, median {q[3]}, 75% {q[4]}, 90% {q[5]}, max {q[6]}"
+            )
     if summary.source == "catalog":
         lines.append(f"sources: {_counts(summary.domains)}")
         lines.append(f"licences: {_counts(summary.licences)}")
@@ -243,14 +245,17 @@ def contact_sheet(
     if not summary.images:
         raise UserError(f"{summary.root} has no stored images to draw (crawl some first)")
     if not out.parent.is_dir():
-        raise UserError(f"no folder {out.parent} for the contact sheet (create it, or pick another --contact-sheet path)")
+        raise UserError(
+            f"no folder {out.parent} for the contact sheet (create it, or pick another --contact-sheet path)"
+        )
     labels = sorted(summary.images)
     font = _font(max(11, thumb // 7))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     captions = [f"{label} ({summary.stored[label]})" for label in labels]
     label_width = int(max(probe.textlength(caption, font=font) for caption in captions)) + 16
     gap = 4
-    sheet = Image.new("RGB", (label_width + per_label * (thumb + gap) + gap, len(labels) * (thumb + gap) + gap), "white")
+    size = (label_width + per_label * (thumb + gap) + gap, len(labels) * (thumb + gap) + gap)
+    sheet = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(sheet)
     for row, (label, caption) in enumerate(zip(labels, captions, strict=True)):
         top = gap + row * (thumb + gap)

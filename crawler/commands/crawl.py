@@ -5,9 +5,10 @@ markup changed or robots.txt forbade every page; scripts and schedulers that run
 category then see an empty success. This command is Scrapy's ``crawl`` (same options, same run)
 and exits:
 
-- 2 for an unknown spider name, or when building or starting the crawl raised :class:`crawler.errors.UserError` (a missing or
-  misspelt ``-a`` argument, a missing ``DATASET_DIR``, a bad setting value, from the spider or
-  any component's ``from_crawler``/``open_spider``): one line ``error: <what> (<how to fix>)`` on
+- 2 for an unknown spider name, or when building or starting the crawl raised
+  :class:`crawler.errors.UserError` (a missing or misspelt ``-a`` argument, a missing
+  ``DATASET_DIR``, a bad setting value; from the spider or any component's
+  ``from_crawler``/``open_spider``): one line ``error: <what> (<how to fix>)`` on
   stderr and no traceback, unless ``-s LOG_LEVEL=DEBUG`` asks for it;
 - 1 when the spider closed for one of ``FAILED_REASONS`` (the finish reasons the project's
   spiders and extensions use for "nothing useful happened"), printing the reason to stderr, or

@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("dataset", type=Path, help="the dataset folder (with catalog.sqlite)")
     serve.add_argument("--scores", type=Path, required=True, help="CSV from `python -m trainer.predict ... --out`")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="interface to listen on (default: this machine only); the page must be reached by this name")
+                       help="interface to listen on (default: this machine only); open the page by this name")
     serve.add_argument("--port", type=int, default=8001)
     serve.add_argument("--per-page", type=int, default=24, help="images per page")
     restore = commands.add_parser("restore", help="move images deleted in review back from .trash/")

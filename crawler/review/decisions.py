@@ -38,7 +38,10 @@ from crawler.labels import sanitize_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ACTIONS", "JOURNAL_NAME", "ReviewError", "apply_decisions", "decide", "open_catalog", "pending", "recover", "restore"]
+__all__ = [
+    "ACTIONS", "JOURNAL_NAME", "ReviewError", "apply_decisions", "decide", "open_catalog", "pending", "recover",
+    "restore",
+]
 
 ACTIONS = ("keep", "delete", "move")
 #: The plan of an apply in progress, at the dataset root (a dot-file: never a label or image).

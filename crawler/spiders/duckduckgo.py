@@ -64,7 +64,10 @@ class DuckDuckGoSpider(SearchSpider):
     def __init__(self, *args: Any, safesearch: str = "moderate", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if safesearch not in SAFESEARCH:
-            raise UserError(f"-a safesearch must be one of {', '.join(sorted(SAFESEARCH))}, got {safesearch!r} (e.g. -a safesearch=moderate)")
+            raise UserError(
+                f"-a safesearch must be one of {', '.join(sorted(SAFESEARCH))}, got {safesearch!r} "
+                "(e.g. -a safesearch=moderate)"
+            )
         self.safesearch = safesearch
         self.vqd: str | None = None
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from crawls import REPO, catalog_rows, gallery_command, run_crawl
