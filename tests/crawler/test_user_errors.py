@@ -197,3 +197,13 @@ def test_review_with_a_missing_or_bad_scores_file(tmp_path) -> None:
 def test_an_unknown_spider_name() -> None:
     result = run(crawl("gallary", "-a", "label=ants"))
     assert_one_line_error(result, "no spider named 'gallary'", "did you mean gallery?", "urls", "wikimedia")
+
+
+def test_scrapys_twisted_crawler_process_reports_the_same(tmp_path, server) -> None:
+    # FORCE_CRAWLER_PROCESS: Scrapy runs the crawl as a Deferred instead of an asyncio task.
+    result = run(crawl(
+        "gallery", "-a", "label=ants", "-a", f"start_urls={server.base}/", "-a", "max_image=3",
+        "-s", f"DATASET_DIR={tmp_path / 'd'}", "-s", "FORCE_CRAWLER_PROCESS=1",
+    ))
+    assert_one_line_error(result, "no argument -a max_image")
+    assert server.hits == []
