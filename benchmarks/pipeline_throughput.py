@@ -127,7 +127,7 @@ class ReactorLag:
     to ``BENCH_RESULT_FILE`` when the spider closes."""
 
     INTERVAL = 0.01
-    STAGES = ("crawler.pipelines.verify", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
+    STAGES = ("crawler.pipelines.prepare", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
 
     def __init__(self, crawler: Any, path: str) -> None:
         from scrapy import signals

@@ -13,10 +13,11 @@ from crawler_testkit import encode, make_item, picture, run
 from PIL import Image
 from scrapy.exceptions import DropItem, NotConfigured
 
+from crawler.errors import UserError
 from crawler.catalog import Catalog
 from crawler.pipelines.dedupe import DedupePipeline
 from crawler.pipelines.store import StorePipeline
-from crawler.pipelines.verify import VerifyPipeline
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.recorder import CatalogRecorder
 
 
@@ -25,7 +26,7 @@ class Chain:
 
     def __init__(self, crawler: Any, build: Any) -> None:
         self.crawler = crawler
-        self.stages = [build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline)]
+        self.stages = [build(cls, crawler) for cls in (PreparePipeline, DedupePipeline, StorePipeline)]
         for stage in self.stages:
             if hasattr(stage, "open_spider"):
                 stage.open_spider()
@@ -207,7 +208,7 @@ def test_dataset_dir_is_required(build, cls) -> None:
 
 
 def test_max_distance_must_fit_the_hash(make_crawler, build) -> None:
-    with pytest.raises(ValueError, match="DEDUPE_MAX_DISTANCE"):
+    with pytest.raises(UserError, match="DEDUPE_MAX_DISTANCE"):
         build(DedupePipeline, make_crawler(DEDUPE_MAX_DISTANCE=64))
 
 

@@ -19,17 +19,17 @@ from scrapy.exceptions import DropItem
 
 from crawler.catalog import Catalog
 from crawler.hashindex import MultiIndexHashIndex
-from crawler.pipelines.dedupe import (
+from crawler.images.hashing import (
     CANONICAL_SIDE,
     COLOUR_KIND,
     VARIANTS,
-    DedupePipeline,
     image_hashes,
     phash_many,
     trim_borders,
 )
+from crawler.pipelines.dedupe import DedupePipeline
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
-from crawler.pipelines.verify import VerifyPipeline
 from crawler.threads import INLINE_HASH_BYTES, sha256_hex
 
 
@@ -131,9 +131,9 @@ def test_query_batch_equals_single_queries_with_and_without_a_merge() -> None:
     assert index.query_batch([]) == []
 
 
-def store_crawl(make_crawler: Any, build: Any, **settings: Any) -> tuple[VerifyPipeline, DedupePipeline, StorePipeline]:
+def store_crawl(make_crawler: Any, build: Any, **settings: Any) -> tuple[PreparePipeline, DedupePipeline, StorePipeline]:
     crawler = make_crawler(**settings)
-    stages = tuple(build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline))
+    stages = tuple(build(cls, crawler) for cls in (PreparePipeline, DedupePipeline, StorePipeline))
     for stage in stages[1:]:
         stage.open_spider()
     return stages  # type: ignore[return-value]
