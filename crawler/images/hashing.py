@@ -35,11 +35,12 @@ rehashed from its stored files when a crawl opens it (``crawler.images.rehash``)
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, ImageStat
+from PIL import Image, ImageOps
 
 __all__ = [
     "CANONICAL_SIDE",
@@ -220,6 +221,21 @@ def _window(box: tuple[float, float, float, float], size: tuple[int, int]) -> tu
     return round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height)
 
 
+def _colour_stats(image: Image.Image) -> tuple[list[float], list[float]]:
+    """Per-band mean and standard deviation of an RGB image, bit for bit what Pillow's
+    ``ImageStat.Stat(image).mean``/``.stddev`` give (the same formulas on the same exact integer
+    sums of the histogram), with the sums done by numpy instead of 1,536 steps of Python: they
+    were a tenth of the per-image CPU time."""
+    histogram = np.asarray(image.histogram(), dtype=np.int64).reshape(-1, 256)
+    levels = np.arange(256, dtype=np.int64)
+    counts = histogram.sum(axis=1).tolist()
+    sums = (histogram @ levels).tolist()
+    sums2 = (histogram @ (levels * levels)).tolist()
+    mean = [s / n if n else 0 for s, n in zip(sums, counts, strict=True)]
+    var = [(s2 - s**2 / n) / n if n else 0 for s, s2, n in zip(sums, sums2, counts, strict=True)]
+    return mean, [math.sqrt(v) for v in var]
+
+
 def phash_many(greys: list[Image.Image]) -> list[str]:
     """imagehash ``phash`` (``hash_size=8``) of several grey (mode ``L``) images, as 16 hex chars.
 
@@ -259,7 +275,7 @@ def image_hashes(image: Image.Image, hash_name: str = DEFAULT_HASH) -> dict[str,
     left, top = box[0], box[1]
     trimmed_size = (box[2] - left, box[3] - top)
     centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
-    stat = ImageStat.Stat(canonical.crop((left + centre[0], top + centre[1], left + centre[2], top + centre[3])))
+    mean, stddev = _colour_stats(canonical.crop((left + centre[0], top + centre[1], left + centre[2], top + centre[3])))
     boxes = [(0, 0, *canonical.size)]
     for kind, fractions in VARIANTS.items():
         if kind == "trim90":
@@ -275,7 +291,7 @@ def image_hashes(image: Image.Image, hash_name: str = DEFAULT_HASH) -> dict[str,
     else:
         values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
     of_box = dict(zip(unique, values, strict=True))
-    hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: bytes(min(255, round(v)) for v in (*stat.mean, *stat.stddev)).hex()}
+    hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: bytes(min(255, round(v)) for v in (*mean, *stddev)).hex()}
     hashes.update((kind, of_box[box]) for kind, box in zip(VARIANTS, boxes[1:], strict=True))
     return hashes
 

@@ -200,3 +200,37 @@ def test_misconfiguration_stops_the_crawl(make_crawler, build, settings) -> None
     # Not NotConfigured: Scrapy would just disable the stage and let every item through.
     with pytest.raises(UserError, match="VERIFY_"):
         build(PreparePipeline, make_crawler(**settings))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"VERIFY_MIN_SIDE": "abc"},
+            "VERIFY_MIN_SIDE must be a whole number of pixels >= 1, got 'abc' (e.g. -s VERIFY_MIN_SIDE=64)",
+        ),
+        (
+            {"VERIFY_JPEG_QUALITY": "100"},
+            "VERIFY_JPEG_QUALITY must be a whole number in 1-95, got '100' (e.g. -s VERIFY_JPEG_QUALITY=90)",
+        ),
+        (
+            {"STORE_FSYNC": "maybe"},
+            "STORE_FSYNC must be true or false (1 or 0), got 'maybe' (e.g. -s STORE_FSYNC=1)",
+        ),
+    ],
+)
+def test_a_bad_setting_value_names_the_setting_and_what_it_must_be(make_crawler, build, settings, message) -> None:
+    """Issue 11: one line naming the setting, the expected type and range, and an example."""
+    with pytest.raises(UserError) as caught:
+        build(PreparePipeline, make_crawler(**settings))
+    assert str(caught.value) == message
+
+
+def test_settings_left_unset_take_the_project_defaults(make_crawler, build) -> None:
+    """Defaults live in crawler/settings.py only: a component built without them reads them there."""
+    from crawler import settings as defaults
+
+    pipeline = build(PreparePipeline, make_crawler())
+    assert pipeline.limits["min_side"] == defaults.VERIFY_MIN_SIDE
+    assert pipeline.limits["formats"] == frozenset(defaults.VERIFY_FORMATS)
+    assert pipeline.hash_name == defaults.DEDUPE_HASH
