@@ -15,7 +15,6 @@ from typing import Any
 
 from crawler import settings as defaults
 from crawler.errors import UserError
-from crawler.images.hashing import HASH_FUNCTIONS
 
 __all__ = ["dedupe_hash", "get_bool", "get_choice", "get_int", "get_list", "get_raw"]
 
@@ -113,4 +112,8 @@ def dedupe_hash(settings: Any) -> str:
     Raises:
         UserError: an unknown hash; the message lists the valid ones.
     """
+    # Here, not at the top: spiders read their settings through this module, and every scrapy
+    # command loads every spider; the image libraries would add 0.3 s to each.
+    from crawler.images.hashing import HASH_FUNCTIONS
+
     return get_choice(settings, "DEDUPE_HASH", HASH_FUNCTIONS)
