@@ -10,8 +10,9 @@ So every image also gets the phash of a few windows of itself (``VARIANTS``): af
 uniform borders (letterbox bars, frames), the central 90% (which also drops the fill of a small
 rotation); the central 80% and 90%; the top 88% (a caption bar below); and the four 90% corner
 windows (a crop that keeps one corner). Two images are near duplicates when their full phashes
-are within ``DEDUPE_MAX_DISTANCE`` bits or one of the ``MATCH_PAIRS`` (``crawler.images.matching``) of windows is within
-``DEDUPE_VARIANT_DISTANCE`` bits (pairs are symmetric, so the order of arrival does not matter).
+are within ``DEDUPE_MAX_DISTANCE`` bits or one of the ``MATCH_PAIRS`` of windows
+(``crawler.images.matching``) is within ``DEDUPE_VARIANT_DISTANCE`` bits (pairs are symmetric,
+so the order of arrival does not matter).
 The pairs were chosen greedily on the hymenoptera train photos and their copies and checked on
 the val photos.
 

@@ -2,8 +2,8 @@
 
 Filled from the catalog's ``stored`` rows (and rows a person deleted in review, so their copies
 are rejected), then topped up before every decision with rows committed since, by this crawl's
-store stage or by another process writing the same dataset. Rows this process stores are handed
-in directly (``add_rows``), so the catalog is read again only when another connection commits.
+store stage or by another process writing the same dataset; nothing is read when no other
+connection committed since the last look (``Catalog.version``). Imports no Scrapy.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ class DedupePipeline:
     Settings:
         DATASET_DIR: the dataset folder holding ``catalog.sqlite`` (required).
         DEDUPE_MAX_DISTANCE: largest Hamming distance between 64-bit phashes, in bits, that
-            still counts as the same picture. The default (6, ``crawler/settings.py``) was measured on the 396 hymenoptera
-            photos in ../shared: a half-size JPEG q60 copy moves phash by 0-4 bits, while the
+            still counts as the same picture. The default (6, ``crawler/settings.py``) was
+            measured on the 396 hymenoptera photos in ../shared: a half-size JPEG q60 copy moves phash by 0-4 bits, while the
             closest two distinct photos are 14 bits apart; for unrelated hashes, distance <= 6
             has probability ~4.5e-12 per pair (binomial tail of 64 fair bits), i.e. about two
             chance matches among a million images.
