@@ -27,7 +27,6 @@ from crawler.images.index import CatalogHashIndex
 from crawler.images.matching import Match, mark_duplicate, source_pixels
 from crawler.images.rehash import ensure_hash_recipe
 from crawler.setting_values import dedupe_hash, get_int
-from crawler.threads import run_in_thread
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -136,7 +135,10 @@ class DedupePipeline:
         if hashes is None:
             raise DropItem("not_verified")  # the prepare stage must run first; a configuration error
         hashes = dict(hashes)
-        seen_id, match = await run_in_thread(self._decide, hashes, adapter["sha256"])
+        # On the reactor, not in a thread: the lookup is in memory (0.2-0.3 ms) plus at most two
+        # small indexed reads of rows committed since, which a WAL reader never waits for; a trip
+        # to a thread and back cost the reactor more than that.
+        seen_id, match = self._decide(hashes, adapter["sha256"])
         adapter["phash"] = hashes.pop("phash")
         if self.variant_distance:
             adapter["hashes"] = hashes
@@ -161,7 +163,7 @@ class DedupePipeline:
         raise DropItem(adapter["reason"])
 
     def _decide(self, hashes: dict[str, str], sha256: str) -> tuple[int, Match | None]:
-        """Top up the index and look the image up (blocking: may read the catalog)."""
+        """Top up the index and look the image up (reads the catalog's new rows, if any)."""
         assert self.hashes is not None
         seen_id = self.hashes.refresh()
         variants = {kind: value for kind, value in hashes.items() if kind != "phash"}
