@@ -33,7 +33,12 @@ TRASH_DIR = ".trash"
 
 
 def _umask() -> int:
-    # Reading the umask means setting it; done once, at import, before the crawl's threads start.
+    """This process's umask: from ``/proc`` (Linux), else by setting and restoring it, which is
+    done once, at import, and could race only with a thread creating files at that moment."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
