@@ -1,4 +1,4 @@
-"""The item that flows from a spider through download -> verify -> dedupe -> store."""
+"""The item that flows from a spider through download -> prepare -> dedupe -> store."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import scrapy
 
 __all__ = ["ImageItem"]
 
-# Fields too big to log: the downloaded bytes and the decoded image.
-_HEAVY = frozenset({"body", "image", "image_hashes", "file_urls", "files"})
+# Fields too big to log: the downloaded bytes and the hashes.
+_HEAVY = frozenset({"body", "image_hashes", "file_urls", "files"})
 
 
 class ImageItem(scrapy.Item):
@@ -18,10 +18,10 @@ class ImageItem(scrapy.Item):
     field Scrapy's FilesPipeline reads).
     Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
-    ``image`` (the normalised RGB ``PIL.Image`` dedupe hashes: the canonical reduction, removed
-    after dedupe) or, when verify ran in a worker process, ``image_hashes`` (dedupe's hashes of
-    it, ``{kind: hex}``, removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of
-    the bytes to store, which then replace ``body``), ``width`` and ``height`` (pixels of the
+    ``image_hashes`` (the prepare stage's perceptual hashes of the image, ``{kind: hex}``,
+    removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of the bytes to store,
+    which then replace ``body``; set whether the prepare stage ran in a worker process or a
+    thread, whenever the crawl has a dataset), ``width`` and ``height`` (pixels of the
     stored image, after EXIF orientation and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
     downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
@@ -43,7 +43,6 @@ class ImageItem(scrapy.Item):
     body = scrapy.Field()
     bytes = scrapy.Field()
     sha256 = scrapy.Field()
-    image = scrapy.Field()
     image_hashes = scrapy.Field()
     staged = scrapy.Field()
     width = scrapy.Field()

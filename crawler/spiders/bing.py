@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 from scrapy.http import Response, TextResponse
 
+from crawler.setting_values import get_int
 from crawler.spiders.base import SearchSpider
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class BingSpider(SearchSpider):
             ``+filterui:imagesize-large`` or ``+filterui:license-L2_L3_L4`` (free to share).
 
     Settings: ``BING_BASE_URL`` (default ``https://www.bing.com``), ``BING_PAGE_SIZE``
-    (results asked per page, default 35, Bing's own).
+    (results asked per page, default in ``crawler/settings.py``).
 
     Pages are requested until ``max_images`` are stored, ``max_pages`` pages were read, a page
     is empty, or a page brings nothing new (past the end Bing repeats itself). A page with
@@ -52,18 +53,17 @@ class BingSpider(SearchSpider):
     name = "bing"
     base_url_setting = "BING_BASE_URL"
     default_base_url = "https://www.bing.com"
-    PAGE_SIZE = 35
     arguments = ("filters",)
 
     def __init__(self, *args: Any, filters: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.filters = filters or ""
-        self.page_size = self.PAGE_SIZE
+        self.page_size = 0  # set from the settings in from_crawler
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> BingSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
-        spider.page_size = crawler.settings.getint("BING_PAGE_SIZE", cls.PAGE_SIZE)
+        spider.page_size = get_int(crawler.settings, "BING_PAGE_SIZE", unit="results", minimum=1, example=35)
         return spider
 
     def results_url(self, page: int) -> str:

@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 from scrapy.http import Response
 
+from crawler.setting_values import get_int
 from crawler.spiders.base import SearchSpider
 
 logger = logging.getLogger(__name__)
@@ -70,18 +71,17 @@ class OpenverseSpider(SearchSpider):
     base_url_setting = "OPENVERSE_API_URL"
     default_base_url = "https://api.openverse.org"
     api_requests_obey_robotstxt = False
-    PAGE_SIZE = 20
     arguments = FILTERS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.filters = {key: kwargs.pop(key) for key in FILTERS if kwargs.get(key)}
         super().__init__(*args, **kwargs)
-        self.page_size = self.PAGE_SIZE
+        self.page_size = 0  # set from the settings in from_crawler
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> OpenverseSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
-        spider.page_size = crawler.settings.getint("OPENVERSE_PAGE_SIZE", cls.PAGE_SIZE)
+        spider.page_size = get_int(crawler.settings, "OPENVERSE_PAGE_SIZE", unit="results", minimum=1, example=20)
         return spider
 
     def api_url(self, page: int) -> str:

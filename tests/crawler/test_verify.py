@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,10 @@ from crawler_testkit import encode, make_item, picture, png_bomb, run
 from PIL import Image
 from scrapy.exceptions import DropItem
 
-from crawler.pipelines.verify import Rejected, VerifyPipeline, verify_image
+from crawler.errors import UserError
+from crawler.images.decode import Rejected, verify_image
+from crawler.images.hashing import hashes_of
+from crawler.pipelines.prepare import PreparePipeline
 
 
 def reason_of(body: bytes, **limits: Any) -> str:
@@ -164,17 +169,21 @@ def test_webp_is_accepted() -> None:
 
 def test_pipeline_sets_fields_and_keeps_bytes(make_crawler, build) -> None:
     crawler = make_crawler()
-    pipeline = build(VerifyPipeline, crawler)
+    pipeline = build(PreparePipeline, crawler)
     body = encode(picture(10), "JPEG")
     item = run(pipeline.process_item(make_item(body=body, sha256="x", bytes=len(body))))
     assert (item["width"], item["height"], item["format"], item["ext"]) == (128, 128, "JPEG", "jpg")
-    assert item["body"] == body and item["image"].mode == "RGB"
+    # One item shape whatever runs the work: the hashes, and the original bytes staged.
+    assert item["image_hashes"] == hashes_of(verify_image(body).image)
+    staged, digest = item["staged"]
+    assert Path(staged).read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
+    assert "body" not in item and "image" not in item
     assert crawler.stats.get_value("verify/ok") == 1
 
 
 def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> None:
     crawler = make_crawler(VERIFY_MIN_SIDE=64)
-    pipeline = build(VerifyPipeline, crawler)
+    pipeline = build(PreparePipeline, crawler)
     item = make_item(body=encode(Image.new("RGB", (40, 40)), "PNG"))
     with pytest.raises(DropItem, match="too_small"):
         run(pipeline.process_item(item))
@@ -188,6 +197,40 @@ def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> No
     [{"VERIFY_MIN_SIDE": 0}, {"VERIFY_MAX_PIXELS": -1}, {"VERIFY_FORMATS": "JPEG,HEIC"}],
 )
 def test_misconfiguration_stops_the_crawl(make_crawler, build, settings) -> None:
-    # Not NotConfigured: Scrapy would just disable verify and let every item through.
-    with pytest.raises(ValueError, match="VERIFY_"):
-        build(VerifyPipeline, make_crawler(**settings))
+    # Not NotConfigured: Scrapy would just disable the stage and let every item through.
+    with pytest.raises(UserError, match="VERIFY_"):
+        build(PreparePipeline, make_crawler(**settings))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"VERIFY_MIN_SIDE": "abc"},
+            "VERIFY_MIN_SIDE must be a whole number of pixels >= 1, got 'abc' (e.g. -s VERIFY_MIN_SIDE=64)",
+        ),
+        (
+            {"VERIFY_JPEG_QUALITY": "100"},
+            "VERIFY_JPEG_QUALITY must be a whole number in 1-95, got '100' (e.g. -s VERIFY_JPEG_QUALITY=90)",
+        ),
+        (
+            {"STORE_FSYNC": "maybe"},
+            "STORE_FSYNC must be true or false (1 or 0), got 'maybe' (e.g. -s STORE_FSYNC=1)",
+        ),
+    ],
+)
+def test_a_bad_setting_value_names_the_setting_and_what_it_must_be(make_crawler, build, settings, message) -> None:
+    """Issue 11: one line naming the setting, the expected type and range, and an example."""
+    with pytest.raises(UserError) as caught:
+        build(PreparePipeline, make_crawler(**settings))
+    assert str(caught.value) == message
+
+
+def test_settings_left_unset_take_the_project_defaults(make_crawler, build) -> None:
+    """Defaults live in crawler/settings.py only: a component built without them reads them there."""
+    from crawler import settings as defaults
+
+    pipeline = build(PreparePipeline, make_crawler())
+    assert pipeline.limits["min_side"] == defaults.VERIFY_MIN_SIDE
+    assert pipeline.limits["formats"] == frozenset(defaults.VERIFY_FORMATS)
+    assert pipeline.hash_name == defaults.DEDUPE_HASH
