@@ -111,8 +111,8 @@ def export_run(run: Run | str | Path, out_dir: str | Path, *, onnx: bool | None 
         "source": {
             "run_dir": str(run.run_dir),
             "checkpoint": str(run.checkpoint_path),
-            "val_acc": run.summary.get("val_acc"),
-            "val_loss": run.summary.get("val_loss"),
+            "val_acc": run.summary.val_acc,
+            "val_loss": run.summary.val_loss,
             "torch": torch.__version__,
         },
     }
