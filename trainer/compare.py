@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from trainer.errors import UserError, report
+from trainer.quiet import quiet_cli
 from trainer.summary import SUMMARY_FILE, RunSummary
 
 logger = logging.getLogger(__name__)
@@ -234,9 +235,6 @@ class ComparisonCallback(Callback):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m trainer.compare FOLDER``; returns the exit status (2: a user's mistake)."""
-    from trainer.quiet import quiet_cli
-
-    quiet_cli()
     parser = argparse.ArgumentParser(prog="python -m trainer.compare", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a folder of runs: a sweep (runs/multirun/<time>) or runs/")
     parser.add_argument(
@@ -255,4 +253,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())

@@ -42,6 +42,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from trainer.errors import UserError, report
+from trainer.quiet import quiet_cli
+
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_DIR = "diagnostics"
@@ -397,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run(args.run_dir)
-    except FileNotFoundError as exc:
-        logger.error("%s", exc)
-        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        return report(exc)
     hparams = {**run.data_hparams, "num_workers": args.num_workers, "persistent_workers": False, "pin_memory": False}
     if args.data_root is not None:
         hparams["root"] = str(args.data_root)
@@ -409,11 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     known = signature(ImageDataModule).parameters
     datamodule = ImageDataModule(**{k: v for k, v in hparams.items() if k in known})
     if datamodule.classes != run.classes:
-        logger.error(
-            "the dataset's classes %s differ from the run's %s; pass the dataset the run was trained on",
-            datamodule.classes, run.classes,
+        return report(
+            UserError(
+                f"the dataset's classes {datamodule.classes} differ from the run's {run.classes} "
+                "(pass the dataset the run was trained on with --data-root)"
+            )
         )
-        return 2
     files = write_diagnostics(run.run_dir, run.net, datamodule, classes=run.classes, grid_images=args.grid)
     for path in files.values():
         print(path)
@@ -421,4 +424,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.quiet import quiet_cli
 from trainer.runs import Run, load_run
 from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -183,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())

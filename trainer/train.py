@@ -205,7 +205,8 @@ def closing_summary(summary: RunSummary, *, next_steps: bool = True, example: st
         figures.append(f"val macro F1 {summary.val_f1:.4f}")
     if summary.test_acc is not None:
         figures.append(f"test acc {summary.test_acc:.4f}")
-    best = f"best epoch {summary.best_epoch} of {summary.epochs}" if summary.best_epoch else f"{summary.epochs} epochs"
+    epochs = f"{summary.epochs} epoch{'' if summary.epochs == 1 else 's'}"
+    best = f"best epoch {summary.best_epoch} of {summary.epochs}" if summary.best_epoch else epochs
     run_dir = _shown(summary.output_dir or ".")
     lines = [
         f"{summary.model} done: {best}, " + ", ".join(figures),
