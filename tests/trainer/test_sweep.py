@@ -110,6 +110,7 @@ def next_commands(stdout: str) -> list[list[str]]:
     return [shlex.split(line) for line in lines[start + 1:] if line.startswith("  ")]
 
 
+@pytest.mark.slow  # four commands, each importing torch; test_train.py checks the summary in-process
 def test_single_run_ends_with_its_summary_and_working_next_commands(tmp_path, catalog_dataset):
     cwd = tmp_path / "work"
     cwd.mkdir()
