@@ -8,6 +8,7 @@ Freezing and unfreezing (fine-tuning strategies) is in ``trainer.finetuning``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -18,9 +19,24 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 logger = logging.getLogger(__name__)
-#: The logger of the lines :func:`echo` prints. conf/hydra/default.yaml sends it to the run's log
-#: file only (the console already has the printed line).
+
+
+class _LogFilesOnly(logging.Handler):
+    """Hand records to the root logger's handlers that do not write to the console: the run's
+    log file under Hydra (its ``file`` handler), pytest's capture; not Hydra's ``console``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        consoles = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+        for handler in logging.getLogger().handlers:
+            if getattr(handler, "stream", None) not in consoles and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+#: The logger of the lines :func:`echo` prints: they go to the log file, not a second time to
+#: the console (whatever logging configuration Hydra was given).
 progress_logger = logging.getLogger("trainer.progress")
+progress_logger.addHandler(_LogFilesOnly())
+progress_logger.propagate = False
 
 
 def echo(line: str) -> None:

@@ -2,6 +2,7 @@
 
 :class:`RunSummary` is the one place its keys are spelled: ``trainer.train`` writes it,
 ``trainer.compare`` tables it, ``trainer.runs`` reads a finished run back through it.
+:func:`closing_summary` is how a run reports it on the console when it ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shlex
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +134,49 @@ class RunSummary:
         return cls.from_dict(values)
 
 
+def _shown(path: str | Path) -> str:
+    """``path`` as a person would type it here: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
+def closing_summary(summary: RunSummary, *, next_steps: bool = True, example: str | Path | None = None) -> list[str]:
+    """The lines that end a run: what it reached, where it is, and (``next_steps``) the commands
+    that come next (diagnostics, export, predict, serve), with this run's own paths.
+
+    ``example`` is an image for the predict command (a validation image), else a placeholder.
+    """
+    figures = [f"val acc {summary.val_acc:.4f}" if summary.val_acc is not None else "val acc -"]
+    if summary.val_f1 is not None:
+        figures.append(f"val macro F1 {summary.val_f1:.4f}")
+    if summary.test_acc is not None:
+        figures.append(f"test acc {summary.test_acc:.4f}")
+    epochs = f"{summary.epochs} epoch{'' if summary.epochs == 1 else 's'}"
+    best = f"best epoch {summary.best_epoch} of {summary.epochs}" if summary.best_epoch else epochs
+    run_dir = _shown(summary.output_dir or ".")
+    lines = [
+        f"{summary.model} done: {best}, " + ", ".join(figures),
+        f"  best checkpoint: {_shown(summary.best_checkpoint) if summary.best_checkpoint else '(none saved)'}",
+        f"  run folder:      {run_dir}",
+    ]
+    if next_steps and summary.best_checkpoint:
+        python = _shown(sys.executable) if os.path.isabs(sys.executable) else "python"
+        export = shlex.quote(f"exports/{summary.model}")
+        image = _shown(example) if example else "<image or folder>"
+        lines += [
+            "Next:",
+            f"  {python} -m trainer.diagnostics {run_dir}",
+            f"  {python} -m trainer.export {run_dir} {export}",
+            f"  {python} -m trainer.predict {export} {image}",
+            f"  {python} -m trainer.serve {export}",
+        ]
+    return lines
+
+
 class _Record(Protocol):
     label: str
     content_id: str
@@ -189,7 +236,6 @@ def peak_rss_mb() -> float | None:
         pass
     try:
         import resource
-        import sys
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
