@@ -27,8 +27,9 @@ class _LogFilesOnly(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         consoles = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+        own = logging.getLogger(record.name).handlers  # e.g. pytest's, attached to every logger
         for handler in logging.getLogger().handlers:
-            if getattr(handler, "stream", None) not in consoles and record.levelno >= handler.level:
+            if handler not in own and getattr(handler, "stream", None) not in consoles and record.levelno >= handler.level:
                 handler.handle(record)
 
 
