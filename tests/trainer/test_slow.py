@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.summary import RunSummary
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,7 +31,7 @@ def test_real_photos_with_their_own_train_val_split(tmp_path, hymenoptera):
         "experiment=baseline_cnn", f"data.root={hymenoptera}", "data.image_size=64", "data.num_workers=1",
         "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}",
     )
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = RunSummary.read(tmp_path / "run" / "summary.json")
     assert summary.classes == ["ants", "bees"]
     assert summary.split_sizes["val"] == len(list((hymenoptera / "val").rglob("*.jpg")))
     assert summary.val_acc > 0.4  # two classes; two epochs from scratch only beat chance a little
@@ -45,7 +47,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, catalog_dataset):
         env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     run = tmp_path / "run"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunSummary.read(run / "summary.json")
     assert summary.epochs == 2 and Path(summary.best_checkpoint).is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
