@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.quiet import quiet_cli
 from trainer.runs import Run, load_run
 from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -111,8 +112,8 @@ def export_run(run: Run | str | Path, out_dir: str | Path, *, onnx: bool | None 
         "source": {
             "run_dir": str(run.run_dir),
             "checkpoint": str(run.checkpoint_path),
-            "val_acc": run.summary.get("val_acc"),
-            "val_loss": run.summary.get("val_loss"),
+            "val_acc": run.summary.val_acc,
+            "val_loss": run.summary.val_loss,
             "torch": torch.__version__,
         },
     }
@@ -183,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())
