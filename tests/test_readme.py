@@ -150,7 +150,8 @@ class Outcome:
     made: dict[str, str] = field(default_factory=dict)  # placeholder -> value, from the check
 
     def new(self, pattern: str) -> list[Path]:
-        """Paths matching ``pattern`` under the working directory that appeared with this run."""
+        """Paths matching ``pattern`` under the working directory that appeared with this run
+        (``pattern`` under ``runs/`` or ``exports/``, or a top-level name)."""
         return sorted(p for p in self.cwd.glob(pattern) if p not in self.before)
 
     def tail(self) -> str:
@@ -167,12 +168,13 @@ class Session:
         self.outcomes: dict[Command, Outcome] = {}
         self.started: dict[Command, tuple[subprocess.Popen[str], list[str], Path, set[Path]]] = {}
         self._dataset: Path | None = None
+        self._dataset_crawls: list[subprocess.Popen[str]] = []
         self._chain: Path | None = None
         self.server_port = 0  # the free port a server command is given (mode "server")
         self.commands = readme_commands(README.read_text(encoding="utf-8"))
 
     def close(self) -> None:
-        for proc, *_ in self.started.values():
+        for proc in [*(p for p, *_ in self.started.values()), *self._dataset_crawls]:
             if proc.poll() is None:
                 proc.kill()
         self.demo.stop()
@@ -187,24 +189,28 @@ class Session:
         (path / "scrapy.cfg").symlink_to(REPO / "scrapy.cfg")
         return path
 
+    def start_dataset(self) -> None:
+        """Start crawling :attr:`dataset` (two crawls at once), if not started yet."""
+        if self._dataset_crawls or self._dataset:
+            return
+        for label, shape in (("ants", "circle"), ("bees", "square")):
+            self._dataset_crawls.append(subprocess.Popen(
+                [sys.executable, "-m", "scrapy", "crawl", "gallery", "-a", f"label={label}",
+                 "-a", f"start_urls={self.demo.results_url(shape)}", "-a", "max_images=12",
+                 "-s", f"DATASET_DIR={self.base / 'insects'}", "-s", "AUTOTHROTTLE_ENABLED=0"],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))  # fmt: skip
+
     @property
     def dataset(self) -> Path:
-        """A dataset crawled from the demo site: labels ``ants`` (circles) and ``bees`` (squares)."""
+        """A dataset crawled from the demo site: labels ``ants`` (circles) and ``bees`` (squares),
+        12 images each."""
         if self._dataset is None:
-            path = self.base / "insects"
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "scrapy", "crawl", "gallery", "-a", f"label={label}",
-                     "-a", f"start_urls={self.demo.results_url(shape)}", "-a", "max_images=12",
-                     "-s", f"DATASET_DIR={path}", "-s", "AUTOTHROTTLE_ENABLED=0"],
-                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                )  # fmt: skip
-                for label, shape in (("ants", "circle"), ("bees", "square"))
-            ]
-            for proc in procs:
+            self.start_dataset()
+            for proc in self._dataset_crawls:
                 out, _ = proc.communicate(timeout=TIMEOUT)
                 assert proc.returncode == 0, out[-3000:]
-            self._dataset = path
+            self._dataset = self.base / "insects"
         return self._dataset
 
     @property
@@ -217,7 +223,7 @@ class Session:
 
     # commands
     def case(self, command: Command) -> Case:
-        matches = [case for case in CASES if re.search(case.pattern, command.text)]
+        matches = matching(command)
         if not matches:
             pytest.fail(f"README.md:{command.line}: `{command.text}` matches no case in tests/test_readme.py "
                         "CASES: add one (how to prepare, shrink and check it)")
@@ -231,6 +237,13 @@ class Session:
             if self.case(command).provides == artefact:
                 return command
         pytest.fail(f"no README command makes {artefact!r} (a case with provides={artefact!r})")
+
+    def made(self, artefact: str) -> bool:
+        """Whether the command that makes ``artefact`` has run and passed."""
+        for command, outcome in self.outcomes.items():
+            if matching(command) and matching(command)[0].provides == artefact:
+                return outcome.returncode == 0
+        return False
 
     def placeholders(self, case: Case) -> dict[str, str]:
         values: dict[str, str] = {}
@@ -286,8 +299,13 @@ class Session:
         return outcome
 
 
+def matching(command: Command) -> list[Case]:
+    return [case for case in CASES if re.search(case.pattern, command.text)]
+
+
 def snapshot(cwd: Path) -> set[Path]:
-    return {p for pattern in ("*", "*/*", "*/*/*") for p in cwd.glob(pattern)}
+    """What is there before a command runs: the top level, and all of ``runs/`` and ``exports/``."""
+    return {*cwd.glob("*"), *cwd.glob("runs/**/*"), *cwd.glob("exports/**/*")}
 
 
 def build_argv(command: Command, case: Case, session: Session, values: dict[str, str]) -> list[str]:
@@ -458,23 +476,28 @@ def comparison(models: int) -> Callable[[Outcome], dict[str, str]]:
     """Check: a new sweep folder under runs/multirun/ with one summary and table row per model."""
 
     def check(outcome: Outcome) -> dict[str, str]:
-        (sweep,) = outcome.new("runs/multirun/*")
+        made = outcome.new("runs/multirun/**/comparison.md")
+        assert len(made) == 1, made
+        sweep = made[0].parent
         table = (sweep / "comparison.md").read_text()
         rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
         assert len(rows) == models, table
         assert len(list(sweep.glob("*/summary.json"))) == models
         assert (sweep / "comparison.csv").exists()
-        return {"<sweep>": sweep.name}
+        return {"<sweep>": sweep.relative_to(outcome.cwd / "runs" / "multirun").as_posix()}
 
     return check
 
 
 def one_run(outcome: Outcome) -> dict[str, str]:
-    (run,) = [p for p in outcome.new("runs/*") if p.name != "multirun"]
+    """Check: one new run folder (anywhere under runs/ but multirun/) with summary and checkpoints."""
+    made = [p for p in outcome.new("runs/**/summary.json") if "multirun" not in p.parts]
+    assert len(made) == 1, made
+    run = made[0].parent
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "resnet18", summary
     assert list((run / "checkpoints").glob("*.ckpt")), list(run.rglob("*"))
-    return {"<run>": run.name}
+    return {"<run>": run.relative_to(outcome.cwd / "runs").as_posix()}
 
 
 def comparison_rebuilt(outcome: Outcome) -> None:
@@ -485,7 +508,7 @@ def comparison_rebuilt(outcome: Outcome) -> None:
 
 
 def inspected(outcome: Outcome) -> None:
-    (run,) = [p for p in outcome.cwd.glob("runs/*") if p.name in outcome.argv[-1]]
+    run = outcome.cwd / outcome.argv[-1]  # runs/<run>, as substituted
     for name in ("confusion_matrix.png", "confusion_matrix.csv", "classification_report.md"):
         assert (run / "inspect" / name).is_file(), sorted((run / "inspect").iterdir())
 
@@ -494,8 +517,7 @@ def exported(outcome: Outcome) -> None:
     folder = outcome.cwd / "exports" / "insects"
     for name in ("model.safetensors", "classes.json", "config.json"):
         assert (folder / name).is_file(), sorted(folder.iterdir())
-    assert json.loads((folder / "classes.json").read_text()) in (["ants", "bees"], {"classes": ["ants", "bees"]}) or \
-        "ants" in (folder / "classes.json").read_text()
+    assert json.loads((folder / "classes.json").read_text()) == ["ants", "bees"]
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
@@ -505,12 +527,15 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 def predicted_photos(outcome: Outcome) -> None:
     rows = csv_rows(outcome.cwd / "preds.csv")
-    assert len({r.get("path") or next(iter(r.values())) for r in rows}) == 3, rows
+    assert {r["path"] for r in rows} == {"photo.jpg", "photos/p0.png", "photos/p1.png"}, rows
+    assert all(r["predicted"] in ("ants", "bees") and not r["error"] for r in rows), rows
+    assert all(len(json.loads(r["top_k"])) == 2 for r in rows), rows  # --top-k 3 of two classes
 
 
 def scored_dataset(outcome: Outcome) -> None:
     rows = csv_rows(outcome.cwd / "scores.csv")
-    assert len(rows) == len(stored(outcome.cwd / "data" / "insects")), rows[:3]
+    assert {r["path"] for r in rows} == {r["path"] for r in stored(outcome.cwd / "data" / "insects")}, rows[:3]
+    assert all(r["label"] in ("ants", "bees") and float(r["loss"]) >= 0 for r in rows), rows[:3]
 
 
 def dataset_checked(outcome: Outcome) -> None:
@@ -585,7 +610,9 @@ class Case:
     provides: str | None = None
     needs: tuple[str, ...] = ()
     slow: bool = False
-    parallel: bool = False  # independent and mid-cost: started together with the others
+    # Started in the background, with every other parallel case whose needs are made, when the
+    # first of them comes up; for the independent crawls and the commands after training.
+    parallel: bool = False
     mode: str = "run"
     probe: str = "/"
     skip: Callable[[], str | None] = lambda: None
@@ -645,12 +672,14 @@ CASES: list[Case] = [
     Case(r"-m trainer experiment=compare data\.root=\.\./shared/data/hymenoptera_data ", comparison(6),
          hymenoptera_layout, lambda s: FDR_SWEEP, slow=True),
     # 3. Look at the model, clean the data with it, export and serve it.
-    Case(r"-m trainer\.inspect runs/<run>$", inspected, in_chain_without("runs/<run>/inspect"), needs=("run",)),
-    Case(r"-m trainer\.export runs/<run> exports/insects$", exported, in_chain, needs=("run",), provides="export"),
+    Case(r"-m trainer\.inspect runs/<run>$", inspected, in_chain_without("runs/<run>/inspect"), needs=("run",),
+         parallel=True),
+    Case(r"-m trainer\.export runs/<run> exports/insects$", exported, in_chain, needs=("run",), provides="export",
+         parallel=True),
     Case(r"-m trainer\.predict exports/insects photo\.jpg photos/ ", predicted_photos, in_chain_with_photos,
-         needs=("export",)),
+         needs=("export",), parallel=True),
     Case(r"-m trainer\.predict exports/insects data/insects --out scores\.csv$", scored_dataset, in_chain,
-         needs=("export",), provides="scores"),
+         needs=("export",), provides="scores", parallel=True),
     Case(r"-m crawler\.review data/insects --scores scores\.csv --port \d+$", page("<html"), in_chain,
          lambda s: ["--port", str(s.server_port)], needs=("scores",), mode="server"),
     Case(r"-m crawler\.review restore data/insects$", restored, in_chain),
@@ -714,11 +743,13 @@ Run `scrapy crawl x -a q="a b"`, not `scrapy` or `-s X=1`.
 def test_readme_command(command: Command, session: Session, request: pytest.FixtureRequest) -> None:
     """The command, as written plus its case's appended options, exits 0 and makes what it says."""
     case = session.case(command)
-    if case.parallel:  # start every selected independent crawl at once; each test then waits for its own
+    session.start_dataset()  # in the background: the dataset commands and the trainer's need it
+    if case.parallel:
+        # Start every selected parallel case whose inputs are made, this one included; each
+        # test then waits for its own command.
         for item in request.session.items:
             other = getattr(item, "callspec", None) and item.callspec.params.get("command")
-            if isinstance(other, Command) and any(
-                c.parallel and re.search(c.pattern, other.text) for c in CASES
-            ):
-                session.launch(other)
+            if isinstance(other, Command) and len(cases := matching(other)) == 1:
+                if cases[0].parallel and all(session.made(need) for need in cases[0].needs):
+                    session.launch(other)
     session.outcome(command)
