@@ -146,8 +146,10 @@ class Outcome:
     returncode: int
     output: str
     before: set[Path]
-    response: bytes = b""  # a server's answer to its one request
+    response: bytes = b""  # a server's answer to its probe
+    visited: dict[str, Any] = field(default_factory=dict)  # what the case's visit did on it
     made: dict[str, str] = field(default_factory=dict)  # placeholder -> value, from the check
+    session_values: dict[str, str] = field(default_factory=dict)  # the values its needs made
 
     def new(self, pattern: str) -> list[Path]:
         """Paths matching ``pattern`` under the working directory that appeared with this run
@@ -286,12 +288,13 @@ class Session:
                     out, _ = proc.communicate()
                 self.outcomes[command] = Outcome(command, argv, cwd, proc.returncode, out, before)
             outcome = self.outcomes[command]
+            outcome.session_values = self.placeholders(case)
             if outcome.returncode == 0:
                 try:
                     outcome.made = case.check(outcome) or {}
-                except AssertionError as exc:
+                except Exception as exc:  # an assertion, or a file the command should have made
                     outcome.returncode = -1
-                    outcome.output += f"\n[check failed] {exc}"
+                    outcome.output += f"\n[check failed] {exc!r}"
         outcome = self.outcomes[command]
         if outcome.returncode != 0:
             what = f"needs {as_dependency!r} from README.md:{command.line}, which failed" if as_dependency else "failed"
@@ -329,7 +332,7 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
     before = snapshot(cwd)
     with log.open("w") as fh:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    body, status = b"", 1
+    body, status, visited = b"", 1, {}
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -339,6 +342,7 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
                 break
             except OSError:
                 time.sleep(0.5)
+        visited = case.visit(f"http://127.0.0.1:{port}", body) if status == 0 and case.visit else {}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -350,7 +354,7 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
     output = log.read_text(errors="replace")
     if status and proc.returncode not in (None, 0, -signal.SIGTERM):
         status = proc.returncode
-    return Outcome(command, argv, cwd, status, output, before, response=body)
+    return Outcome(command, argv, cwd, status, output, before, response=body, visited=visited)
 
 
 # -- search services played by one local server ------------------------------------------------
@@ -549,14 +553,47 @@ def catalog_exported(outcome: Outcome) -> None:
 
 
 def restored(outcome: Outcome) -> None:
-    assert len(stored(outcome.cwd / "data" / "insects")) == 24
+    """Check: the image the review deleted is back, in the folder and the catalog."""
+    deleted = outcome.session_values["<deleted>"]
+    assert deleted in outcome.output.split(), outcome.output
+    assert (outcome.cwd / "data" / "insects" / deleted).is_file()
+    assert ants(outcome) == 12
 
 
-def page(marker: str) -> Callable[[Outcome], None]:
-    def check(outcome: Outcome) -> None:
-        assert marker.encode() in outcome.response, outcome.response[:500]
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
-    return check
+
+def delete_worst(base: str, first_page: bytes) -> dict[str, Any]:
+    """On the review app, as a person clicks: mark the worst ant delete, then apply."""
+    worst = json.loads(first_page)["images"][0]
+    http("PUT", f"{base}/api/decisions/{worst['id']}", {"action": "delete"})
+    http("POST", f"{base}/api/apply")
+    return {"deleted": worst["path"]}
+
+
+def ants(outcome: Outcome) -> int:
+    return sum(row["label"] == "ants" for row in stored(outcome.cwd / "data" / "insects"))
+
+
+def review_page(outcome: Outcome) -> dict[str, str]:
+    """Check: the ants page listed the 12 stored ants, scored, highest loss first; the one
+    deleted is gone from the folder and the catalog."""
+    answer = json.loads(outcome.response)
+    losses = [image["loss"] for image in answer["images"]]
+    assert answer["total"] == 12 and None not in losses and losses == sorted(losses, reverse=True), answer
+    assert not (outcome.cwd / "data" / "insects" / outcome.visited["deleted"]).exists()
+    assert ants(outcome) == 11
+    return {"<deleted>": outcome.visited["deleted"]}
+
+
+def serving(outcome: Outcome) -> None:
+    """Check: the web app serves the exported model (its ``/info``)."""
+    info = json.loads(outcome.response)
+    assert info["classes"] == ["ants", "bees"] and info["model"] == "resnet18", info
 
 
 def dry_run(recipe: str) -> Callable[[Outcome], None]:
@@ -599,8 +636,10 @@ class Case:
     documented options appended to shrink the command; ``check(outcome)`` asserts what it made
     (after exit status 0) and returns placeholder values for later commands (``{"<run>": ...}``).
     ``mode``: ``run`` (to its end), ``server`` (until it answers a GET of ``probe`` on the
-    appended ``--port``), ``compose`` (the command's Hydra overrides composed, not launched; the
-    command is replaced by a Python script given the README's arguments), ``dry-run``.
+    appended ``--port``, then ``visit(base_url, answer)`` clicks on it), ``compose`` (the
+    command's Hydra overrides composed, not launched: a Python script is given the README's
+    arguments). ``needs`` / ``provides``: artefacts (``run``, ``export``, ...) one command makes
+    for others; ``parallel``: started in the background with the others ready to start.
     """
 
     pattern: str
@@ -615,8 +654,8 @@ class Case:
     parallel: bool = False
     mode: str = "run"
     probe: str = "/"
+    visit: Callable[[str, bytes], dict[str, Any]] | None = None  # a server case's clicks after its probe
     skip: Callable[[], str | None] = lambda: None
-    why: str = ""
 
 
 def gallery(session: Session, *more: str) -> list[str]:
@@ -680,11 +719,12 @@ CASES: list[Case] = [
          needs=("export",), parallel=True),
     Case(r"-m trainer\.predict exports/insects data/insects --out scores\.csv$", scored_dataset, in_chain,
          needs=("export",), provides="scores", parallel=True),
-    Case(r"-m crawler\.review data/insects --scores scores\.csv --port \d+$", page("<html"), in_chain,
-         lambda s: ["--port", str(s.server_port)], needs=("scores",), mode="server"),
-    Case(r"-m crawler\.review restore data/insects$", restored, in_chain),
-    Case(r"-m trainer\.serve exports/insects --port \d+$", page("<html"), in_chain,
-         lambda s: ["--port", str(s.server_port)], needs=("export",), mode="server"),
+    Case(r"-m crawler\.review data/insects --scores scores\.csv --port \d+$", review_page, in_chain,
+         lambda s: ["--port", str(s.server_port)], needs=("scores",), mode="server",
+         probe="/api/images?label=ants&page=1", visit=delete_worst, provides="review"),
+    Case(r"-m crawler\.review restore data/insects$", restored, in_chain, needs=("review",)),
+    Case(r"-m trainer\.serve exports/insects --port \d+$", serving, in_chain,
+         lambda s: ["--port", str(s.server_port)], needs=("export",), mode="server", probe="/info"),
 ]
 
 
