@@ -54,7 +54,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-sys.path.insert(0, str(REPO / "tests" / "crawler"))
+if str(REPO / "tests" / "crawler") not in sys.path:  # the local servers of the crawler tests
+    sys.path.append(str(REPO / "tests" / "crawler"))
 
 from fixture_server import FixtureServer  # noqa: E402
 from uvicorn_thread import free_port  # noqa: E402
@@ -332,7 +333,7 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
     before = snapshot(cwd)
     with log.open("w") as fh:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    body, status, visited = b"", 1, {}
+    body, status, visited, note = b"", 1, {}, ""
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -342,7 +343,11 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
                 break
             except OSError:
                 time.sleep(0.5)
-        visited = case.visit(f"http://127.0.0.1:{port}", body) if status == 0 and case.visit else {}
+        if status == 0 and case.visit:
+            try:
+                visited = case.visit(f"http://127.0.0.1:{port}", body)
+            except Exception as exc:  # noqa: BLE001 (reported as the command's failure)
+                status, note = -1, f"\n[visit failed] {exc!r}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -351,7 +356,7 @@ def run_server(session: Session, command: Command, case: Case) -> Outcome:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    output = log.read_text(errors="replace")
+    output = log.read_text(errors="replace") + note
     if status and proc.returncode not in (None, 0, -signal.SIGTERM):
         status = proc.returncode
     return Outcome(command, argv, cwd, status, output, before, response=body, visited=visited)
@@ -371,9 +376,11 @@ def search_route(server: FixtureServer, path: str, query: dict[str, str]) -> tup
     if path == "/duckduckgo/":
         return 200, HTML, server.fixture("duckduckgo", "search.html")
     if path == "/duckduckgo/i.js":
-        return 200, JSON, server.fixture("duckduckgo", "ijs-page2.json" if query.get("s") == "100" else "ijs-page1.json")
+        page = "ijs-page2.json" if query.get("s") == "100" else "ijs-page1.json"
+        return 200, JSON, server.fixture("duckduckgo", page)
     if path == "/wikimedia/api.php":
-        return 200, JSON, server.fixture("wikimedia", "search-page2.json" if "gsroffset" in query else "search-page1.json")
+        page = "search-page2.json" if "gsroffset" in query else "search-page1.json"
+        return 200, JSON, server.fixture("wikimedia", page)
     if path == "/openverse/v1/images/" and query.get("page") in ("1", "2"):
         return 200, JSON, server.fixture("openverse", f"images-page{query['page']}.json")
     return None
@@ -483,11 +490,8 @@ def comparison(models: int) -> Callable[[Outcome], dict[str, str]]:
         made = outcome.new("runs/multirun/**/comparison.md")
         assert len(made) == 1, made
         sweep = made[0].parent
-        table = (sweep / "comparison.md").read_text()
-        rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
-        assert len(rows) == models, table
+        assert len(csv_rows(sweep / "comparison.csv")) == models, (sweep / "comparison.md").read_text()
         assert len(list(sweep.glob("*/summary.json"))) == models
-        assert (sweep / "comparison.csv").exists()
         return {"<sweep>": sweep.relative_to(outcome.cwd / "runs" / "multirun").as_posix()}
 
     return check
@@ -505,10 +509,10 @@ def one_run(outcome: Outcome) -> dict[str, str]:
 
 
 def comparison_rebuilt(outcome: Outcome) -> None:
+    """Check: the sweep's comparison (removed first) is back, one row per run."""
     sweep = outcome.cwd / outcome.argv[-1]
-    table = (sweep / "comparison.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
-    assert len(rows) == 4, table
+    assert (sweep / "comparison.md").is_file()
+    assert len(csv_rows(sweep / "comparison.csv")) == 4
 
 
 def inspected(outcome: Outcome) -> None:
