@@ -678,8 +678,8 @@ CASES: list[Case] = [
     # Quick start. `make demo` trains for minutes (~15 on a 2-core CPU) and cannot be shrunk from
     # its command line, and `make test` would run this very suite: both are dry runs (`-n`:
     # make prints the recipe it would run). tests/test_end_to_end.py runs `python -m demo`, shrunk.
-    Case(r"^make demo$", dry_run("-m demo"), in_repo, lambda s: ["-n"], mode="dry-run"),
-    Case(r"^make test$", dry_run("-m pytest"), in_repo, lambda s: ["-n"], mode="dry-run"),
+    Case(r"^make demo$", dry_run("-m demo"), in_repo, lambda s: ["-n"]),
+    Case(r"^make test$", dry_run("-m pytest"), in_repo, lambda s: ["-n"]),
     # 1. Crawl one category per run (the spider table).
     Case(r"^scrapy crawl gallery (?!.*render=1)", crawled("gallery", 5, "ants"), append=gallery, parallel=True),
     Case(r"^scrapy crawl gallery .*render=1", crawled("gallery", 5), parallel=True, skip=no_chromium,
@@ -705,7 +705,7 @@ CASES: list[Case] = [
          comparison(4), in_chain, lambda s: FDR_SWEEP, provides="sweep", slow=True),
     Case(r"-m trainer experiment=compare data\.root=data/insects$", comparison(6), in_chain,
          lambda s: FDR_SWEEP, slow=True),
-    Case(r"-m trainer\.compare runs/multirun/<sweep>$", lambda o: comparison_rebuilt(o),
+    Case(r"-m trainer\.compare runs/multirun/<sweep>$", comparison_rebuilt,
          in_chain_without("runs/multirun/<sweep>/comparison.md", "runs/multirun/<sweep>/comparison.csv"),
          needs=("sweep",), slow=True),
     # The SLURM sweep would submit jobs to a cluster: its overrides are composed (the launcher
