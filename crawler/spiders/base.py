@@ -56,7 +56,8 @@ class ImageSpider(scrapy.Spider):
             False (the ``urls`` spider, whose CSV rows may carry their own labels).
         query: the search query, recorded in the catalog (default: the label).
         max_images: stop once this many images were stored by this crawl; the store pipeline
-            enforces it, spiders also stop paging (``enough_stored``).
+            enforces it, :class:`crawler.middlewares.MaxImagesMiddleware` keeps items that could
+            not be stored from being downloaded, spiders also stop paging (``enough_stored``).
 
     Raises:
         ValueError: on a missing or unusable label, or a non-positive ``max_images``.
@@ -84,7 +85,13 @@ class ImageSpider(scrapy.Spider):
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         if not crawler.settings.get("DATASET_DIR"):
             raise NotConfigured("DATASET_DIR is not set: run with -s DATASET_DIR=<folder>")
-        return super().from_crawler(crawler, *args, **kwargs)
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.max_images is not None and not crawler.settings.frozen:
+            # Settings freeze only after the spider is built, so max_images can add its gate.
+            middlewares = dict(crawler.settings.getdict("SPIDER_MIDDLEWARES"))
+            middlewares.setdefault("crawler.middlewares.MaxImagesMiddleware", 950)
+            crawler.settings.set("SPIDER_MIDDLEWARES", middlewares, priority="spider")
+        return spider
 
     def enough_stored(self) -> bool:
         """True once the store pipeline has stored ``max_images`` images in this crawl."""
