@@ -213,7 +213,13 @@ def _image_urls(value: Any) -> list[str]:
 def detail_image_candidates(selector: Selector, urljoin: Any, img_url: Any, is_image: Any) -> list[str]:
     """A detail page's main image URLs, most trusted first, without repeats (see the module
     docstring for the order); ``[]`` when the page shows no content image."""
-    found: list[str] = list(json_ld_images(selector))
+    found: list[str] = []
+    for url in json_ld_images(selector):
+        found.append(url)
+        # The same file as the page itself shows it: a site mirror or a CDN may not serve the
+        # JSON-LD's URL, while the page's own renditions of that file (same name, a size or
+        # version suffix added: `x_800x.jpg`, `x-1024x768.jpg`) are served.
+        found.extend(_renditions(selector, urljoin(url), urljoin))
     for css in ('meta[property="og:image"]::attr(content)', 'meta[property="og:image:url"]::attr(content)',
                 'meta[name="twitter:image"]::attr(content)', 'meta[property="twitter:image"]::attr(content)',
                 'meta[name="twitter:image:src"]::attr(content)'):
@@ -236,6 +242,34 @@ def detail_image_candidates(selector: Selector, urljoin: Any, img_url: Any, is_i
             seen.add(absolute)
             ordered.append(absolute)
     return ordered
+
+
+def _renditions(selector: Selector, url: str, urljoin: Any) -> list[str]:
+    """The page's image URLs (``srcset`` candidates widest first, then ``src`` and links)
+    whose file name extends the file name of ``url``, with the same extension."""
+    target = PurePosixPath(urlparse(url).path)
+    stem, suffix = target.stem.lower(), target.suffix.lower()
+    if not stem:
+        return []
+    sized: list[tuple[float, str]] = []
+    plain: list[str] = []
+    for img in selector.css("img, source"):
+        for name in ("srcset", "data-srcset"):
+            for part in img.attrib.get(name, "").split(","):
+                bits = part.split()
+                if bits:
+                    width = bits[1][:-1] if len(bits) > 1 and bits[1].endswith("w") else "0"
+                    sized.append((float(width) if width.replace(".", "", 1).isdigit() else 0.0, bits[0]))
+        for name in ("src", "data-src"):
+            if img.attrib.get(name):
+                plain.append(img.attrib[name].strip())
+    plain.extend(a.strip() for a in selector.css("a::attr(href)").getall())
+    found = []
+    for candidate in [u for _, u in sorted(sized, key=lambda c: -c[0])] + plain:
+        path = PurePosixPath(urlparse(urljoin(candidate)).path)
+        if path.suffix.lower() == suffix and path.stem.lower().startswith(stem) and path != target:
+            found.append(candidate)
+    return found
 
 
 def _in_chrome(node: Selector) -> bool:
