@@ -197,7 +197,8 @@ class SearchSpider(ImageSpider):
         try:
             data = response.json()  # type: ignore[attr-defined]
         except (AttributeError, ValueError):
-            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
+            ctype = response.headers.get("Content-Type", b"").decode("latin-1") or "no Content-Type"
+            raise self.fail("parse_error", response.url, "the answer is not JSON (%s)", ctype) from None
         if not isinstance(data, dict):
             raise self.fail("parse_error", response.url, "the answer is not a JSON object")
         return data

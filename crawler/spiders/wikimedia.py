@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -33,7 +34,18 @@ from crawler.spiders.base import SearchSpider, positive_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WikimediaSpider", "plain_text"]
+__all__ = ["WikimediaSpider", "attribution_text", "plain_text"]
+
+# Contact details people put in Commons' Artist/Credit fields: "mail: x at y.com",
+# "e-mail: x@y.org", "tel. +1 555...", bare addresses, obfuscated ("x at y dot com", "x[at]y").
+_LABELLED_CONTACT = re.compile(
+    r"[,;]?\s*\b(e-?mail|mail|email address|contact|phone|tel|telephone|mobile)\b\.?\s*:?\s*[^,;\])]*", re.I
+)
+_ADDRESS = re.compile(
+    r"[\w.+-]+\s*(@|\(at\)|\[at\]|\s+at\s+)\s*[\w-]+(\s*(\.|\(dot\)|\[dot\]|\s+dot\s+)\s*[\w-]+)+", re.I
+)
+_PHONE = re.compile(r"\+?\d[\d ()./-]{7,}\d")
+_EMPTY_BRACKETS = re.compile(r"[\[(]\s*[,;]?\s*[\])]")
 
 
 def plain_text(value: Any) -> str | None:
@@ -42,6 +54,20 @@ def plain_text(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = " ".join(html.unescape(remove_tags(value)).split())
+    return text or None
+
+
+def attribution_text(value: Any) -> str | None:
+    """An ``Artist``/``Credit`` value as plain text without contact details (e-mail addresses,
+    plain or obfuscated, phone numbers, "mail: ..." parts): the name and user name stay;
+    ``None`` when nothing is left."""
+    text = plain_text(value)
+    if text is None:
+        return None
+    for pattern in (_ADDRESS, _PHONE, _LABELLED_CONTACT):
+        text = pattern.sub("", text)
+    text = _EMPTY_BRACKETS.sub("", text)
+    text = " ".join(text.split()).strip(" ,;:-")
     return text or None
 
 
@@ -56,7 +82,8 @@ class WikimediaSpider(SearchSpider):
     Settings: ``WIKIMEDIA_API_URL`` (default ``https://commons.wikimedia.org/w/api.php``).
 
     Each item's ``licence`` is ``extmetadata.LicenseShortName`` (e.g. ``CC BY-SA 4.0``),
-    ``author`` is ``extmetadata.Artist`` as plain text, ``page_url`` the file's description
+    ``author`` is ``extmetadata.Artist`` (else ``Credit``) as plain text without contact
+    details (:func:`attribution_text`), ``page_url`` the file's description
     page. Files whose MIME type is not ``image/*`` are skipped. An API ``error`` object closes
     the crawl as ``api_error``; a JSON answer without the expected structure as ``parse_error``
     (ERROR log and a ``wikimedia/<reason>`` stat either way).
@@ -128,7 +155,8 @@ class WikimediaSpider(SearchSpider):
                 info.get("thumburl") or info.get("url"),
                 info.get("descriptionurl"),
                 licence=plain_text((meta.get("LicenseShortName") or {}).get("value")),
-                author=plain_text((meta.get("Artist") or {}).get("value")),
+                author=attribution_text((meta.get("Artist") or {}).get("value"))
+                or attribution_text((meta.get("Credit") or {}).get("value")),
             )
             if item is not None:
                 new += 1
