@@ -31,6 +31,7 @@ from scrapy.http import Response
 from w3lib.html import remove_tags
 
 from crawler.spiders.base import SearchSpider, positive_int
+from crawler.spiders.filters import chosen_filters
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ __all__ = ["WikimediaSpider", "attribution_text", "plain_text"]
 # Contact details people put in Commons' Artist/Credit fields: "mail: x at y.com",
 # "e-mail: x@y.org", "tel. +1 555...", bare addresses, obfuscated ("x at y dot com", "x[at]y").
 _LABELLED_CONTACT = re.compile(
-    r"[,;]?\s*\b(e-?mail|mail|email address|contact|phone|tel|telephone|mobile)\b\.?\s*:?\s*[^,;\])]*", re.I
+    r"[,;]?\s*\b(e-?mail|mail|email address|contact|phone|tel|telephone|mobile)\b\.?\s*:\s*[^,;\])]*", re.I
 )
 _ADDRESS = re.compile(
     r"[\w.+-]+\s*(@|\(at\)|\[at\]|\s+at\s+)\s*[\w-]+(\s*(\.|\(dot\)|\[dot\]|\s+dot\s+)\s*[\w-]+)+", re.I
@@ -71,6 +72,16 @@ def attribution_text(value: Any) -> str | None:
     return text or None
 
 
+# The common filters as CirrusSearch keywords of the search (filetype:, filew: in pixels).
+# Commons accepts only licences that allow sharing, changing and commercial use (no NC, no ND),
+# so every licence filter but `public` holds for every file and adds nothing.
+SEARCH_KEYWORDS: dict[str, dict[str, str]] = {
+    "type": {"photo": "filetype:bitmap", "clipart": "filetype:drawing", "line": "filetype:drawing"},
+    "size": {"small": "filew:<500", "medium": "filew:500,1200", "large": "filew:>1200", "wallpaper": "filew:>1900"},
+    "license": {v: "" for v in ("any", "share", "commercial", "modify", "modify_commercial")},
+}
+
+
 class WikimediaSpider(SearchSpider):
     """Search Commons' File namespace for bitmaps and yield each image with its licence.
 
@@ -78,6 +89,12 @@ class WikimediaSpider(SearchSpider):
     50 files a page):
         width: width in pixels of the scaled copy to download (``thumburl``; Commons never
             scales up, smaller files come at their own size); default 1024.
+        type, size, license: the common filters (README's filters table) as search keywords
+            (``filetype:``, ``filew:``); every Commons licence allows commercial use and change.
+
+    Raises:
+        UserError: a filter Commons search lacks (color, layout, safesearch, region) or an
+            unknown value.
 
     Settings: ``WIKIMEDIA_API_URL`` (default ``https://commons.wikimedia.org/w/api.php``).
 
@@ -102,7 +119,12 @@ class WikimediaSpider(SearchSpider):
     WIDTH = 1024
 
     def __init__(self, *args: Any, width: str | int | None = None, **kwargs: Any) -> None:
+        chosen = chosen_filters(self.name, kwargs, SEARCH_KEYWORDS)
         super().__init__(*args, **kwargs)
+        keywords = [SEARCH_KEYWORDS[name][value] for name, value in chosen.items()]
+        if "type" not in chosen:
+            keywords.insert(0, "filetype:bitmap")
+        self.keywords = " ".join(k for k in keywords if k)
         self.width = positive_int("width", width) or self.WIDTH
 
     def api_url(self, cont: dict[str, Any] | None = None) -> str:
@@ -110,7 +132,7 @@ class WikimediaSpider(SearchSpider):
             "action": "query",
             "format": "json",
             "generator": "search",
-            "gsrsearch": f"{self.query} filetype:bitmap",
+            "gsrsearch": f"{self.query} {self.keywords}",
             "gsrnamespace": 6,
             "gsrlimit": self.PAGE_SIZE,
             "prop": "imageinfo",
