@@ -236,7 +236,7 @@ class GallerySpider(ImageSpider):
         self.hosts = {urlparse(url).hostname for url in self.start_urls}
         # Image URL -> the next candidates to try when it answers 404/410 (detail pages).
         self.fallback_urls: dict[str, list[str]] = {}
-        # Image URL (without its query) -> the page it was first seen on, for `repeated`.
+        # Image URL -> the page it was first seen on, for `repeated`.
         self._image_pages: dict[str, str] = {}
         self._seen_urls: set[str] = set()
         # Pages reached in this run: pagination bypasses the dupefilter (see resume above), so
@@ -293,9 +293,10 @@ class GallerySpider(ImageSpider):
                     continue
                 self._seen_pages.add(detail)
                 details += 1
+                # dont_filter: a resumed job walks its detail pages again, like its listings.
                 yield Request(
                     detail, callback=self.parse_detail, errback=self.detail_failed,
-                    meta={"listing_url": response.url, "thumbnail_url": url},
+                    meta={"listing_url": response.url, "thumbnail_url": url}, dont_filter=True,
                 )
                 continue
             if self._new_image(url):
@@ -374,7 +375,7 @@ class GallerySpider(ImageSpider):
                     self.inc_stat(f"skipped/{reason}")
                     continue
             card = None
-            if node.root.tag == "img" and self.follow_details != "never":
+            if node.root.tag == "img":
                 card = card_of(img, response.url, host, response.urljoin, is_image_link)
             if card is not None:
                 entries.append((url, ("detail", *card_signature(card[0])), card[1]))
@@ -393,14 +394,15 @@ class GallerySpider(ImageSpider):
             if has_cards and signature not in items and not self.keep_chrome:
                 self.inc_stat("skipped/outside_items")
                 continue
-            follow = detail is not None and (self.follow_details == "always" or signature in items)
+            follow = detail is not None and self.follow_details != "never" and (
+                self.follow_details == "always" or signature in items
+            )
             result.append((url, detail if follow else None))
         return result
 
     def _repeated(self, url: str, page_url: str) -> bool:
         """Whether the image was seen on another page of this crawl (logos, banners, badges)."""
-        key = url.split("?", 1)[0] if not url.startswith("data:") else url
-        first = self._image_pages.setdefault(key, page_url)
+        first = self._image_pages.setdefault(url, page_url)
         return first != page_url
 
     def _image_nodes(self, response: TextResponse) -> list[tuple[Selector, str]]:
