@@ -236,6 +236,10 @@ class GallerySpider(ImageSpider):
         self.hosts = {urlparse(url).hostname for url in self.start_urls}
         # Image URL -> the next candidates to try when it answers 404/410 (detail pages).
         self.fallback_urls: dict[str, list[str]] = {}
+        # Image URLs skipped as chrome, and detail-page candidates -> the detail page that named
+        # them first: a site-wide og:image (often the logo) is no item's picture.
+        self._chrome_urls: set[str] = set()
+        self._candidate_pages: dict[str, str] = {}
         # Image URL -> the page it was first seen on, for `repeated`.
         self._image_pages: dict[str, str] = {}
         self._seen_urls: set[str] = set()
@@ -332,6 +336,10 @@ class GallerySpider(ImageSpider):
         candidates: list[str] = []
         if isinstance(response, TextResponse):
             candidates = detail_image_candidates(response, response.urljoin, self._img_url, is_image_link)
+        shared = [c for c in candidates if c in self._chrome_urls or self._candidate_pages.setdefault(c, response.url) != response.url]
+        if shared:
+            self.inc_stat("detail/shared_image", len(shared))
+            candidates = [c for c in candidates if c not in shared]
         if not candidates:
             self.inc_stat("detail/no_image")
             logger.info("no main image on %s: taking the listing image", response.url)
@@ -373,6 +381,7 @@ class GallerySpider(ImageSpider):
                     reason = "repeated"
                 if reason:
                     self.inc_stat(f"skipped/{reason}")
+                    self._chrome_urls.add(url)
                     continue
             card = None
             if node.root.tag == "img":
@@ -393,6 +402,7 @@ class GallerySpider(ImageSpider):
         for url, signature, detail in entries:
             if has_cards and signature not in items and not self.keep_chrome:
                 self.inc_stat("skipped/outside_items")
+                self._chrome_urls.add(url)
                 continue
             follow = detail is not None and self.follow_details != "never" and (
                 self.follow_details == "always" or signature in items

@@ -46,6 +46,10 @@ MIN_CARDS = 3
 ICON_MAX_SIDE = 64
 # How far up from an image a card may be: cards nest the image a few levels deep (Dawn: 4).
 CARD_MAX_DEPTH = 8
+# Most distinct pictures (main + hover, a swatch) and page links (item, vendor, compare) a card
+# holds; more, and the element is a grid of cards.
+CARD_MAX_IMAGES = 3
+CARD_MAX_LINKS = 3
 
 _CHROME_TAGS = frozenset({"header", "nav", "footer", "aside"})
 _CHROME_ROLES = frozenset({"banner", "navigation", "contentinfo", "complementary", "menu", "menubar"})
@@ -136,17 +140,20 @@ def card_of(img: Selector, page_url: str, host: str, urljoin: Any, is_image: Any
 
     The card is the nearest ancestor (at most :data:`CARD_MAX_DEPTH` levels up, the image's own
     ``<a>`` included) that holds a link to another page of the site; the link wrapping the
-    image wins, else the card's first such link. An ancestor that holds another ``<img>``
-    first is a grid, not a card: then there is none.
+    image wins, else the card's first such link. A card may show a few pictures (a second one
+    on hover) and a few links (item, vendor, "compare"); an ancestor with more of either
+    (:data:`CARD_MAX_IMAGES`, :data:`CARD_MAX_LINKS`) is a grid or a page, not a card.
     """
     for depth, node in enumerate(reversed(img.xpath("ancestor::*"))):
         tag = node.root.tag if isinstance(node.root.tag, str) else ""
         if depth >= CARD_MAX_DEPTH or tag.lower() in ("body", "html", "main"):
             return None
-        if len(node.xpath(".//img")) > 1 and len({_img_key(i) for i in node.xpath(".//img")}) > 1:
+        if len({_img_key(i) for i in node.xpath(".//img")}) > CARD_MAX_IMAGES:
             return None
         hrefs = [urljoin(h.strip()) for h in node.xpath("descendant-or-self::a/@href").getall()]
-        pages = [h for h in hrefs if is_page_link(h, page_url, host, is_image)]
+        pages = list(dict.fromkeys(h for h in hrefs if is_page_link(h, page_url, host, is_image)))
+        if len(pages) > CARD_MAX_LINKS:
+            return None
         if pages:
             wrapping = img.xpath("ancestor::a[@href][1]/@href").get()
             wrapping = urljoin(wrapping.strip()) if wrapping else None

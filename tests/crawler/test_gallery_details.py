@@ -83,6 +83,16 @@ def test_dawn_cards_link_beside_the_image() -> None:
     assert items == [] and [r.url for r in requests] == [f"{SITE}/products/p{n}.html" for n in range(1, 4)]
 
 
+def test_cards_with_a_hover_picture_and_a_vendor_link() -> None:
+    body = "<html><body><div class='grid'>" + "".join(
+        f'''<div class="tile"><div class="media"><img src="/cdn/p{n}-a.jpg"><img src="/cdn/p{n}-b.jpg"></div>
+        <a href="/products/p{n}">Product {n}</a> <a href="/vendors/acme">Acme</a></div>'''
+        for n in range(1, 5)
+    ) + "<a href='/about'>About</a></div></body></html>"
+    items, requests = split(make_spider().parse(page(body)))
+    assert items == [] and [r.url for r in requests] == [f"{SITE}/products/p{n}" for n in range(1, 5)]
+
+
 def test_follow_details_never_takes_the_listing_images() -> None:
     items, requests = split(make_spider(follow_details="never").parse(page(WOO_LISTING)))
     assert [i["url"] for i in items] == [f"{SITE}/img/p{n}-300x300.jpg" for n in range(1, 5)]
@@ -163,3 +173,23 @@ def test_repeated_images_are_skipped_on_later_pages() -> None:
     assert [i["url"] for i in items1] == [f"{SITE}/img/a.jpg", f"{SITE}/img/badge.jpg"]
     assert [i["url"] for i in items2] == [f"{SITE}/img/b.jpg"]
     assert stats(spider) == {"gallery/skipped/repeated": 1}
+
+
+def test_a_site_wide_og_image_is_no_items_picture() -> None:
+    spider = make_spider()
+    list(spider.parse(page(WOO_LISTING)))  # the logo is seen as chrome there
+    body = """<html><head><meta property="og:image" content="/img/shop-logo.png"></head><body>
+    <div class="product"><img src="/img/p{n}-800.jpg"></div></body></html>"""
+    for n in (1, 2):
+        items, _ = split(spider.parse_detail(page(body.format(n=n), f"{SITE}/product/{n}/",
+                                                  listing_url=f"{SITE}/shop/", thumbnail_url="x")))
+        assert [i["url"] for i in items] == [f"{SITE}/img/p{n}-800.jpg"]
+    shared = """<html><head><meta property="og:image" content="/img/site-card.jpg"></head><body>
+    <div class="product"><img src="/img/q{n}-800.jpg"></div></body></html>"""
+    urls = []
+    for n in (1, 2):
+        items, _ = split(spider.parse_detail(page(shared.format(n=n), f"{SITE}/item/{n}/",
+                                                  listing_url=f"{SITE}/shop/", thumbnail_url="x")))
+        urls += [i["url"] for i in items]
+    # The first detail page cannot tell; the second sees the og:image is shared.
+    assert urls == [f"{SITE}/img/site-card.jpg", f"{SITE}/img/q2-800.jpg"]
