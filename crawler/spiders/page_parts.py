@@ -5,10 +5,11 @@ Pure functions over parsel selectors, shared by the ``gallery`` spider. No site 
 special-cased: the rules read the markup's own vocabulary (HTML5 sectioning elements, ARIA
 landmark roles, BEM block names) and the page's repeated structure.
 
-- Chrome (:func:`chrome_reason`): an image inside ``header``/``nav``/``footer``/``aside``, a
-  landmark role (``banner``, ``navigation``, ``contentinfo``, ``complementary``), or a container
-  whose class/id block names a site part (menu, cart, sidebar, widget, breadcrumbs, social,
-  brands, payment badges, "recently viewed"); a logo; an icon or sprite.
+- Chrome (:func:`chrome_reason`): an image inside ``nav``/``aside``, the site's (not an
+  article's) ``header``/``footer``, a landmark role (``banner``, ``navigation``,
+  ``contentinfo``, ``complementary``), or a container whose class/id block names a site part
+  (menu, cart, sidebar, breadcrumbs, social, brands, payment badges, "recently viewed"); a logo;
+  an icon or sprite.
 - Item cards (:func:`card_of`): the smallest element around an image that holds a link to
   another page of the site (the item's detail page) and no other image; a page *lists items*
   when at least :data:`MIN_CARDS` cards share one structure (tag and class of the card).
@@ -54,12 +55,17 @@ CARD_MAX_LINKS = 3
 _CHROME_TAGS = frozenset({"header", "nav", "footer", "aside"})
 _CHROME_ROLES = frozenset({"banner", "navigation", "contentinfo", "complementary", "menu", "menubar"})
 # Words of class/id block names that name a part of the site around the content.
+# ("widget" is not one: page builders such as Elementor wrap all content in "widgets".)
 _CHROME_WORDS = frozenset({
     "header", "masthead", "footer", "nav", "navbar", "navigation", "menu", "megamenu", "sidebar",
-    "widget", "widgets", "cart", "minicart", "basket", "breadcrumb", "breadcrumbs", "logo",
-    "brands", "badges", "payment", "payments", "social", "share", "sharing", "newsletter",
-    "recently", "announcement", "cookie", "drawer",
+    "cart", "minicart", "basket", "breadcrumb", "breadcrumbs", "logo", "brands", "badges",
+    "payment", "payments", "social", "share", "sharing", "newsletter", "recently", "announcement",
+    "cookie",
 })
+# A header or footer inside an article or the main content is that content's own (a post's
+# title and featured image), not the site's: HTML-AAM maps only the others to banner/contentinfo.
+_SECTION_WORDS = frozenset({"header", "masthead", "footer"})
+_SECTIONING = "ancestor::article | ancestor::main | ancestor::section | ancestor::aside | ancestor::nav"
 # "has-sidebar" or "with-header" describe the page's layout, not a part of it.
 _LAYOUT_PREFIXES = frozenset({"has", "with", "no", "is", "without"})
 _ICON_WORDS = frozenset({"icon", "icons", "sprite", "sprites", "favicon", "emoji", "spinner", "loader", "pixel"})
@@ -104,13 +110,18 @@ def chrome_reason(img: Selector, url: str) -> str | None:
     if (file_words | own_words | _words(attrib.get("alt", ""))) & _LOGO_WORDS:
         return "logo"
     for node in img.xpath("ancestor::*[not(self::html) and not(self::body) and not(self::main)]"):
-        tag = node.root.tag if isinstance(node.root.tag, str) else ""
-        if tag.lower() in _CHROME_TAGS:
-            return "container"
+        tag = (node.root.tag if isinstance(node.root.tag, str) else "").lower()
         if node.attrib.get("role", "").lower() in _CHROME_ROLES:
             return "container"
         names = f"{node.attrib.get('class', '')} {node.attrib.get('id', '')}"
-        if any(words & _CHROME_WORDS for words in _block_words(names)):
+        found = set().union(*_block_words(names)) & _CHROME_WORDS
+        if tag in ("header", "footer"):
+            found.add(tag)
+        elif tag in _CHROME_TAGS:
+            return "container"
+        if found - _SECTION_WORDS:
+            return "container"
+        if found and not node.xpath(_SECTIONING):
             return "container"
     return None
 

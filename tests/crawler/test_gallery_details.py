@@ -193,3 +193,12 @@ def test_a_site_wide_og_image_is_no_items_picture() -> None:
         urls += [i["url"] for i in items]
     # The first detail page cannot tell; the second sees the og:image is shared.
     assert urls == [f"{SITE}/img/site-card.jpg", f"{SITE}/img/q2-800.jpg"]
+
+
+def test_an_articles_own_header_and_page_builder_widgets_are_content() -> None:
+    body = """<html><body><header class="site-header"><img src="/img/banner.jpg"></header>
+    <main><article><header class="entry-header"><img src="/img/featured.jpg"></header>
+    <div class="elementor-widget elementor-widget-image-gallery"><div class="elementor-widget-container">
+    <img src="/img/g1.jpg"><img src="/img/g2.jpg"></div></div></article></main></body></html>"""
+    items, _ = split(make_spider().parse(page(body)))
+    assert [i["url"] for i in items] == [f"{SITE}/img/{n}.jpg" for n in ("featured", "g1", "g2")]
