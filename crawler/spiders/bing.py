@@ -87,8 +87,22 @@ class BingSpider(SearchSpider):
     default_base_url = "https://www.bing.com"
     PAGE_SIZE = 35
 
-    def __init__(self, *args: Any, filters: str | None = None, **kwargs: Any) -> None:
-        chosen = chosen_filters(self.name, kwargs, SUPPORTED)
+    def __init__(
+        self,
+        *args: Any,
+        filters: str | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        color: str | None = None,
+        layout: str | None = None,
+        safesearch: str | None = None,
+        region: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        given = {"size": size, "type": type, "license": license, "color": color, "layout": layout,
+                 "safesearch": safesearch, "region": region}
+        chosen = chosen_filters(self.name, given, SUPPORTED, kwargs)
         super().__init__(*args, **kwargs)
         terms = [QFT[name][value] for name, value in chosen.items() if name in QFT]
         self.filters = "".join([filters or "", *terms])

@@ -80,8 +80,21 @@ class DuckDuckGoSpider(SearchSpider):
     base_url_setting = "DUCKDUCKGO_BASE_URL"
     default_base_url = "https://duckduckgo.com"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        chosen = chosen_filters(self.name, kwargs, SUPPORTED)
+    def __init__(
+        self,
+        *args: Any,
+        safesearch: str | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        color: str | None = None,
+        layout: str | None = None,
+        region: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        given = {"size": size, "type": type, "license": license, "color": color, "layout": layout,
+                 "safesearch": safesearch, "region": region}
+        chosen = chosen_filters(self.name, given, SUPPORTED, kwargs)
         super().__init__(*args, **kwargs)
         self.safesearch = chosen.get("safesearch", "moderate")
         fields = {name: F_VALUES[name][chosen[name]] for name in F_VALUES if name in chosen}

@@ -28,8 +28,12 @@ VALUES: dict[str, tuple[str, ...]] = {
 FILTERS = tuple(VALUES)
 
 
-def chosen_filters(spider: str, kwargs: dict[str, Any], supported: Mapping[str, Any]) -> dict[str, str]:
-    """Pop the filter arguments from a spider's ``kwargs`` and check them.
+def chosen_filters(
+    spider: str, given: dict[str, Any], supported: Mapping[str, Any], rest: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Check the filter arguments ``given`` to a spider (``{name: value or None}``; each
+    spider declares the filters it has as keyword arguments). Common filters found in the
+    spider's other arguments ``rest`` (filters it lacks) are popped from it and refused.
 
     ``supported`` maps each filter the service has to its values' parameters (a dict keyed by
     the values of :data:`VALUES` it supports; ``None`` for free text such as ``region``).
@@ -40,9 +44,10 @@ def chosen_filters(spider: str, kwargs: dict[str, Any], supported: Mapping[str, 
     Raises:
         UserError: a filter the service lacks, or a value outside the supported ones.
     """
+    given = {**given, **{name: rest.pop(name) for name in FILTERS if rest and name in rest}}
     chosen: dict[str, str] = {}
     for name in FILTERS:
-        raw = kwargs.pop(name, None)
+        raw = given.get(name)
         if raw in (None, ""):
             continue
         value = str(raw).strip()

@@ -36,8 +36,6 @@ __all__ = ["OpenverseSpider", "licence_name"]
 # Openverse licence codes that are not "CC <CODE>" (https://api.openverse.org/v1/ licenses).
 _LICENCE_NAMES = {"cc0": "CC0", "pdm": "Public Domain Mark", "sampling+": "CC Sampling+",
                   "nc-sampling+": "CC NC-Sampling+"}
-# Search filters passed through to the API as they are (comma-separated values).
-FILTERS = ("license_type", "source", "extension", "aspect_ratio", "category")
 # Openverse's own licence codes, which `license` also accepts as they are.
 LICENCE_CODES = frozenset({"by", "by-sa", "by-nd", "by-nc", "by-nc-sa", "by-nc-nd", "cc0", "pdm",
                            "sampling+", "nc-sampling+"})
@@ -101,12 +99,28 @@ class OpenverseSpider(SearchSpider):
     api_requests_obey_robotstxt = False
     PAGE_SIZE = 20
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.filters = {key: kwargs.pop(key) for key in FILTERS if kwargs.get(key)}
-        licence = str(kwargs.get("license") or "")
-        if licence and set(licence.lower().split(",")) <= LICENCE_CODES:
-            self.filters["license"] = kwargs.pop("license").lower()
-        for name, value in chosen_filters(self.name, kwargs, COMMON_FILTERS).items():
+    def __init__(
+        self,
+        *args: Any,
+        license_type: str | None = None,
+        source: str | None = None,
+        extension: str | None = None,
+        aspect_ratio: str | None = None,
+        category: str | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        layout: str | None = None,
+        safesearch: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        own = {"license_type": license_type, "source": source, "extension": extension,
+               "aspect_ratio": aspect_ratio, "category": category}
+        self.filters = {key: value for key, value in own.items() if value}
+        if license and set(license.lower().split(",")) <= LICENCE_CODES:
+            self.filters["license"], license = license.lower(), None
+        given = {"size": size, "type": type, "license": license, "layout": layout, "safesearch": safesearch}
+        for name, value in chosen_filters(self.name, given, COMMON_FILTERS, kwargs).items():
             self.filters.update(COMMON_FILTERS[name][value])
         super().__init__(*args, **kwargs)
         self.page_size = self.PAGE_SIZE

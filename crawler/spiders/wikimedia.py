@@ -118,8 +118,18 @@ class WikimediaSpider(SearchSpider):
     PAGE_SIZE = 50
     WIDTH = 1024
 
-    def __init__(self, *args: Any, width: str | int | None = None, **kwargs: Any) -> None:
-        chosen = chosen_filters(self.name, kwargs, SEARCH_KEYWORDS)
+    def __init__(
+        self,
+        *args: Any,
+        width: str | int | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        **kwargs: Any,
+    ) -> None:
+        chosen = chosen_filters(
+            self.name, {"size": size, "type": type, "license": license}, SEARCH_KEYWORDS, kwargs
+        )
         super().__init__(*args, **kwargs)
         keywords = [SEARCH_KEYWORDS[name][value] for name, value in chosen.items()]
         if "type" not in chosen:
