@@ -16,7 +16,8 @@ Each real image is referenced in one of five forms, in turn: a plain ``<img src>
 ``data:`` GIF placeholder in ``src``; an ``<a href>`` to the full file wrapping the thumbnail;
 and the whole file inline as a ``data:`` base64 URI. Page 1 of every category also carries, in
 this order: a resized and recompressed copy of the category's first image, a truncated JPEG, an
-HTML page served as ``image/jpeg``, a ``.jpg`` URL that answers 404, and the tracking pixel.
+HTML page served as ``image/jpeg``, a ``.jpg`` URL that answers 404, and the tracking pixel (which
+the gallery spider skips before download as site chrome).
 ``DemoSite.expected`` says what a correct crawl of each category keeps and rejects.
 
 By default the images are generated: three categories of drawn shapes (``circle``, ``square``,
