@@ -14,7 +14,8 @@ class ImageItem(scrapy.Item):
     """One image URL found on one page, and what the pipelines learnt about it.
 
     Set by the spider: ``url`` (the image URL, ``data:`` URIs included), ``page_url``, ``label``,
-    ``query``, ``spider``, optional ``licence``/``author``, and ``file_urls`` (``[url]``, the
+    ``query``, ``spider``, optional ``licence``/``author``, ``listing_url`` (the listing page that
+    linked to ``page_url`` when the image was taken from an item's detail page), and ``file_urls`` (``[url]``, the
     field Scrapy's FilesPipeline reads).
     Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
@@ -33,6 +34,7 @@ class ImageItem(scrapy.Item):
 
     url = scrapy.Field()
     page_url = scrapy.Field()
+    listing_url = scrapy.Field()
     label = scrapy.Field()
     query = scrapy.Field()
     spider = scrapy.Field()

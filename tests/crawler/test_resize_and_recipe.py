@@ -204,7 +204,7 @@ def v1_dataset(root: Path, bodies: list[bytes]) -> None:
 def test_a_version_1_catalog_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     v1_dataset(tmp_path / "old", [encode(picture(12, (300, 200)), "JPEG")])
     with Catalog(tmp_path / "old") as catalog:
-        assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "2"
+        assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "3"
         (row,) = catalog.rows()
         assert tuple(row.keys()) == COLUMNS
         assert (row["width"], row["source_width"]) == (300, None)
