@@ -515,10 +515,24 @@ def comparison_rebuilt(outcome: Outcome) -> None:
     assert len(csv_rows(sweep / "comparison.csv")) == 4
 
 
-def inspected(outcome: Outcome) -> None:
+def diagnosed(outcome: Outcome) -> None:
     run = outcome.cwd / outcome.argv[-1]  # runs/<run>, as substituted
     for name in ("confusion_matrix.png", "confusion_matrix.csv", "classification_report.md"):
-        assert (run / "inspect" / name).is_file(), sorted((run / "inspect").iterdir())
+        assert (run / "diagnostics" / name).is_file(), sorted((run / "diagnostics").iterdir())
+
+
+def summarised(outcome: Outcome) -> None:
+    """Check: per-label counts of the dataset on stdout, and a contact sheet that decodes."""
+    assert "ants" in outcome.output and "bees" in outcome.output, outcome.output
+    assert "12" in outcome.output, outcome.output
+    with Image.open(outcome.cwd / "sheet.png") as sheet:
+        sheet.load()
+        assert sheet.width >= 64 and sheet.height >= 2 * 32, sheet.size
+
+
+def compared_all(outcome: Outcome) -> None:
+    """Check: ``trainer.compare runs`` prints a table holding the runs made so far."""
+    assert "resnet18" in outcome.output and "|" in outcome.output, outcome.output
 
 
 def exported(outcome: Outcome) -> None:
@@ -564,9 +578,10 @@ def restored(outcome: Outcome) -> None:
     assert ants(outcome) == 12
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+def http(method: str, url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -574,8 +589,13 @@ def http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
 def delete_worst(base: str, first_page: bytes) -> dict[str, Any]:
     """On the review app, as a person clicks: mark the worst ant delete, then apply."""
     worst = json.loads(first_page)["images"][0]
-    http("PUT", f"{base}/api/decisions/{worst['id']}", {"action": "delete"})
-    http("POST", f"{base}/api/apply")
+    # The page's own requests carry its origin and the session token written into the page.
+    with urllib.request.urlopen(f"{base}/", timeout=30) as response:
+        page = response.read().decode()
+    token = re.search(r'name="review-token" content="([^"]+)"', page).group(1)
+    own = {"Origin": base.rstrip("/"), "X-Review-Token": token}
+    http("PUT", f"{base}/api/decisions/{worst['id']}", {"action": "delete"}, own)
+    http("POST", f"{base}/api/apply", None, own)
     return {"deleted": worst["path"]}
 
 
@@ -694,6 +714,7 @@ CASES: list[Case] = [
     Case(r"^scrapy crawl duckduckgo ", crawled("duckduckgo", 5, "ants"), parallel=True,
          append=search("DUCKDUCKGO_BASE_URL", "/duckduckgo")),
     # Check and export.
+    Case(r"-m crawler\.dataset summary data --contact-sheet sheet\.png$", summarised, with_dataset),
     Case(r"-m crawler\.dataset check data$", dataset_checked, with_dataset),
     Case(r"-m crawler\.dataset check data --repair$", dataset_checked, with_dataset),
     Case(r"-m crawler\.dataset export data$", catalog_exported, with_dataset),
@@ -708,6 +729,7 @@ CASES: list[Case] = [
     Case(r"-m trainer\.compare runs/multirun/<sweep>$", comparison_rebuilt,
          in_chain_without("runs/multirun/<sweep>/comparison.md", "runs/multirun/<sweep>/comparison.csv"),
          needs=("sweep",), slow=True),
+    Case(r"-m trainer\.compare runs$", compared_all, in_chain, needs=("run",)),
     # The SLURM sweep would submit jobs to a cluster: its overrides are composed (the launcher
     # plugin imported, the partition and GPUs read back), not launched. Hydra refuses `--cfg`
     # together with `-m`, so a script given the command's own arguments composes them.
@@ -715,8 +737,8 @@ CASES: list[Case] = [
     Case(r"-m trainer experiment=compare data\.root=\.\./shared/data/hymenoptera_data ", comparison(6),
          hymenoptera_layout, lambda s: FDR_SWEEP, slow=True),
     # 3. Look at the model, clean the data with it, export and serve it.
-    Case(r"-m trainer\.inspect runs/<run>$", inspected, in_chain_without("runs/<run>/inspect"), needs=("run",),
-         parallel=True),
+    Case(r"-m trainer\.diagnostics runs/<run>$", diagnosed, in_chain_without("runs/<run>/diagnostics"),
+         needs=("run",), parallel=True),
     Case(r"-m trainer\.export runs/<run> exports/insects$", exported, in_chain, needs=("run",), provides="export",
          parallel=True),
     Case(r"-m trainer\.predict exports/insects photo\.jpg photos/ ", predicted_photos, in_chain_with_photos,
