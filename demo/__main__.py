@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the trainer (e.g. data.batch_size=16)")
     args = parser.parse_args(argv)
 
-    out = args.out.resolve()
-    _prepare_out(out)
     try:
         site = DemoSite(args.images, per_label=args.per_label)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error} (IMAGES=<folder> needs one subfolder of images per label)", file=sys.stderr)  # noqa: T201
         return 2
+    out = args.out.resolve()
+    _prepare_out(out)
     with site:
         # Locally there is no server to be polite to: the demo lifts AutoThrottle's start delay.
         settings = ["AUTOTHROTTLE_ENABLED=False", *args.crawl_setting]

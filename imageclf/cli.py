@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imageclf.crawls import crawl_labels
@@ -174,6 +175,7 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
         # A crawl exits 2 for a mistake in its arguments: the driver's command line is to blame.
         return EXIT_USAGE if all(r.returncode == EXIT_USAGE for r in failed) else EXIT_FAILED
 
+    t_crawl = time.monotonic() - t0
     _heading("2/3 dataset summary")
     sheet = out / "contact-sheet.png"
     code, note = dataset_summary(dataset, sheet, logs / "summary.log")
@@ -194,7 +196,7 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
     table = runs / "comparison.md"
     _heading(f"comparison ({table})")
     print(table.read_text(encoding="utf-8") if table.exists() else "  (no comparison table was written)")  # noqa: T201
-    print(f"crawled in {t1 - t0:.0f} s, trained in {time.monotonic() - t1:.0f} s\n"  # noqa: T201
+    print(f"crawled in {t_crawl:.0f} s, trained in {time.monotonic() - t1:.0f} s\n"  # noqa: T201
           f"dataset: {dataset}\nruns:    {runs}\nlogs:    {logs}", flush=True)  # fmt: skip
     return 0
 
@@ -208,10 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         models = parse_models(args.models)
         check_pairs(args.spider_args, "-a", RESERVED_ARGS)
         check_pairs(args.settings, "-s", RESERVED_SETTINGS)
-        spiders = known_spiders()
+        # Both checks start an interpreter that imports a framework: run them side by side.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            spiders_future = pool.submit(known_spiders)
+            problem_future = pool.submit(check_overrides, models[0], args.out.resolve() / "dataset", overrides)
+            spiders, problem = spiders_future.result(), problem_future.result()
         if args.spider not in spiders:
             raise UsageError(f"unknown spider {args.spider!r} (choose one of: {', '.join(spiders)})")
-        problem = check_overrides(models[0], args.out.resolve() / "dataset", overrides)
         if problem:
             raise UsageError(f"the trainer rejects the overrides after --: {problem} (see python -m trainer --help)")
         return run_all(args, labels, models, overrides)
