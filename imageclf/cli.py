@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imageclf.crawls import crawl_labels
-from imageclf.processes import python_command
+from imageclf.processes import python_command, scrapy_env
 from imageclf.steps import check_overrides, dataset_summary, train_sweep
 
 __all__ = ["UsageError", "main"]
@@ -136,7 +136,7 @@ def parse_models(text: str) -> list[str]:
 def known_spiders() -> list[str]:
     """``scrapy list``, as a user would ask."""
     proc = subprocess.run(python_command("scrapy", "list"), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+                          stdin=subprocess.DEVNULL, env=scrapy_env(), check=False)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"`scrapy list` failed (exit {proc.returncode}):\n{proc.stderr}")
     return proc.stdout.split()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageclf.processes import Child, last_error, python_command, shown
+from imageclf.processes import Child, last_error, python_command, scrapy_env, shown
 
 __all__ = ["CrawlResult", "crawl_labels", "label_counts"]
 
@@ -108,7 +108,7 @@ def crawl_labels(
             log = logs / f"crawl-{_file_safe(label)}.log"
             print(f"  $ {shown(cmd)}", flush=True)  # noqa: T201
             # Scrapy logs to stderr; one merged stream keeps the log file in order.
-            children[label] = Child(cmd, log, on_stdout=forward(label), merge=True)
+            children[label] = Child(cmd, log, on_stdout=forward(label), merge=True, env=scrapy_env())
         results = []
         pending = dict(children)
         while pending:

@@ -15,9 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Child", "last_error", "python_command", "run", "shown"]
+__all__ = ["Child", "last_error", "python_command", "run", "scrapy_env", "shown"]
 
 LineCallback = Callable[[str], None]
+
+
+def scrapy_env() -> dict[str, str]:
+    """The environment for ``scrapy`` commands: the crawler's settings module, so that they
+    find the project from any working directory, not only beside ``scrapy.cfg``."""
+    return {**os.environ, "SCRAPY_SETTINGS_MODULE": os.environ.get("SCRAPY_SETTINGS_MODULE", "crawler.settings")}
 
 
 def python_command(module: str, *args: str) -> list[str]:

@@ -77,10 +77,11 @@ def test_category_names_to_a_comparison(repo_root, tmp_path, slow_site):
 
 
 def test_a_failed_crawl_is_named_and_stops_the_job(repo_root, tmp_path, slow_site):
-    out = tmp_path / "out"
-    # No results page for "unicorn": its crawl parses no page and exits 1.
+    out = (tmp_path / "out").resolve()
+    # No results page for "unicorn": its crawl parses no page and exits 1. Run from another
+    # folder than the repository's, with a relative --out.
     proc = imageclf(
-        repo_root, "gallery", slow_site.labels[0], "unicorn", "--out", str(out),
+        tmp_path, "gallery", slow_site.labels[0], "unicorn", "--out", "out",
         "-a", f"start_urls={slow_site.url}/search/{{label}}", "-s", "AUTOTHROTTLE_ENABLED=False",
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
