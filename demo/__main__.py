@@ -24,9 +24,10 @@ from imageclf.cli import main as imageclf_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".demo-output"
-# Measured with `time make demo` (defaults, .venv built) on the project's 2-core CPU shared
-# with other jobs, 2026-11-28: see README "Quick start".
-USUAL_DURATION = "about 15 minutes on a 2-core CPU (most of it training; a few seconds with a GPU)"
+# 2-core CPU, 2026-11-28: the crawl takes 11-13 s; training took 14 min on a quiet machine
+# (issue 11) and 8.6 min for baseline_cnn's 20 epochs alone at load 15-19 (resnet18's 20
+# epochs cost about three times baseline_cnn's).
+USUAL_DURATION = "about 15 minutes on a 2-core CPU, nearly all of it training; longer on a busy machine"
 
 
 def _prepare_out(out: Path) -> None:
