@@ -170,9 +170,14 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
     results = crawl_labels(args.spider, labels, spider_args, settings, dataset, logs)
     failed = [r for r in results if r.returncode != 0]
     if failed:
+        # A crawl exits 2 for a mistake in its arguments or settings, the same for every label
+        # as they all got them from this command line: its one error line is the whole story.
+        mistakes = {r.error for r in failed if r.returncode == EXIT_USAGE and r.error and r.error.startswith("error:")}
+        if len(mistakes) == 1 and all(r.returncode == EXIT_USAGE for r in failed):
+            print(mistakes.pop(), file=sys.stderr)  # noqa: T201
+            return EXIT_USAGE
         for r in failed:
             print(f"error: the crawl of {r.label!r} failed (exit {r.returncode}; its log: {r.log})", file=sys.stderr)  # noqa: T201
-        # A crawl exits 2 for a mistake in its arguments: the driver's command line is to blame.
         return EXIT_USAGE if all(r.returncode == EXIT_USAGE for r in failed) else EXIT_FAILED
 
     t_crawl = time.monotonic() - t0
