@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imageclf.crawls import crawl_labels
-from imageclf.processes import python_command, scrapy_env
+from imageclf.processes import last_error, python_command, scrapy_env
 from imageclf.steps import check_overrides, dataset_summary, train_sweep
 
 __all__ = ["UsageError", "main"]
@@ -195,6 +195,13 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
     t1 = time.monotonic()
     code = train_sweep(models, dataset, runs, overrides, logs / "train.log")
     if code != 0:
+        # The trainer's stderr went only to the log: bring its error line to the console.
+        error = last_error(logs / "train.log")
+        if code == EXIT_USAGE and error and error.startswith("error:"):
+            print(error, file=sys.stderr)  # noqa: T201
+            return EXIT_USAGE
+        if error:
+            print(f"  {error}", flush=True)  # noqa: T201
         print(f"error: training failed (exit {code}; its log: {logs / 'train.log'})", file=sys.stderr)  # noqa: T201
         return EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED
 
