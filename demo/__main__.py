@@ -24,9 +24,10 @@ from imageclf.cli import main as imageclf_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".demo-output"
-# 2-core CPU, 2026-11-28: the crawl takes 11-13 s; training took 14 min on a quiet machine
-# (issue 11) and 8.6 min for baseline_cnn's 20 epochs alone at load 15-19 (resnet18's 20
-# epochs cost about three times baseline_cnn's).
+# 2-core CPU, 2026-11-28: the crawl takes 11-14 s; training took 14 min on a quiet machine
+# (issue 11); the whole `python -m demo` took 49.5 min (crawl 14 s, training 2940 s) at load
+# average 12-19 (four other jobs running), where an epoch cost 27 s (baseline_cnn) and 114 s
+# (resnet18).
 USUAL_DURATION = "about 15 minutes on a 2-core CPU, nearly all of it training; longer on a busy machine"
 
 
