@@ -173,6 +173,7 @@ class Session:
         self._dataset: Path | None = None
         self._dataset_crawls: list[subprocess.Popen[str]] = []
         self._chain: Path | None = None
+        self._labelled_site: DemoSite | None = None
         self.server_port = 0  # the free port a server command is given (mode "server")
         self.commands = readme_commands(README.read_text(encoding="utf-8"))
 
@@ -181,6 +182,8 @@ class Session:
             if proc.poll() is None:
                 proc.kill()
         self.demo.stop()
+        if self._labelled_site is not None:
+            self._labelled_site.stop()
         self.search.__exit__(None, None, None)
 
     # working directories
@@ -215,6 +218,13 @@ class Session:
                 assert proc.returncode == 0, out[-3000:]
             self._dataset = self.base / "insects"
         return self._dataset
+
+    @property
+    def labelled_site(self) -> DemoSite:
+        """A gallery site whose categories are the dataset's labels (``/search/ants``, ...)."""
+        if self._labelled_site is None:
+            self._labelled_site = DemoSite(self.dataset).start()
+        return self._labelled_site
 
     @property
     def chain(self) -> Path:
@@ -320,7 +330,13 @@ def build_argv(command: Command, case: Case, session: Session, values: dict[str,
         argv = [word.replace(key, value) for word in argv]
     left = [word for word in argv if re.search(r"<\w[^>]*>", word)]
     assert not left, f"no value for the placeholders in {left} (a case needs= the command that makes it)"
-    return argv + case.append(session)
+    more = case.append(session)
+    if "--" in argv and "--" in more:
+        # python -m imageclf ... -- TRAINER_OVERRIDES: its own options are appended to its own
+        # part, the trainer overrides to the trainer's part.
+        at, extra = argv.index("--"), more.index("--")
+        return [*argv[:at], *more[:extra], *argv[at:], *more[extra + 1 :]]
+    return argv + more
 
 
 def run_server(session: Session, command: Command, case: Case) -> Outcome:
@@ -380,7 +396,9 @@ def search_route(server: FixtureServer, path: str, query: dict[str, str]) -> tup
         return 200, JSON, server.fixture("duckduckgo", page)
     if path == "/wikimedia/api.php":
         page = "search-page2.json" if "gsroffset" in query else "search-page1.json"
-        return 200, JSON, server.fixture("wikimedia", page)
+        # Other pictures for another query (the one-command job searches once per label).
+        tag = re.sub(r"\W+", "-", query.get("gsrsearch", "")).strip("-")
+        return 200, JSON, server.fixture("wikimedia", page).replace(b"/img/", f"/img/{tag}-".encode())
     if path == "/openverse/v1/images/" and query.get("page") in ("1", "2"):
         return 200, JSON, server.fixture("openverse", f"images-page{query['page']}.json")
     return None
@@ -479,6 +497,20 @@ def crawled(spider: str, expect: int, query: str | None = None, licence: bool = 
             assert {r["query"] for r in rows} == {query}
         if licence:
             assert all(r["licence"] for r in rows), [dict(r) for r in rows]
+
+    return check
+
+
+def one_command_job(labels: tuple[str, ...], per_label: int) -> Callable[[Outcome], None]:
+    """Check: ``python -m imageclf`` crawled each label into ``insects/dataset`` and compared
+    the two default models in ``insects/runs``."""
+
+    def check(outcome: Outcome) -> None:
+        rows = stored(outcome.cwd / "insects" / "dataset")
+        counts = {label: sum(r["label"] == label for r in rows) for label in labels}
+        assert counts == dict.fromkeys(labels, per_label), counts
+        table = csv_rows(outcome.cwd / "insects" / "runs" / "comparison.csv")
+        assert sorted(r["model"] for r in table) == ["baseline_cnn", "resnet18"], table
 
     return check
 
@@ -693,6 +725,7 @@ def search(setting: str, path: str) -> Callable[[Session], list[str]]:
 FAST_TRAIN = ["data.image_size=32", "trainer.max_epochs=1"]
 # fast_dev_run (one batch per stage); 64 px, as AlexNet's pooling needs more than 32 px.
 FDR_SWEEP = ["debug=fdr", "data.image_size=64"]
+FDR_TRAIN = ["debug=fdr", "data.image_size=32"]
 
 CASES: list[Case] = [
     # Quick start. `make demo` trains for minutes (~15 on a 2-core CPU) and cannot be shrunk from
@@ -701,6 +734,13 @@ CASES: list[Case] = [
     Case(r"^make demo$", dry_run("-m demo"), in_repo, lambda s: ["-n"]),
     Case(r"^make test$", dry_run("-m pytest"), in_repo, lambda s: ["-n"]),
     # 1. Crawl one category per run (the spider table).
+    # From category names to compared models: its own options before its `--`, the trainer's after.
+    Case(r"-m imageclf wikimedia ", one_command_job(("ants", "bees"), 5),
+         append=lambda s: ["--max-images", "5", "-s", f"WIKIMEDIA_API_URL={s.search.base}/wikimedia/api.php",
+                           "-s", "AUTOTHROTTLE_ENABLED=0", "--", *FDR_TRAIN]),
+    Case(r"-m imageclf gallery ", one_command_job(("ants", "bees"), 6),
+         append=lambda s: ["-a", f"start_urls={s.labelled_site.url}/search/{{label}}", "--max-images", "6",
+                           "-s", "AUTOTHROTTLE_ENABLED=0", "--", *FDR_TRAIN], slow=True),
     Case(r"^scrapy crawl gallery (?!.*render=1)", crawled("gallery", 5, "ants"), append=gallery, parallel=True),
     Case(r"^scrapy crawl gallery .*render=1", crawled("gallery", 5), parallel=True, skip=no_chromium,
          append=lambda s: gallery(s, "-a", "max_scrolls=2", "-a", "scroll_timeout=30")),
