@@ -5,13 +5,14 @@ A FastAPI app (run by uvicorn) with:
 - ``GET /``: a plain HTML page to upload an image and see its top-k labels.
 - ``POST /predict``: multipart form with the image in field ``file`` (optional query ``top_k``);
   answers ``{"filename", "width", "height", "predictions": [{"label", "probability"}, ...]}``,
-  most probable first.
+  most probable first; ``width`` and ``height`` are the uploaded image's own size, pixels.
 - ``GET /info``: model name, classes, input size and the upload limits.
 
 Bad uploads get a 4xx with ``{"detail": "<why>"}``: 413 for more than ``max_upload_bytes`` bytes
-(checked from ``Content-Length`` before the body is read, and again on the bytes read) or more
-than ``max_pixels`` pixels (checked from the image header before decoding); 400 for an empty
-file or one that is not a decodable image; 422 when the ``file`` field is missing.
+(checked from ``Content-Length`` before the body is read, and again on the bytes read; the
+message gives sizes in MiB) or more than ``max_pixels`` pixels (checked from the image header
+before decoding); 400 for an empty file or one that is not a decodable image; 422 when the
+``file`` field is missing.
 
 Example::
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 
 from trainer.predict import ImageError, ImageTooLarge, Predictor
 
@@ -41,6 +43,11 @@ MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_PIXELS = 50_000_000
 #: Allowance for the multipart framing around the file when checking ``Content-Length``, bytes.
 _MULTIPART_OVERHEAD = 64 * 2**10
+
+
+def megabytes(size: int) -> str:
+    """``size`` bytes as MiB for messages, e.g. ``"20 MiB"``, ``"0.191 MiB"``."""
+    return f"{size / 2**20:.3g} MiB"
 
 
 def create_app(
@@ -72,7 +79,8 @@ def create_app(
         # Refuse what is announced too large before Starlette spools the body to disk.
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": f"upload too large: {length} bytes (limit {max_upload_bytes})"}, status_code=413)
+            detail = f"upload too large: {megabytes(int(length))} (limit {megabytes(max_upload_bytes)})"
+            return JSONResponse({"detail": detail}, status_code=413)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -95,7 +103,7 @@ def create_app(
     def predict(file: UploadFile = File(...), top_k: int = Query(top_k, ge=1, le=1000)) -> dict:
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload too large: more than {max_upload_bytes} bytes")
+            raise HTTPException(413, f"upload too large: more than {megabytes(max_upload_bytes)} (the limit)")
         if not data:
             raise HTTPException(400, "empty upload: choose an image file")
         try:
@@ -104,7 +112,9 @@ def create_app(
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(400, f"{file.filename or 'upload'}: {exc}") from None
-        width, height = image.size
+        # The upload's own size: `image` may be a JPEG decoded at reduced scale (PIL draft).
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
         return {
             "filename": file.filename,
             "width": width,
