@@ -32,7 +32,8 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from trainer.predict import ImageError, ImageTooLarge, Predictor
+from trainer.errors import status_on_user_error
+from trainer.predict import ImageError, ImageTooLarge, open_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ def create_app(
         backend: ``trainer.predict.Predictor`` backend (default: the exported program).
 
     Raises:
-        FileNotFoundError: ``export_dir`` is not an export folder.
+        UserError: ``export_dir`` is missing or not an export folder (``open_predictor``).
     """
-    predictor = Predictor(export_dir, backend=backend)
+    predictor = open_predictor(export_dir, backend=backend)
     page = resources.files("trainer").joinpath("static/serve.html").read_text(encoding="utf-8")
     app = FastAPI(title="Image classifier", description=f"{predictor.config['model']} over {len(predictor.classes)} classes")
 
@@ -125,8 +126,10 @@ def create_app(
     return app
 
 
+@status_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: serve until interrupted; 2 when the export folder is bad."""
+    """Command-line entry point: serve until interrupted; 2 (one ``error:`` line) when the export
+    folder is bad."""
     parser = argparse.ArgumentParser(prog="python -m trainer.serve", description=__doc__.split("\n")[0])
     parser.add_argument("export_dir", type=Path, help="a folder written by `python -m trainer.export`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -139,14 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    try:
-        app = create_app(
-            args.export_dir, top_k=args.top_k, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-            backend=args.backend,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    app = create_app(
+        args.export_dir, top_k=args.top_k, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+        backend=args.backend,
+    )
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 

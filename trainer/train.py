@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.callbacks import Throughput
+from trainer.errors import exit_on_user_error
 from trainer.finetuning import PRETRAINED_STRATEGIES
 from trainer.inspect import inspect_run
 from trainer.summary import clean_metrics, count_parameters, peak_rss_mb, reset_peak_rss, write_summary
@@ -168,6 +169,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns ``cfg.optimized_metric`` of the best checkpoint for sweepers."""
     summary = train(cfg)
