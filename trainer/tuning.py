@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +143,9 @@ def find_learning_rate(
     The finder takes ``num_training`` steps whatever the dataset size: it cycles the training
     dataloader over as many epochs as needed (``trainer.max_epochs`` is lifted for the sweep and
     restored after). The rate is chosen by :func:`suggest_learning_rate`, and logged with the
-    reason. The plot is saved as ``<output_dir>/lr_find.png`` (the chosen rate marked) when
+    reason. When it returns a rate it re-seeds the global random generators with the run's seed
+    (``pl.seed_everything``'s ``PL_GLOBAL_SEED``), so that a model rebuilt with the rate starts as
+    the run without ``tune_lr`` would have. The plot is saved as ``<output_dir>/lr_find.png`` (the chosen rate marked) when
     matplotlib is installed. The caller sets the rate; the module is not touched.
 
     Returns:
@@ -175,6 +178,8 @@ def find_learning_rate(
     lr_finder.results["loss"] = losses
     suggestion = suggest_learning_rate(lrs, losses, min_lr=min_lr, max_lr=max_lr)
     steps = len(losses)
+    if suggestion.lr is not None:
+        _reseed()
     if suggestion.lr is None:
         logger.warning(
             "learning-rate finder (%d steps): no suggestion, %s; keeping the configured rate", steps, suggestion.reason
@@ -204,6 +209,15 @@ def unbias_losses(losses: list[float], start_step: int = 0, beta: float = BETA) 
     return [
         loss * (1 - beta ** (start_step + k + 2)) / (1 - beta ** (k + 1)) for k, loss in enumerate(losses)
     ]
+
+
+def _reseed() -> None:
+    # The sweep drew batches and augmentations from the global generators. Re-seeded with the
+    # run's seed, the model the caller rebuilds with the new rate starts from the weights, and
+    # then sees the batches, of the same run without tune_lr: the rate is the only difference.
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    if seed is not None:
+        pl.seed_everything(int(seed), workers=os.environ.get("PL_SEED_WORKERS") == "1", verbose=False)
 
 
 def _save_plot(lr_finder, suggestion: Suggestion, path: Path) -> None:

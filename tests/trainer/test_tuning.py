@@ -84,3 +84,16 @@ def test_finder_takes_every_step_when_an_epoch_is_shorter(make_cfg, tmp_path):
     curve = (Path(cfg.paths.output_dir) / LR_FIND_CSV).read_text().splitlines()
     assert curve[0] == "lr,loss" and 24 <= len(curve) - 1 <= 25  # Lightning records all but the last step or all
     assert summary["epochs"] == 1  # max_epochs restored for the real fit
+
+
+def test_a_found_rate_leaves_the_random_stream_of_the_run_without_tune_lr():
+    import pytorch_lightning as pl
+    import torch
+
+    from trainer.tuning import _reseed
+
+    pl.seed_everything(7, verbose=False)
+    first = torch.rand(3)
+    torch.rand(100)  # what the finder's batches and augmentations draw
+    _reseed()
+    assert torch.equal(torch.rand(3), first)
