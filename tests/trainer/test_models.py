@@ -71,3 +71,13 @@ def test_local_weights_file_with_matching_head_loads_whole(tmp_path):
 def test_missing_weights_file_fails(tmp_path):
     with pytest.raises(UserError, match="weights file not found"):
         build_model("resnet18", num_classes=2, weights=str(tmp_path / "nope.pth"))
+
+
+def test_weights_file_that_is_not_a_state_dict_fails(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a tensor in sight")
+    with pytest.raises(UserError, match="is not a state-dict file that loads safely"):
+        build_model("resnet18", num_classes=2, weights=str(path))
+    torch.save(build_model("baseline_cnn", num_classes=2).state_dict(), path)
+    with pytest.raises(UserError, match="does not fit resnet18: .* saved from torchvision's resnet18"):
+        build_model("resnet18", num_classes=2, weights=str(path))

@@ -127,20 +127,24 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None) -> n
         replace_head(net, spec.head, num_classes)
         return net
 
+    source = f"torchvision's {name}" if name in torchvision.models.list_models() else f"a {name}"
     try:
         state_dict = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a file torch.save wrote, or one holding more than tensors
+        raise UserError(
+            f"weights file {weights_file} is not a state-dict file that loads safely: {_first_line(exc)} "
+            f"(save one with torch.save(model.state_dict(), path) from {source}, or use model.net.weights=null)"
+        ) from exc
+    try:
         net = spec.builder(num_classes=num_classes, weights=None)
         head_out = _head_out_features(state_dict, net, spec.head)
         if head_out != num_classes:
             net = spec.builder(num_classes=head_out, weights=None)
         net.load_state_dict(state_dict)
-    except UserError:
-        raise
-    except Exception as exc:  # not a pickle of tensors, or keys and shapes of another network
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (ValueError, RuntimeError) as exc:  # keys and shapes of another network
         raise UserError(
-            f"weights file {weights_file} does not fit {name}: {first_line[:200]} "
-            f"(pass a state dict saved from torchvision's {name}, torch.save(model.state_dict(), path), "
+            f"weights file {weights_file} does not fit {name}: {_first_line(exc)} "
+            f"(pass a state dict saved from {source}, torch.save(model.state_dict(), path), "
             "or model.net.weights=null)"
         ) from exc
     if head_out == num_classes:
@@ -181,6 +185,11 @@ def _as_weights_file(weights: str) -> Path | None:
             "the current directory; or use a torchvision weights name such as DEFAULT)"
         )
     return None
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:limit] if text else "") or type(exc).__name__
 
 
 def _published_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
