@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.callbacks import Throughput, echo
 from trainer.diagnostics import write_diagnostics
+from trainer.errors import UserError, exit_on_user_error
 from trainer.finetuning import PRETRAINED_STRATEGIES
 from trainer.quiet import quiet_cli
 from trainer.summary import (
@@ -57,7 +58,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     takes that folder's checkpoint and writes a new run.
 
     Raises:
-        FileNotFoundError: ``resume`` is set and the run folder has no ``checkpoints/last.ckpt``.
+        UserError: ``resume`` is set and the run folder has no ``checkpoints/last.ckpt``.
     """
     resume = cfg.get("resume")
     if not resume or cfg.get("ckpt_path"):
@@ -65,16 +66,19 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     run_dir = Path(cfg.paths.output_dir if resume is True else str(resume))
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"resume: no {LAST_CHECKPOINT} in {run_dir} (was it trained with the default callbacks?)")
+        raise UserError(
+            f"resume: {run_dir} has no {LAST_CHECKPOINT} (resume a run folder trained with the default "
+            "callbacks, or start a new run without resume=true)"
+        )
     return str(path)
 
 
 def _check_finetune(cfg: DictConfig) -> None:
     weights, strategy = cfg.model.net.get("weights"), cfg.model.get("finetune", "scratch")
     if weights is not None and strategy == "scratch":
-        raise ValueError(
-            f"model.net.weights={weights} with model.finetune=scratch: pretrained weights would be trained as if "
-            "from scratch; choose model.finetune=frozen|full|gradual, or model.net.weights=null"
+        raise UserError(
+            f"model.net.weights={weights} with model.finetune=scratch would train pretrained weights as if "
+            "from scratch (choose model.finetune=frozen|full|gradual, or model.net.weights=null)"
         )
     if weights is None and strategy in PRETRAINED_STRATEGIES:
         logger.warning("model.finetune=%s without model.net.weights: the backbone is random", strategy)
@@ -84,13 +88,13 @@ def train(cfg: DictConfig) -> RunSummary:
     """Train and evaluate one model as ``cfg`` says; return the run summary (also written to disk).
 
     Raises:
-        ValueError: ``data.root`` is not set, or the dataset is too small to split.
-        FileNotFoundError: ``data.root`` does not exist.
+        UserError: ``data.root`` is not set or unusable, pretrained weights with
+            ``model.finetune=scratch``, or ``resume`` without a checkpoint.
     """
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise ValueError(
-            "data.root is not set: pass the dataset folder, e.g. `python -m trainer data.root=DATASET_DIR` "
-            "(label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
+        raise UserError(
+            "data.root is not set (pass the dataset folder, e.g. `python -m trainer data.root=DATASET_DIR`: "
+            "label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
         )
     _check_finetune(cfg)
     ckpt_path = resume_checkpoint(cfg)
@@ -195,6 +199,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns ``cfg.optimized_metric`` of the best checkpoint for sweepers."""
     quiet_cli()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 import torch
 from hydra.utils import instantiate
 from trainer_probes import TrainingProbe
 
+from trainer.errors import UserError
 from trainer.finetuning import Finetuning, param_groups
 from trainer.models import build_model
 from trainer.train import train
@@ -90,7 +92,7 @@ def test_frozen_keeps_the_backbone_and_its_batch_norm_statistics(make_cfg, catal
 
 def test_pretrained_weights_with_scratch_is_refused(make_cfg, catalog_dataset, baseline_weights):
     cfg = make_cfg(f"model.net.weights={baseline_weights}", "debug=fdr", data_root=catalog_dataset)
-    with pytest.raises(ValueError, match="model.finetune=frozen|full|gradual"):
+    with pytest.raises(UserError, match="model.finetune=frozen|full|gradual"):
         train(cfg)
 
 

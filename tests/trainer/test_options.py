@@ -15,6 +15,7 @@ from trainer_testkit import write_image_folder
 
 from trainer.callbacks import ChannelsLast
 from trainer.data import ImageDataModule
+from trainer.errors import UserError
 from trainer.loggers import require
 from trainer.models import build_model
 from trainer.train import train
@@ -37,7 +38,7 @@ def test_class_weights_come_from_the_train_split(imbalanced_dataset):
     assert sum(w * c for w, c in zip(weights, counts)) == pytest.approx(sum(counts))  # mean 1 per image
     assert dm.loss_weights == weights
     assert ImageDataModule(root=str(imbalanced_dataset)).loss_weights is None
-    with pytest.raises(ValueError, match="none, loss, sampler"):
+    with pytest.raises(UserError, match="none, loss, sampler"):
         ImageDataModule(root=str(imbalanced_dataset), class_weighting="oversample")
 
 

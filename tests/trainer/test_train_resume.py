@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 import torch
 from trainer_probes import TrainingProbe
 
+from trainer.errors import UserError
 from trainer.train import resume_checkpoint, train
 
 STOP = ("+callbacks.stop._target_=trainer_probes.StopAfterEpochs", "+callbacks.stop.epochs=2")
@@ -50,7 +52,7 @@ def test_resume_continues_epochs_and_optimizer_state(make_cfg, catalog_dataset, 
 
 def test_resume_from_another_run_folder_and_missing_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("resume=true")
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    with pytest.raises(UserError, match="last.ckpt"):
         resume_checkpoint(cfg)
     other = tmp_path / "old_run"
     (other / "checkpoints").mkdir(parents=True)
