@@ -35,7 +35,6 @@ one (Pillow's plain formula otherwise); other modes (YCbCr, LAB, HSV, P, L, 1) b
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 from collections.abc import Iterator
@@ -57,6 +56,12 @@ __all__ = ["EXTENSIONS", "FORMATS", "Rejected", "VerifiedImage", "verify_image"]
 FORMATS = frozenset(
     {"JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "DIB", "ICO", "CUR", "PPM", "TGA", "JPEG2000", "PSD", "QOI"}
 )
+# The order the decoders are tried in: the common formats first, TGA (no signature: its decoder
+# guesses from header values) last. Pillow's own order depends on which plugins happen to be
+# imported already (opening a file by name imports its extension's plugin first).
+_OPEN_ORDER = (
+    "JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "DIB", "ICO", "CUR", "PPM", "JPEG2000", "PSD", "QOI", "TGA",
+)
 #: File extension per stored Pillow format (docs/dataset.md): the formats whose original bytes
 #: are kept when the pixels need no normalising; anything else is stored as PNG.
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
@@ -64,7 +69,8 @@ _EXIF_ORIENTATION = 0x0112
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SRGB = ImageCms.createProfile("sRGB")
 
-# Signatures of real image formats that we do not decode, so that they are reported as
+# Signatures of real image formats that Pillow cannot open here (HEIF, JPEG XL, SVG; AVIF
+# without libavif) or that `formats` may leave out, so that they are reported as
 # `unsupported_format` rather than `not_an_image`.
 _OTHER_IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"8BPS"),  # Photoshop
@@ -152,7 +158,7 @@ def verify_image(
         raise Rejected("too_large", f"{len(body)} bytes > {max_bytes}")
     try:
         # `formats` restricts which decoders may even parse the header.
-        image = Image.open(io.BytesIO(body), formats=_in_pillow_order(frozenset(formats)))
+        image = Image.open(io.BytesIO(body), formats=[name for name in _OPEN_ORDER if name in formats])
     except Image.DecompressionBombError as exc:
         raise Rejected("too_many_pixels", str(exc)) from exc
     except UnidentifiedImageError as exc:
@@ -283,14 +289,6 @@ def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
         return ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return image
-
-
-@functools.cache
-def _in_pillow_order(formats: frozenset[str]) -> list[str]:
-    """``formats`` in the order Pillow's own ``Image.open`` tries its decoders, so a restricted
-    open identifies a file as an unrestricted one would (TGA, which has no signature, comes late)."""
-    Image.init()
-    return [name for name in Image.ID if name in formats]
 
 
 def _looks_like_other_image(body: bytes) -> bool:

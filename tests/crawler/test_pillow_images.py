@@ -57,11 +57,20 @@ def accepted(fmt: str | None) -> bool:
     return fmt in ACCEPTED or (fmt == "MPO" and "JPEG" in ACCEPTED)
 
 
+def all_pillow_formats() -> list[str]:
+    """Every format Pillow reads, TGA (no signature; its decoder guesses from any header) last:
+    a fixed order, where ``Image.open(path)`` alone tries first the plugin of the file's
+    extension if it is not loaded yet (then ``pillow.ico`` opens as a broken TGA after a
+    ``.tga`` file was opened)."""
+    Image.init()
+    return sorted(Image.ID, key=lambda name: name == "TGA")
+
+
 def pillow_decode(path: Path) -> tuple[str, tuple[int, int]] | None:
     """``(format, size)`` when Pillow itself (any format it knows) opens ``path`` and decodes its
     first frame (for ICO/CUR the largest) completely; ``None`` when it cannot."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=all_pillow_formats()) as image:
             image.load()
             return image.format or "", image.size
     except Exception:  # noqa: BLE001 (any failure means "does not fully decode")
@@ -123,7 +132,7 @@ def outcome_table(rows: list, urls: dict[str, Path], decoded: dict[Path, tuple[s
 
 def _detected(path: Path) -> str:
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=all_pillow_formats()) as image:
             return image.format or "?"
     except Exception:  # noqa: BLE001
         return "unidentified"
