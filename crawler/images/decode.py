@@ -26,9 +26,8 @@ sources as JPEG at ``VERIFY_JPEG_QUALITY``, others as PNG). The catalog states b
 
 Normalising to 8-bit RGB (``_to_rgb``), one rule for every mode: transparency in any form (an
 alpha band, a palette with alpha, or a ``transparency`` colour or palette index) is composited
-over white; 16-bit and 32-bit integer grey is scaled from its full range (0-65535 for 16-bit
-data, 0-255 when every value fits in 8 bits), float grey from 0-1 (or 0-255) as PFM and float
-TIFF hold it, never clipped; CMYK goes through its embedded ICC profile to sRGB when it has
+over white; 16-bit and 32-bit integer grey is scaled from its format's range, float grey from
+0-1 or 0-255 (else its own range), never clipped (``_wide_grey_to_8_bit``); CMYK goes through its embedded ICC profile to sRGB when it has
 one (Pillow's plain formula otherwise); other modes (YCbCr, LAB, HSV, P, L, 1) by Pillow.
 """
 
@@ -193,7 +192,7 @@ def verify_image(
             return VerifiedImage(canonical, width, height, "JPEG", "JPEG", body, False, width, height)
         image.load()  # first frame of an animation, largest icon, PSD composite
         transparent = image.has_transparency_data
-        normalised = _to_rgb(ImageOps.exif_transpose(image))
+        normalised = _to_rgb(ImageOps.exif_transpose(image), _tiff_bits_per_sample(image))
         animated = getattr(image, "n_frames", 1) > 1
         keep = (
             source_format in EXTENSIONS
@@ -243,13 +242,14 @@ def _decoding() -> Iterator[None]:
         raise Rejected("corrupt", repr(exc)) from exc
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, bits_per_sample: int | None = None) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, by the rules in the module docstring.
 
-    Returns a new image (mode ``RGB``, same size) without a ``transparency`` entry.
+    ``bits_per_sample``: the source's own (TIFF's BitsPerSample), when it says. Returns a new
+    image (mode ``RGB``, same size) without a ``transparency`` entry.
     """
     if image.mode in _WIDE_GREY_MODES:
-        image = _wide_grey_to_8_bit(image)
+        image = _wide_grey_to_8_bit(image, bits_per_sample)
     elif image.mode == "CMYK" and image.info.get("icc_profile"):
         image = _cmyk_to_srgb(image)
     if image.has_transparency_data:
@@ -263,22 +263,45 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return rgb
 
 
-def _wide_grey_to_8_bit(image: Image.Image) -> Image.Image:
+def _wide_grey_to_8_bit(image: Image.Image, bits: int | None) -> Image.Image:
     """``L`` (or ``LA`` when a ``transparency`` value marks transparent pixels) from 16-bit,
-    32-bit integer or float grey, scaled rather than clipped as Pillow's own conversion does."""
-    array = np.asarray(image)
+    32-bit integer or float grey, scaled rather than clipped as Pillow's own conversion does.
+
+    Integers are scaled from their format's range: ``2**bits - 1`` when ``bits`` (a TIFF's
+    BitsPerSample) is 9-15 (e.g. 12-bit scans kept in 16-bit words), 65535 for other 16-bit data
+    and for 32-bit values above 255, else 255. Floats have no fixed range: 0-1 (the PFM and
+    float-TIFF convention) or 0-255 when the values fit in one, else their own minimum-maximum.
+    """
+    raw = np.asarray(image)
+    array = np.nan_to_num(raw.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    floor = 0.0
     if image.mode == "F":
-        array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        top = array.max(initial=0.0)
-        peak = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+        if low >= 0.0 and high <= 255.0:
+            peak = 1.0 if high <= 1.0 else 255.0
+        else:
+            floor, peak = low, max(high - low, 1e-12)
     else:
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-    grey = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype(np.uint8), mode="L")
+        if bits is not None and 8 < bits < 16:
+            peak = float(2**bits - 1)
+        else:
+            peak = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+    scaled = np.clip((array - floor) * (255.0 / peak), 0, 255).round().astype(np.uint8)
+    grey = Image.fromarray(scaled)  # uint8 2-D: mode L
     transparency = image.info.get("transparency")
     if isinstance(transparency, (int, float)):
-        alpha = np.where(np.asarray(image) == transparency, 0, 255).astype(np.uint8)
-        return Image.merge("LA", (grey, Image.fromarray(alpha, mode="L")))
+        alpha = np.where(raw == transparency, 0, 255).astype(np.uint8)
+        return Image.merge("LA", (grey, Image.fromarray(alpha)))
     return grey
+
+
+def _tiff_bits_per_sample(image: Image.Image) -> int | None:
+    """A TIFF's BitsPerSample (of its first sample); ``None`` for other formats."""
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(258) if tags is not None else None  # BitsPerSample, one per sample
+    if isinstance(value, tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
 
 
 def _cmyk_to_srgb(image: Image.Image) -> Image.Image:

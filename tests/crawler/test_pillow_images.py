@@ -9,12 +9,14 @@ the default suite. ``-s`` prints the outcome per format (stored / duplicate / re
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit
 
+import numpy as np
 import pytest
 from crawls import REPO, catalog_rows
 from fixture_server import finish, start_crawl
@@ -22,7 +24,7 @@ from http_testkit import HttpServer, Request
 from PIL import Image
 
 from crawler import settings as defaults
-from crawler.images.decode import EXTENSIONS
+from crawler.images.decode import EXTENSIONS, verify_image
 
 PILLOW_IMAGES = REPO.parent / "shared" / "real" / "pillow-images"
 pytestmark = pytest.mark.skipif(not PILLOW_IMAGES.is_dir(), reason="../shared/real/pillow-images is absent")
@@ -191,6 +193,15 @@ def test_one_real_file_per_format_is_stored(tmp_path: Path) -> None:
     hoppers = [by_name[name] for name in ("hopper.tif", "hopper_16bit.pgm", "hopper.pfm", "hopper.psd", "hopper.bmp")]
     (kept,) = [row for row in hoppers if row["status"] == "stored"]
     assert all(row["duplicate_of"] == kept["path"] for row in hoppers if row is not kept)
+
+
+def test_12_bit_tiff_is_scaled_from_its_bits_per_sample() -> None:
+    """``12bit.cropped.tif``: 12-bit samples (0-30 here) in 16-bit words, BitsPerSample 12."""
+    path = PILLOW_IMAGES / "12bit.cropped.tif"
+    with Image.open(path) as image:
+        assert (image.mode, image.tag_v2[258], np.asarray(image).max()) == ("I;16", (12,), 30)
+    stored = Image.open(io.BytesIO(verify_image(path.read_bytes()).body))
+    assert np.asarray(stored).max() == round(30 * 255 / 4095)  # 0 if read as 16-bit
 
 
 @pytest.mark.slow

@@ -220,6 +220,13 @@ def test_float_grey_is_scaled_from_0_to_1() -> None:
     assert values.min() == 0 and values.max() == 255 and 120 < values[32, 0] < 136
 
 
+def test_float_grey_outside_0_to_255_is_stretched_from_its_own_range() -> None:
+    ramp = np.linspace(-3.14, 3.14, 64 * 64, dtype=np.float32).reshape(64, 64)  # a phase image
+    result = verify_image(encode(Image.fromarray(ramp, mode="F"), "TIFF"))
+    values = np.asarray(Image.open(io.BytesIO(result.body)))[..., 0]
+    assert values.min() == 0 and values.max() == 255 and 120 < values[32, 0] < 136
+
+
 def test_cmyk_with_an_icc_profile_is_converted_through_it() -> None:
     from PIL import ImageCms
 
