@@ -27,8 +27,9 @@ sources as JPEG at ``VERIFY_JPEG_QUALITY``, others as PNG). The catalog states b
 Normalising to 8-bit RGB (``_to_rgb``), one rule for every mode: transparency in any form (an
 alpha band, a palette with alpha, or a ``transparency`` colour or palette index) is composited
 over white; 16-bit and 32-bit integer grey is scaled from its format's range, float grey from
-0-1 or 0-255 (else its own range), never clipped (``_wide_grey_to_8_bit``); CMYK goes through its embedded ICC profile to sRGB when it has
-one (Pillow's plain formula otherwise); other modes (YCbCr, LAB, HSV, P, L, 1) by Pillow.
+0-1 or 0-255 (else from its own range), never clipped (``_wide_grey_to_8_bit``); CMYK (Adobe's
+inverted JPEGs included), YCbCr, LAB, HSV, P, L and 1 by Pillow's conversions. Embedded ICC
+profiles are not applied, in any mode.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from crawler import settings as defaults
 from crawler.images.hashing import canonical_image, decode_canonical_jpeg
@@ -66,7 +67,6 @@ _OPEN_ORDER = (
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
 _EXIF_ORIENTATION = 0x0112
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_SRGB = ImageCms.createProfile("sRGB")
 
 # Signatures of real image formats that Pillow cannot open here (HEIF, JPEG XL, SVG; AVIF
 # without libavif) or that `formats` may leave out, so that they are reported as
@@ -250,8 +250,6 @@ def _to_rgb(image: Image.Image, bits_per_sample: int | None = None) -> Image.Ima
     """
     if image.mode in _WIDE_GREY_MODES:
         image = _wide_grey_to_8_bit(image, bits_per_sample)
-    elif image.mode == "CMYK" and image.info.get("icc_profile"):
-        image = _cmyk_to_srgb(image)
     if image.has_transparency_data:
         # Pillow turns a transparent colour or palette index into alpha (convert_transparent).
         rgba = image.convert("RGBA")
@@ -302,16 +300,6 @@ def _tiff_bits_per_sample(image: Image.Image) -> int | None:
     if isinstance(value, tuple):
         value = value[0] if value else None
     return value if isinstance(value, int) else None
-
-
-def _cmyk_to_srgb(image: Image.Image) -> Image.Image:
-    """CMYK through its embedded ICC profile to sRGB (perceptual intent); the image unchanged
-    (so Pillow's plain formula converts it) when the profile is unusable or not a CMYK one."""
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
-        return ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return image
 
 
 def _looks_like_other_image(body: bytes) -> bool:

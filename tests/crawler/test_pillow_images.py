@@ -204,6 +204,16 @@ def test_12_bit_tiff_is_scaled_from_its_bits_per_sample() -> None:
     assert np.asarray(stored).max() == round(30 * 255 / 4095)  # 0 if read as 16-bit
 
 
+@pytest.mark.parametrize("name", ["pil_sample_cmyk.jpg", "tiff_strip_cmyk_jpeg.tif", "tiff_strip_cmyk_16l_jpeg.tif"])
+def test_cmyk_gives_the_colours_of_its_rgb_twin(name: str) -> None:
+    """Pillow's CMYK samples (an Adobe-inverted JPEG, CMYK TIFFs) are ``pil_sample_rgb.jpg`` in
+    CMYK: stored as PNG, they match it to within JPEG noise (inverted CMYK would be ~200 off)."""
+    stored = Image.open(io.BytesIO(verify_image((PILLOW_IMAGES / name).read_bytes()).body))
+    with Image.open(PILLOW_IMAGES / "pil_sample_rgb.jpg") as twin:
+        difference = np.abs(np.asarray(stored, dtype=float) - np.asarray(twin.convert("RGB"), dtype=float))
+    assert stored.format == "PNG" and difference.mean() < 8
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_all_pillow_test_images(tmp_path: Path) -> None:

@@ -227,17 +227,6 @@ def test_float_grey_outside_0_to_255_is_stretched_from_its_own_range() -> None:
     assert values.min() == 0 and values.max() == 255 and 120 < values[32, 0] < 136
 
 
-def test_cmyk_with_an_icc_profile_is_converted_through_it() -> None:
-    from PIL import ImageCms
-
-    # A CMYK JPEG tagged with a profile of another colour space: unusable, Pillow's formula instead.
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    image = Image.new("CMYK", (64, 64), (0, 255, 255, 0))  # pure red in the naive formula
-    result = verify_image(encode(image, "JPEG", icc_profile=srgb, quality=95))
-    red, green, blue = Image.open(io.BytesIO(result.body)).getpixel((32, 32))
-    assert red > 240 and green < 15 and blue < 15
-
-
 def test_rgba_png_alpha_over_white() -> None:
     image = Image.new("RGBA", (64, 64), (0, 0, 255, 0))
     result = verify_image(encode(image, "PNG"))
