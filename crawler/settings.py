@@ -85,8 +85,12 @@ VERIFY_MIN_SIDE = 32
 VERIFY_MAX_PIXELS = 50_000_000
 # Largest accepted size, bytes: data: URIs bypass DOWNLOAD_MAXSIZE, so it is enforced here too.
 VERIFY_MAX_BYTES = 32 * 1024 * 1024
-# Pillow formats accepted (crawler/images/decode.py EXTENSIONS lists the valid ones).
-VERIFY_FORMATS = ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+# Pillow formats accepted (crawler/images/decode.py FORMATS lists the valid ones): every raster
+# format a web crawl meets that Pillow decodes. PPM is the PNM family; JPEG includes MPO. All
+# but JPEG, PNG, GIF and WEBP are stored as PNG.
+VERIFY_FORMATS = [
+    "JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "DIB", "ICO", "CUR", "PPM", "TGA", "JPEG2000", "PSD", "QOI",
+]
 # Longest side of stored images, pixels (0: store originals byte for byte); larger ones are
 # resized and re-encoded, JPEGs at VERIFY_JPEG_QUALITY. The catalog keeps both sizes. The
 # fine-tuning recipes this project follows resized their images to 400-500 px before training.

@@ -18,7 +18,7 @@ from scrapy import signals
 from scrapy.exceptions import DropItem
 
 from crawler.errors import UserError
-from crawler.images.decode import EXTENSIONS, Rejected
+from crawler.images.decode import EXTENSIONS, FORMATS, Rejected
 from crawler.images.files import TMP_DIR, discard
 from crawler.images.prepare import PreparedImage, prepare_image
 from crawler.setting_values import dedupe_hash, get_bool, get_int, get_list, get_raw
@@ -101,9 +101,9 @@ class PreparePipeline:
     def from_crawler(cls, crawler: Crawler) -> Self:
         settings = crawler.settings
         formats = frozenset(f.upper() for f in get_list(settings, "VERIFY_FORMATS"))
-        if not formats or formats - set(EXTENSIONS):
+        if not formats or formats - FORMATS:
             raise UserError(
-                f"VERIFY_FORMATS must be Pillow formats among {', '.join(EXTENSIONS)}, got "
+                f"VERIFY_FORMATS must be Pillow formats among {', '.join(sorted(FORMATS))}, got "
                 f"{get_raw(settings, 'VERIFY_FORMATS')!r} (e.g. -s VERIFY_FORMATS=JPEG,PNG)"
             )
         limits = {
