@@ -14,6 +14,7 @@ from trainer.models import build_model
 from trainer.predict import Predictor
 from trainer.runs import Run
 from trainer.serve import create_app
+from trainer.summary import RunSummary
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -26,7 +27,7 @@ def export_dir(tmp_path_factory):
     torch.manual_seed(0)
     net = build_model("baseline_cnn", num_classes=3).eval()
     base = tmp_path_factory.mktemp("serve")
-    run = Run(base, {}, base / "none.ckpt", "baseline_cnn", CLASSES, 32, {}, net)
+    run = Run(base, RunSummary(model="baseline_cnn"), base / "none.ckpt", "baseline_cnn", CLASSES, 32, {}, net)
     return export_run(run, base / "export", onnx=False)
 
 

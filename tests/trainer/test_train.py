@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from trainer.errors import UserError
 from trainer.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
@@ -39,7 +40,7 @@ def test_experiment_runs_fast_dev_run(experiment, make_cfg, catalog_dataset):
 
 def test_missing_data_root_is_a_clear_error(make_cfg):
     cfg = make_cfg("debug=fdr")
-    with pytest.raises(ValueError, match="data.root"):
+    with pytest.raises(UserError, match="data.root"):
         train(cfg)
 
 

@@ -83,7 +83,7 @@ def test_finder_takes_every_step_when_an_epoch_is_shorter(make_cfg, tmp_path):
     summary = train(cfg)
     curve = (Path(cfg.paths.output_dir) / LR_FIND_CSV).read_text().splitlines()
     assert curve[0] == "lr,loss" and 24 <= len(curve) - 1 <= 25  # Lightning records all but the last step or all
-    assert summary["epochs"] == 1  # max_epochs restored for the real fit
+    assert summary.epochs == 1  # max_epochs restored for the real fit
 
 
 def test_a_found_rate_leaves_the_random_stream_of_the_run_without_tune_lr():
