@@ -91,5 +91,4 @@ def test_bad_render_flag_is_refused() -> None:
         GallerySpider(label="x", start_urls="http://127.0.0.1/", render="maybe")
     spider = GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", max_scrolls="3")
     request = spider.page_request("http://127.0.0.1/", page_number=1)
-    assert request.meta["playwright"] is True and request.dont_filter
-    assert request.meta["playwright_page_methods"][0].args[1][0] == 3
+    assert request.dont_filter and request.meta["render"]["max_scrolls"] == 3
