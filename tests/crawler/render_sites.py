@@ -13,6 +13,8 @@ static parse can find (their URLs are only in scripts, JSON or HTML fragments fe
 - ``api``: the page renders items from its JSON API (``/api/photos?page=N``, each answer naming
   the ``next`` one) and asks for more only on mouse-wheel events, which no programmatic scroll
   sends; it also fetches ``/private/stats.json``, which robots.txt forbids.
+- ``icon``: the "load more" of ``more`` as an unlabelled icon button (``.fab``), which only
+  ``-a more_selector=`` finds.
 - ``lazy``: placeholders whose real ``src``/``srcset`` an IntersectionObserver sets when they
   come into view; the ``srcset`` ones also offer a small ``-s`` variant nobody should fetch.
 
@@ -29,7 +31,7 @@ from crawler_testkit import encode, picture
 from http_testkit import HttpServer, Request
 
 TOTAL, BATCH = 12, 4
-KINDS = ("scroll", "more", "next", "api", "lazy")
+KINDS = ("scroll", "more", "next", "api", "lazy", "icon")
 ROBOTS = "User-agent: *\nDisallow: /private/\n"
 
 _HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
@@ -69,6 +71,18 @@ async function more() {
   if (offset >= TOTAL) document.querySelector(".actions").remove();
 }
 document.querySelector(".actions button").addEventListener("click", more);
+more();
+</script></body></html>""",
+    "icon": _HEAD.format(title="Icons") + """<ul id="grid"></ul>
+<div class="actions"><span class="fab">&#x2295;</span></div>
+<script>
+let offset = 0;
+async function more() {
+  const answer = await fetch("/fragment/icon?offset=" + offset);
+  document.getElementById("grid").insertAdjacentHTML("beforeend", await answer.text());
+  offset += BATCH;
+}
+document.querySelector(".fab").addEventListener("click", more);
 more();
 </script></body></html>""",
     "next": _HEAD.format(title="Galerie") + """<div id="grid"></div>
@@ -182,10 +196,10 @@ class RenderSite(HttpServer):
             script = f"<script>const TOTAL = {self.total}, BATCH = {self.batch};</script>"
             page = PAGES[path.strip("/")].replace("<body>", "<body>" + script, 1)
             request.reply(200, "text/html; charset=utf-8", page.encode())
-        elif path == "/fragment/more":
-            offset = int(query.get("offset", 0))
+        elif path in ("/fragment/more", "/fragment/icon"):
+            offset, kind = int(query.get("offset", 0)), path.rsplit("/", 1)[1]
             items = "".join(
-                f'<li class="product"><img src="/img/more/{n}.png" alt="item {n}"></li>'
+                f'<li class="product"><img src="/img/{kind}/{n}.png" alt="item {n}"></li>'
                 for n in range(offset, min(offset + self.batch, self.total))
             )
             request.reply(200, "text/html; charset=utf-8", items.encode())

@@ -9,6 +9,7 @@ import os
 import pytest
 from crawls import catalog_rows, gallery_command, run_crawl, stored_paths
 from local_sites import infinite_scroll_site
+from render_sites import RenderSite
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
@@ -40,7 +41,7 @@ def test_render_scrolls_until_every_image_is_stored(site, tmp_path) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Traceback" not in result.stdout, result.stdout[-3000:]
     assert stored_paths(dataset) == expected_paths(site)
-    assert f"{TOTAL} <img>" in result.stdout  # the spider's "page 1 rendered: N scrolls" line
+    assert f"{TOTAL} image URLs" in result.stdout  # the "page 1 rendered: N scrolls ..." line
     # One page rendered and closed; the images themselves came over plain HTTP.
     assert "'playwright/page_count/closed': 1" in result.stdout
     assert "'downloader/request_count': 22" in result.stdout  # robots.txt + page + 20 images
@@ -92,3 +93,88 @@ def test_bad_render_flag_is_refused() -> None:
     spider = GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", max_scrolls="3")
     request = spider.page_request("http://127.0.0.1/", page_number=1)
     assert request.dont_filter and request.meta["render"]["max_scrolls"] == 3
+
+
+# --- Every common way a page loads more images (crawler.render), on tests/crawler/render_sites.py.
+
+
+@pytest.fixture(scope="module")
+def galleries():
+    with RenderSite() as running:
+        yield running
+
+
+def stored_for(site: RenderSite, kind: str) -> set[str]:
+    return {f"pics/{hashlib.sha256(site.images[path]).hexdigest()}.png" for path in site.image_paths(kind)}
+
+
+def assert_fetched_once_by_the_crawler(site: RenderSite, kind: str) -> None:
+    """Each image of the gallery was requested exactly once, over plain HTTP: no request with
+    the headers a browser sends (Sec-Fetch-*), so none came from Chromium."""
+    requests = site.logged(f"/img/{kind}/")
+    paths = [path for path, _ in requests]
+    assert sorted(paths) == sorted(site.image_paths(kind)), paths
+    browser = [path for path, headers in requests if any(name.startswith("sec-") for name in headers)]
+    assert browser == []
+
+
+def render_crawl(site: RenderSite, kind: str, tmp_path, *extra: str):
+    dataset = tmp_path / "dataset"
+    site.requests.clear()
+    result = run_crawl(gallery_command(site.url(kind), "pics", dataset, "-a", "render=1", *extra))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout, result.stdout[-3000:]
+    return dataset, result.stdout
+
+
+@needs_chromium
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["scroll", "more", "next", "lazy"])
+def test_every_image_of_a_script_built_gallery_is_stored(galleries, kind, tmp_path) -> None:
+    dataset, log = render_crawl(galleries, kind, tmp_path)
+    assert stored_paths(dataset) == stored_for(galleries, kind)
+    assert_fetched_once_by_the_crawler(galleries, kind)
+    # Chromium asked for every image it showed and got a placeholder instead.
+    assert f"{len(galleries.image_paths(kind))} browser image requests blocked" in log
+    if kind == "more":
+        assert "2 'load more' clicks" in log  # the nav's "More" menu button was left alone
+    if kind == "next":
+        assert "2 'next' clicks" in log
+
+
+@needs_chromium
+@pytest.mark.timeout(240)
+def test_a_feed_read_from_its_json_api_is_stored_completely(galleries, tmp_path) -> None:
+    # The page asks for more only on mouse-wheel events: rendering alone shows the first batch;
+    # the captured API answer names the next page, which the spider then reads without a browser.
+    dataset, log = render_crawl(galleries, "api", tmp_path)
+    assert stored_paths(dataset) == stored_for(galleries, "api")
+    assert_fetched_once_by_the_crawler(galleries, "api")
+    api = f"{galleries.base}/api/photos?page=1"
+    assert "loads its items from a JSON API" in log and f"-a start_urls={api}" in log
+    assert [p for p, _ in galleries.logged("/api/")] == [f"/api/photos?page={n}" for n in (1, 2, 3)]
+    # Each item keeps its own page from the API.
+    assert {r["page_url"] for r in catalog_rows(dataset)} == {f"{galleries.base}/photos/{n}" for n in range(12)}
+    # robots.txt forbids /private/: the page's fetch of it was aborted, never sent.
+    assert galleries.logged("/private/") == []
+    assert "'render/robots_forbidden': 1" in log and "robots.txt forbids the page's fetch request" in log
+
+
+@pytest.mark.timeout(120)
+def test_the_offered_api_url_crawls_without_a_browser(galleries, tmp_path) -> None:
+    dataset = tmp_path / "dataset"
+    galleries.requests.clear()
+    result = run_crawl(gallery_command(f"{galleries.base}/api/photos?page=1", "pics", dataset))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert stored_paths(dataset) == stored_for(galleries, "api")
+    assert_fetched_once_by_the_crawler(galleries, "api")
+    assert "playwright" not in result.stdout
+
+
+@needs_chromium
+@pytest.mark.timeout(240)
+def test_more_selector_finds_an_unlabelled_load_more_control(galleries, tmp_path) -> None:
+    dataset, log = render_crawl(galleries, "icon", tmp_path / "plain")
+    assert len(stored_paths(dataset)) == 4  # an icon with no wording: not a "load more" by itself
+    dataset, log = render_crawl(galleries, "icon", tmp_path / "selected", "-a", "more_selector=.actions .fab")
+    assert stored_paths(dataset) == stored_for(galleries, "icon")
