@@ -72,6 +72,8 @@ class RenderMiddleware:
         # Set on every pass (a retry copies the meta): the session belongs to one download.
         session = PageSession(self, RenderOptions(**options), request.meta)
         request.meta["playwright"] = True
+        # A service worker's requests would bypass the page's routes (images, robots.txt).
+        request.meta.setdefault("playwright_context_kwargs", {"service_workers": "block"})
         request.meta["playwright_page_init_callback"] = session.attach
         request.meta["playwright_page_methods"] = [PageMethod(session.expand)]
 
@@ -114,7 +116,7 @@ class PageSession:
         """scrapy-playwright's page init callback: runs before the page loads."""
         # Routes registered later run first: this one sees every request before
         # scrapy-playwright's own (which sets the headers and sends it).
-        await page.route("**/*", self.route)
+        await page.route("**", self.route)
         page.on("request", self._request_started)
         page.on("requestfinished", self._request_ended)
         page.on("requestfailed", self._request_ended)

@@ -96,7 +96,7 @@ FIND_CONTROL = r"""
   const usableHref = (el) => {
     const href = (el.getAttribute("href") || "").trim();
     if (el.tagName !== "A" || !href || href.startsWith("#") || /^javascript:/i.test(href)) return false;
-    try { return new URL(href, location.href).href.split("#")[0] !== here; } catch (e) { return false; }
+    try { return new URL(href, location.href).href.split("#")[0] !== here; } catch (e) { return true; }
   };
   const clean = (text) => (text || "").normalize("NFKC").toLowerCase().replace(/\s+/g, " ")
     .replace(/[\s.…:()\[\]\d+›»>→↓⌄▾▼❯→…-]+$/u, "").replace(/^[\s‹«<←❮+↓-]+/u, "").trim();
@@ -142,11 +142,12 @@ FIND_CONTROL = r"""
   if (best || kind !== "next") return best;
   // Numbered pages without a "next": the number after the current one.
   const current = document.querySelector("[aria-current=page], [aria-current=true], .pagination .active, .pagination .current, [class*=pag] .active, [class*=pag] .current, [class*=pag] [aria-selected=true]");
-  const number = current && parseInt(clean(current.innerText), 10);
+  const numberOf = (el) => parseInt((el.innerText || "").trim(), 10);
+  const number = current && numberOf(current);
   if (!number) return null;
   const holder = current.closest("nav, ul, ol, [class*=pag]") || current.parentElement;
   for (const el of holder.querySelectorAll(clickable)) {
-    if (parseInt(clean(el.innerText), 10) === number + 1 && !usableHref(el) && shown(el)) return el;
+    if (numberOf(el) === number + 1 && !usableHref(el) && shown(el)) return el;
   }
   return null;
 }

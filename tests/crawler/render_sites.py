@@ -12,7 +12,8 @@ static parse can find (their URLs are only in scripts, JSON or HTML fragments fe
   grid with the next page's images.
 - ``api``: the page renders items from its JSON API (``/api/photos?page=N``, each answer naming
   the ``next`` one) and asks for more only on mouse-wheel events, which no programmatic scroll
-  sends; it also fetches ``/private/stats.json``, which robots.txt forbids.
+  sends; it also fetches ``/private/...`` JSON, which robots.txt forbids, from its own host and
+  from ``localhost`` (another host for robots.txt).
 - ``icon``: the "load more" of ``more`` as an unlabelled icon button (``.fab``), which only
   ``-a more_selector=`` finds.
 - ``lazy``: placeholders whose real ``src``/``srcset`` an IntersectionObserver sets when they
@@ -138,6 +139,8 @@ async function load() {
 window.addEventListener("wheel", load);
 load();
 fetch("/private/stats.json").catch(() => {});
+// The same server under another host name: its own robots.txt, fetched by the crawler.
+fetch("http://localhost:" + location.port + "/private/beacon.json", {mode: "no-cors"}).catch(() => {});
 </script></body></html>""",
     "lazy": _HEAD.format(title="Lazy gallery") + """<main id="grid"></main>
 <script>
@@ -214,7 +217,7 @@ class RenderSite(HttpServer):
             more = first + self.batch < self.total
             body = {"page": page, "photos": photos, "next": f"/api/photos?page={page + 1}" if more else None}
             request.reply(200, "application/json", json.dumps(body).encode())
-        elif path == "/private/stats.json":
+        elif path.startswith("/private/"):
             request.reply(200, "application/json", b'{"visits": 1}')
         else:
             request.reply(404, "text/html", b"<h1>404</h1>")

@@ -155,9 +155,11 @@ def test_a_feed_read_from_its_json_api_is_stored_completely(galleries, tmp_path)
     assert [p for p, _ in galleries.logged("/api/")] == [f"/api/photos?page={n}" for n in (1, 2, 3)]
     # Each item keeps its own page from the API.
     assert {r["page_url"] for r in catalog_rows(dataset)} == {f"{galleries.base}/photos/{n}" for n in range(12)}
-    # robots.txt forbids /private/: the page's fetch of it was aborted, never sent.
+    # robots.txt forbids /private/: the page's fetches of it, from its own host and from
+    # localhost (whose robots.txt the crawler fetched for it), were aborted, never sent.
     assert galleries.logged("/private/") == []
-    assert "'render/robots_forbidden': 1" in log and "robots.txt forbids the page's fetch request" in log
+    assert [h.get("host", "").split(":")[0] for _, h in galleries.logged("/robots.txt")] == ["127.0.0.1", "localhost"]
+    assert "'render/robots_forbidden': 2" in log and "robots.txt forbids the page's fetch request" in log
 
 
 @pytest.mark.timeout(120)
@@ -178,3 +180,105 @@ def test_more_selector_finds_an_unlabelled_load_more_control(galleries, tmp_path
     assert len(stored_paths(dataset)) == 4  # an icon with no wording: not a "load more" by itself
     dataset, log = render_crawl(galleries, "icon", tmp_path / "selected", "-a", "more_selector=.actions .fab")
     assert stored_paths(dataset) == stored_for(galleries, "icon")
+
+
+# --- Which JSON lists a gallery's items (crawler.render.feeds).
+
+
+def test_feed_images_take_each_items_largest_image_page_and_title() -> None:
+    from crawler.render.feeds import FeedImage, feed_images, next_feed_url
+
+    base = "https://example.org/api/search?page=1"
+    unsplash_like = {
+        "total": 2,
+        "results": [
+            {"id": "a", "alt_description": "red ant", "links": {"html": "https://example.org/p/a"},
+             "urls": {"thumb": "https://cdn.example.org/a?w=200", "full": "https://cdn.example.org/a?q=85"}},
+            {"id": "b", "description": "bee", "link": "/p/b",
+             "urls": {"small": "https://cdn.example.org/b?w=400", "raw": "https://cdn.example.org/b"}},
+        ],
+        "links": {"next": "/api/search?page=2"},
+    }
+    assert feed_images(unsplash_like, base) == [
+        FeedImage("https://cdn.example.org/a?q=85", None, "red ant"),
+        FeedImage("https://cdn.example.org/b", "https://example.org/p/b", "bee"),
+    ]
+    assert next_feed_url(unsplash_like, base) == "https://example.org/api/search?page=2"
+    shop = [{"name": "mug", "url": "/shop/mug", "image": {"src": "//img.example.org/mug.jpg?v=3"}},
+            {"name": "cup", "url": "/shop/cup", "thumbnail": "/media/cup_small.webp", "original": "/media/cup.webp"}]
+    assert feed_images(shop, base) == [
+        FeedImage("https://img.example.org/mug.jpg?v=3", "https://example.org/shop/mug", "mug"),
+        FeedImage("https://example.org/media/cup.webp", "https://example.org/shop/cup", "cup"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"user": {"avatar": "https://example.org/me.png", "name": "me"}},  # one image: not a gallery
+        {"items": [{"title": "a", "url": "https://example.org/a"}, {"title": "b", "url": "https://example.org/b"}]},
+        {"results": [{"format": "jpeg", "size": "large"}, {"format": "png", "size": "small"}]},  # words, not URLs
+        {"items": [{"image": "javascript:alert(1)"}, {"image": "data:image/png;base64,AAAA"}]},
+        [[[[[[[[[[[[{"src": "https://example.org/deep.jpg"}] * 3]]]]]]]]]]],  # hostile depth
+        "a string", 42, None,
+    ],
+)
+def test_answers_that_list_no_gallery_give_nothing(answer) -> None:
+    from crawler.render.feeds import feed_images, next_feed_url
+
+    assert feed_images(answer, "https://example.org/api") == []
+    assert next_feed_url(answer, "https://example.org/api") is None
+
+
+# --- Which control is "load more" / "next" (crawler.render.page.FIND_CONTROL), in Chromium.
+
+GRID = '<div class="grid">' + "".join(f'<div class="card"><img src="/i{n}.jpg"></div>' for n in range(6)) + "</div>"
+CONTROLS = [
+    # (kind, page body, the id of the control to press, or None)
+    ("more", GRID + '<button id="x">Load more</button>', "x"),
+    ("more", GRID + '<button id="x">Mehr anzeigen</button>', "x"),
+    ("more", GRID + '<a id="x" role="button">Voir plus de résultats</a>', "x"),
+    ("more", GRID + '<button id="x">Cargar más (24)</button>', "x"),
+    ("more", GRID + '<span id="x" onclick="1">Mostra altri…</span>', "x"),
+    ("more", GRID + '<button id="x">Carregar mais</button>', "x"),
+    ("more", GRID + '<button id="x">Meer laden</button>', "x"),
+    ("more", GRID + '<button id="x">Visa fler</button>', "x"),
+    ("more", GRID + '<button id="x" aria-label="Show more photos"><svg width="20" height="20"></svg></button>', "x"),
+    ("more", GRID + '<button id="x" class="js-load-more">+</button>', "x"),
+    # "More" alone counts right after the repeated items, not as a menu in the header.
+    ("more", '<header><button id="menu">More</button></header>' + GRID + '<button id="x">More</button>', "x"),
+    ("more", '<header><button id="menu">More</button></header>' + GRID, None),
+    # A link with a real href is a page the spider requests itself; a disabled button is spent.
+    ("more", GRID + '<a id="x" href="/gallery?page=2">Load more</a>', None),
+    ("more", GRID + '<button id="x" disabled>Load more</button>', None),
+    ("more", GRID + '<a id="x" href="#">Load more</a>', "x"),
+    ("next", GRID + '<nav><button id="x">Next ›</button></nav>', "x"),
+    ("next", GRID + '<nav><button id="x">Weiter</button></nav>', "x"),
+    ("next", GRID + '<nav><span id="x" role="button" aria-label="Página siguiente">›</span></nav>', "x"),
+    ("next", GRID + '<nav class="pagination"><button aria-current="page">1</button><button id="x">2</button></nav>', "x"),
+    ("next", GRID + '<nav><a id="x" href="/p/2">Next</a></nav>', None),
+    ("next", GRID + '<button id="x">Load more</button>', None),
+]
+
+
+@needs_chromium
+@pytest.mark.timeout(120)
+def test_controls_are_found_by_role_wording_and_position() -> None:
+    from playwright.sync_api import sync_playwright
+
+    from crawler.render.page import FIND_CONTROL, MORE_NAMES, MORE_PHRASES, MORE_WORDS, NEXT_NAMES, NEXT_WORDS
+    from crawler.settings import PLAYWRIGHT_LAUNCH_OPTIONS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=PLAYWRIGHT_LAUNCH_OPTIONS["args"])
+        page = browser.new_page()
+        served = {}
+        page.route("http://gallery.test/**", lambda route: route.fulfill(content_type="text/html; charset=utf-8", body=served["body"]))
+        found = []
+        for kind, body, _ in CONTROLS:
+            served["body"] = f"<!doctype html><html><body>{body}</body></html>"
+            page.goto("http://gallery.test/gallery")
+            args = [kind, None, list(MORE_PHRASES), list(MORE_WORDS), list(NEXT_WORDS), MORE_NAMES, NEXT_NAMES]
+            found.append(page.evaluate(f"(args) => {{ const el = ({FIND_CONTROL})(args); return el && el.id; }}", args))
+        browser.close()
+    assert found == [expected for _, _, expected in CONTROLS]
