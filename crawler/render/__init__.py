@@ -128,10 +128,16 @@ def log_rendered(response: Response, page_number: int) -> None:
         return
     logger.info(
         "page %d rendered: %d scrolls, %d 'load more' clicks, %d 'next' clicks, %d image URLs, "
-        "%d browser image requests blocked%s",
+        "%d browser image requests blocked; stopped: %s%s",
         page_number, rendered.scrolls, rendered.clicks, rendered.pages - 1, rendered.images,
-        rendered.browser_images, " (scroll_timeout reached)" if rendered.timed_out else "",
+        rendered.browser_images, rendered.stopped,
+        " (scroll_timeout reached)" if rendered.timed_out else "",
     )
+    if rendered.stopped in ("max_scrolls", "scroll_timeout"):
+        logger.warning(
+            "page %d still showed new images when %s ran out: raise -a %s to get more (%s)",
+            page_number, rendered.stopped, rendered.stopped, response.url,
+        )
     if rendered.feed_urls:
         logger.info(
             "page %d loads its items from a JSON API: %d answer(s), %d image URLs, first %s "

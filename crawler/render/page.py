@@ -110,8 +110,11 @@ FIND_CONTROL = r"""
     && !(el.tagName === "BUTTON" && el.type === "submit" && el.form));
   // The element with the most direct children holding an image: the repeated items' holder.
   let grid = null, most = 0;
+  const checked = new Set();
   for (const img of document.querySelectorAll("img, picture, [data-src], [data-bg]")) {
     for (let node = img.parentElement, depth = 0; node && depth < 6; node = node.parentElement, depth++) {
+      if (checked.has(node)) continue;
+      checked.add(node);
       const count = node.childElementCount;
       if (count > most && node.querySelectorAll(":scope > * img, :scope > img, :scope > * [data-src], :scope > [data-src]").length >= Math.min(count, 3)) {
         most = count; grid = node;
@@ -238,7 +241,9 @@ class RenderOutcome:
     Attributes:
         scrolls: rounds run; clicks: "load more" presses that showed new images; pages: pages
         seen (1 + script-driven "next" presses that showed new images); images: image URLs
-        the page showed in all; timed_out: ``timeout`` ended the loop.
+        the page showed in all; timed_out: ``timeout`` ended the loop; stopped: why the loop
+        ended (``"nothing new"``, ``"max_scrolls"``, ``"scroll_timeout"``, ``"page error"``,
+        ``"navigated"``).
         snapshots: HTML of each page a "next" press left (the spider extracts them like the
         final page).
         feed_urls, feed_images: the JSON answers (XHR/fetch) that listed gallery items, and
@@ -252,6 +257,7 @@ class RenderOutcome:
     pages: int = 1
     images: int = 0
     timed_out: bool = False
+    stopped: str = "nothing new"
     snapshots: list[str] = field(default_factory=list)
     feed_urls: list[str] = field(default_factory=list)
     feed_images: list[FeedImage] = field(default_factory=list)
@@ -274,7 +280,6 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
         while outcome.scrolls < options.max_scrolls and idle < options.idle_rounds:
             budget = deadline - loop.time()
             if budget <= 0:
-                outcome.timed_out = True
                 break
             await page.evaluate(REVEAL_SCRIPT, [int(budget * 1000)])
             outcome.scrolls += 1
@@ -290,15 +295,19 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
                 outcome.pages += 1
                 idle = 0
                 if page.url.split("#")[0] != url.split("#")[0]:
+                    outcome.stopped = "navigated"
                     logger.info("a 'next' control loaded another document (%s): rendering stops there", page.url)
                     break
                 continue
             idle += 1
-        else:
+        if outcome.stopped != "navigated" and idle < options.idle_rounds:
             outcome.timed_out = loop.time() >= deadline
+            if outcome.timed_out or idle == 0:  # the last round still found images
+                outcome.stopped = "scroll_timeout" if outcome.timed_out else "max_scrolls"
     except Exception as exc:  # noqa: BLE001 (Playwright's errors: keep what the page showed)
         if type(exc).__module__.split(".")[0] != "playwright":
             raise
+        outcome.stopped = "page error"
         logger.warning("rendering stopped early on %s: %s", page.url, str(exc).splitlines()[0])
     outcome.images = len(seen)
 

@@ -60,6 +60,7 @@ def test_max_scrolls_bounds_the_scrolling(site, tmp_path) -> None:
     # The first batch on load, one more per scroll.
     assert len(stored_paths(dataset)) == BATCH * 3
     assert "page 1 rendered: 2 scrolls" in result.stdout
+    assert "still showed new images when max_scrolls ran out: raise -a max_scrolls" in result.stdout
 
 
 @pytest.mark.timeout(120)
