@@ -58,12 +58,12 @@ MORE_PHRASES = (
     "visa fler", "visa mer", "ladda fler", "vis flere", "vis mere", "indlæs flere", "last inn flere",
     "näytä lisää", "lataa lisää", "pokaż więcej", "załaduj więcej", "wczytaj więcej",
     "načíst další", "zobrazit více", "zobrazit další", "daha fazla", "показать ещё", "показать еще",
-    "загрузить ещё", "загрузить еще", "ещё", "показати ще", "もっと見る", "さらに表示", "もっと読み込む",
+    "загрузить ещё", "загрузить еще", "показати ще", "もっと見る", "さらに表示", "もっと読み込む",
     "加载更多", "查看更多", "显示更多", "載入更多", "顯示更多", "더보기", "더 보기",
 )
 # "More" alone: a control saying only this counts when it sits right after the repeated items
 # (elsewhere it is usually a menu).
-MORE_WORDS = ("more", "mehr", "plus", "más", "mas", "mais", "altri", "meer", "fler", "więcej")
+MORE_WORDS = ("more", "mehr", "plus", "más", "mas", "mais", "altri", "meer", "fler", "więcej", "ещё", "еще")
 # "Next page" wordings, matched as the whole text (arrows and punctuation stripped) or at the
 # start of an aria-label/title.
 NEXT_WORDS = (
@@ -106,7 +106,8 @@ FIND_CONTROL = r"""
     || (/[^\x00-\x7f]/.test(p) && text.startsWith(p)));
   const clickable = "button, [role=button], [role=link], a, input[type=button], [onclick], [data-action]";
   const candidates = [...document.querySelectorAll(clickable)].filter((el) =>
-    !usableHref(el) && shown(el) && !el.closest("form:not([role=search]) button[type=submit], select")
+    !usableHref(el) && shown(el) && !el.closest("select")
+    // A form's submit button sends the form: another page, not more of this one.
     && !(el.tagName === "BUTTON" && el.type === "submit" && el.form));
   // The element with the most direct children holding an image: the repeated items' holder.
   let grid = null, most = 0;

@@ -16,8 +16,9 @@ static parse can find (their URLs are only in scripts, JSON or HTML fragments fe
   from ``localhost`` (another host for robots.txt).
 - ``icon``: the "load more" of ``more`` as an unlabelled icon button (``.fab``), which only
   ``-a more_selector=`` finds.
-- ``lazy``: placeholders whose real ``src``/``srcset`` an IntersectionObserver sets when they
-  come into view; the ``srcset`` ones also offer a small ``-s`` variant nobody should fetch.
+- ``lazy``: placeholders whose real ``src``, ``srcset`` or ``<picture><source srcset>`` an
+  IntersectionObserver sets when they come into view; the ``srcset`` ones also offer a small
+  ``-s`` variant nobody should fetch.
 
 ``requests`` logs ``(path, headers)`` of every request, so a test can tell the crawler's image
 requests (plain HTTP) from a browser's (``Sec-Fetch-Dest`` and friends).
@@ -150,14 +151,19 @@ for (let n = 0; n < TOTAL; n++) {
   img.src = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
   img.dataset.id = n;
   img.className = "lazy";
-  grid.appendChild(img);
+  if (n % 3 === 2) {  // a <picture> whose <source> gets its srcset (1x small, 2x large)
+    const picture = document.createElement("picture");
+    picture.append(document.createElement("source"), img);
+    grid.appendChild(picture);
+  } else grid.appendChild(img);
 }
 const observer = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
-    const img = entry.target, id = img.dataset.id;
-    if (id % 2) img.srcset = "/img/lazy/" + id + "-s.png 200w, /img/lazy/" + id + ".png 800w";
-    else img.src = "/img/lazy/" + id + ".png";
+    const img = entry.target, id = Number(img.dataset.id), small = "/img/lazy/" + id + "-s.png", large = "/img/lazy/" + id + ".png";
+    if (id % 3 === 0) img.src = large;
+    else if (id % 3 === 1) img.srcset = small + " 200w, " + large + " 800w";
+    else img.parentElement.querySelector("source").srcset = small + " 1x, " + large + " 2x";
     delete img.dataset.id;
     observer.unobserve(img);
   }
