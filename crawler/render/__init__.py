@@ -25,7 +25,7 @@ from scrapy.http import HtmlResponse, JsonResponse, TextResponse
 
 from crawler.errors import UserError
 from crawler.render.feeds import FeedImage, feed_images, next_feed_url
-from crawler.render.page import RenderOptions
+from crawler.render.state import RenderOptions
 
 if TYPE_CHECKING:
     from scrapy.http import Response

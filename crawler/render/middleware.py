@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Request
+from playwright.async_api import Error as PlaywrightError
 from scrapy_playwright.page import PageMethod
 
 from crawler.render.feeds import feed_images, next_feed_url
-from crawler.render.page import RenderOptions, RenderOutcome, expand_page
+from crawler.render.page import expand_page
+from crawler.render.state import RenderOptions, RenderOutcome
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -131,6 +133,12 @@ class PageSession:
         return self.outcome
 
     async def route(self, route: Any, request: Any) -> None:
+        try:
+            await self._route(route, request)
+        except PlaywrightError:  # the page closed meanwhile: nothing left to answer
+            pass
+
+    async def _route(self, route: Any, request: Any) -> None:
         kind = request.resource_type
         if kind == "image":
             self.outcome.browser_images += 1
@@ -170,7 +178,7 @@ class PageSession:
             return
         try:
             body = await response.body()
-        except Exception:  # noqa: BLE001 (the page navigated or closed meanwhile)
+        except PlaywrightError:  # the page navigated or closed meanwhile
             return
         if len(body) > MAX_JSON_BYTES or ("json" not in ctype and body.lstrip()[:1] not in (b"{", b"[")):
             return

@@ -13,7 +13,7 @@ One round (at most ``max_scrolls`` of them, all within ``timeout`` seconds):
    one is a page the spider requests itself), keeping the HTML of the page it leaves, and wait
    again. Nothing new after ``idle_rounds`` rounds in a row ends the loop.
 
-Image URLs are read from the DOM (``currentSrc``, ``src``, ``srcset``, ``data-*`` attributes,
+This module imports Playwright: only the render middleware loads it. Image URLs are read from the DOM (``currentSrc``, ``src``, ``srcset``, ``data-*`` attributes,
 links to image files); the browser never downloads an image (the render middleware answers its
 image requests with a placeholder), so only the URLs matter.
 """
@@ -23,14 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from crawler.render.feeds import FeedImage
+from playwright.async_api import Error as PlaywrightError
+
+from crawler.render.state import RenderOptions, RenderOutcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MORE_PHRASES", "NEXT_WORDS", "RenderOptions", "RenderOutcome", "expand_page"]
+__all__ = ["FIND_CONTROL", "MORE_PHRASES", "NEXT_WORDS", "expand_page"]
 
 # "Load more" wordings, matched at the start of a control's text, aria-label, title or value
 # (lower case, whitespace collapsed). The big galleries, shops and search engines of each language.
@@ -214,59 +215,6 @@ IMAGE_KEYS_SCRIPT = r"""
 """
 
 
-@dataclass
-class RenderOptions:
-    """The bounds of one page's rendering.
-
-    Attributes:
-        max_scrolls: rounds (scroll, and press a control) at most.
-        timeout: seconds for all rounds of the page.
-        pause: seconds a round waits for a new image URL (longer while the page's XHR/fetch
-            requests are in flight, up to :attr:`busy_factor` times this).
-        idle_rounds: rounds in a row without a new image URL that end the loop.
-        more_selector: the user's CSS selector of the "load more" control (replaces the search).
-    """
-
-    max_scrolls: int = 20
-    timeout: float = 60.0
-    pause: float = 1.0
-    idle_rounds: int = 2
-    more_selector: str | None = None
-    busy_factor: float = 5.0
-
-
-@dataclass
-class RenderOutcome:
-    """What rendering one page did and found (``request.meta["rendered"]``).
-
-    Attributes:
-        scrolls: rounds run; clicks: "load more" presses that showed new images; pages: pages
-        seen (1 + script-driven "next" presses that showed new images); images: image URLs
-        the page showed in all; timed_out: ``timeout`` ended the loop; stopped: why the loop
-        ended (``"nothing new"``, ``"max_scrolls"``, ``"scroll_timeout"``, ``"page error"``,
-        ``"navigated"``).
-        snapshots: HTML of each page a "next" press left (the spider extracts them like the
-        final page).
-        feed_urls, feed_images: the JSON answers (XHR/fetch) that listed gallery items, and
-        those items, in arrival order; feed_next: the next page the last of them names.
-        browser_images: image requests the browser made (answered with a placeholder, never
-        sent); robots_forbidden: URLs of the page's requests robots.txt forbids (aborted).
-    """
-
-    scrolls: int = 0
-    clicks: int = 0
-    pages: int = 1
-    images: int = 0
-    timed_out: bool = False
-    stopped: str = "nothing new"
-    snapshots: list[str] = field(default_factory=list)
-    feed_urls: list[str] = field(default_factory=list)
-    feed_images: list[FeedImage] = field(default_factory=list)
-    feed_next: str | None = None
-    browser_images: int = 0
-    robots_forbidden: list[str] = field(default_factory=list)
-
-
 async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome, busy: Callable[[], int]) -> None:
     """Run the rounds of the module docstring on a Playwright ``page``, filling ``outcome``.
 
@@ -305,9 +253,7 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
             outcome.timed_out = loop.time() >= deadline
             if outcome.timed_out or idle == 0:  # the last round still found images
                 outcome.stopped = "scroll_timeout" if outcome.timed_out else "max_scrolls"
-    except Exception as exc:  # noqa: BLE001 (Playwright's errors: keep what the page showed)
-        if type(exc).__module__.split(".")[0] != "playwright":
-            raise
+    except PlaywrightError as exc:  # keep what the page showed
         outcome.stopped = "page error"
         logger.warning("rendering stopped early on %s: %s", page.url, str(exc).splitlines()[0])
     outcome.images = len(seen)
@@ -326,9 +272,7 @@ async def _press(page: Any, kind: str, options: RenderOptions) -> int:
     try:
         # A real click (pointer events, scrolled into view); a banner over it gets a DOM click.
         await element.click(timeout=2000)
-    except Exception as exc:  # noqa: BLE001
-        if type(exc).__module__.split(".")[0] != "playwright":
-            raise
+    except PlaywrightError:
         await element.evaluate("(el) => el.click()")
     finally:
         await element.dispose()
