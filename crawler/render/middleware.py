@@ -48,7 +48,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["PageSession", "RenderMiddleware"]
 
 # The smallest valid GIF: a transparent 1x1 pixel.
-PLACEHOLDER_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+PLACEHOLDER_GIF = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 MAX_JSON_BYTES = 16 * 1024 * 1024
 _PAGE_DATA = frozenset({"xhr", "fetch"})
 

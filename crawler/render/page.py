@@ -13,9 +13,10 @@ One round (at most ``max_scrolls`` of them, all within ``timeout`` seconds):
    one is a page the spider requests itself), keeping the HTML of the page it leaves, and wait
    again. Nothing new after ``idle_rounds`` rounds in a row ends the loop.
 
-This module imports Playwright: only the render middleware loads it. Image URLs are read from the DOM (``currentSrc``, ``src``, ``srcset``, ``data-*`` attributes,
+Image URLs are read from the DOM (``currentSrc``, ``src``, ``srcset``, ``data-*`` attributes,
 links to image files); the browser never downloads an image (the render middleware answers its
-image requests with a placeholder), so only the URLs matter.
+image requests with a placeholder), so only the URLs matter. This module imports Playwright:
+only the render middleware loads it.
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ FIND_CONTROL = r"""
       if (checked.has(node)) continue;
       checked.add(node);
       const count = node.childElementCount;
-      if (count > most && node.querySelectorAll(":scope > * img, :scope > img, :scope > * [data-src], :scope > [data-src]").length >= Math.min(count, 3)) {
+      const items = ":scope > * img, :scope > img, :scope > * [data-src], :scope > [data-src]";
+      if (count > most && node.querySelectorAll(items).length >= Math.min(count, 3)) {
         most = count; grid = node;
       }
     }
   }
   const afterGrid = (el) => grid && !grid.contains(el) && !el.contains(grid)
     && (grid.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING);
-  const name = (el) => `${el.id} ${el.className && el.className.baseVal !== undefined ? el.className.baseVal : el.className}`;
+  const name = (el) => `${el.id} ${typeof el.className === "string" ? el.className : el.getAttribute("class")}`;
   let best = null, bestScore = 0;
   for (const el of candidates) {
     const said = texts(el);
@@ -140,13 +142,16 @@ FIND_CONTROL = r"""
       const label = [el.getAttribute("aria-label"), el.getAttribute("title")].map(clean).filter(Boolean);
       const arrowOnly = /^\s*[›»>→❯]+\s*$/.test(el.innerText || "");
       if (rel || said.some((t) => nextWords.includes(t)) || label.some((t) => startsWithAny(t, nextWords))
-          || new RegExp(nextNames, "i").test(name(el)) || (arrowOnly && el.closest("nav, [class*=pag], [role=navigation]"))) score = 3;
+          || new RegExp(nextNames, "i").test(name(el))
+          || (arrowOnly && el.closest("nav, [class*=pag], [role=navigation]"))) score = 3;
     }
     if (score > bestScore) { best = el; bestScore = score; }
   }
   if (best || kind !== "next") return best;
   // Numbered pages without a "next": the number after the current one.
-  const current = document.querySelector("[aria-current=page], [aria-current=true], .pagination .active, .pagination .current, [class*=pag] .active, [class*=pag] .current, [class*=pag] [aria-selected=true]");
+  const current = document.querySelector(
+    "[aria-current=page], [aria-current=true], .pagination .active, .pagination .current, "
+    + "[class*=pag] .active, [class*=pag] .current, [class*=pag] [aria-selected=true]");
   const numberOf = (el) => parseInt((el.innerText || "").trim(), 10);
   const number = current && numberOf(current);
   if (!number) return null;
@@ -167,7 +172,8 @@ async ([budgetMs]) => {
   const seen = window[key] || (window[key] = new WeakSet());
   const deadline = Date.now() + budgetMs;
   const frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
-  const lazy = "img, picture, video[poster], iframe[loading=lazy], [data-src], [data-srcset], [data-bg], [data-background], [data-original], [data-lazy], [data-lazy-src]";
+  const lazy = "img, picture, video[poster], iframe[loading=lazy], [data-src], [data-srcset], [data-bg], "
+    + "[data-background], [data-original], [data-lazy], [data-lazy-src]";
   let jumps = 0;
   while (Date.now() < deadline) {
     const next = [...document.querySelectorAll(lazy)].find((el) => !seen.has(el) && el.getClientRects().length);
@@ -207,9 +213,15 @@ IMAGE_KEYS_SCRIPT = r"""
       else if (attr.name.startsWith("data-") && /[/.]/.test(attr.value)) add(attr.value);
     }
   }
-  for (const source of document.querySelectorAll("source")) addSet(source.getAttribute("srcset") || source.getAttribute("data-srcset"));
-  for (const el of document.querySelectorAll("[data-src], [data-bg], [data-background]")) add(el.getAttribute("data-src") || el.getAttribute("data-bg") || el.getAttribute("data-background"));
-  for (const link of document.querySelectorAll("a[href]")) if (/\.(jpe?g|png|gif|webp|avif|bmp|tiff?)([?#]|$)/i.test(link.href)) add(link.href);
+  for (const source of document.querySelectorAll("source")) {
+    addSet(source.getAttribute("srcset") || source.getAttribute("data-srcset"));
+  }
+  for (const el of document.querySelectorAll("[data-src], [data-bg], [data-background]")) {
+    add(el.getAttribute("data-src") || el.getAttribute("data-bg") || el.getAttribute("data-background"));
+  }
+  for (const link of document.querySelectorAll("a[href]")) {
+    if (/\.(jpe?g|png|gif|webp|avif|bmp|tiff?)([?#]|$)/i.test(link.href)) add(link.href);
+  }
   return [...keys];
 }
 """
@@ -279,7 +291,9 @@ async def _press(page: Any, kind: str, options: RenderOptions) -> int:
     return 1
 
 
-async def _new_images(page: Any, seen: set[str], options: RenderOptions, deadline: float, busy: Callable[[], int]) -> bool:
+async def _new_images(
+    page: Any, seen: set[str], options: RenderOptions, deadline: float, busy: Callable[[], int]
+) -> bool:
     """Wait until the page shows an image URL not in ``seen`` (added to it); False on time-out."""
     loop = asyncio.get_running_loop()
     quiet_until = min(loop.time() + options.pause, deadline)

@@ -160,7 +160,8 @@ for (let n = 0; n < TOTAL; n++) {
 const observer = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
-    const img = entry.target, id = Number(img.dataset.id), small = "/img/lazy/" + id + "-s.png", large = "/img/lazy/" + id + ".png";
+    const img = entry.target, id = Number(img.dataset.id);
+    const small = "/img/lazy/" + id + "-s.png", large = "/img/lazy/" + id + ".png";
     if (id % 3 === 0) img.src = large;
     else if (id % 3 === 1) img.srcset = small + " 200w, " + large + " 800w";
     else img.parentElement.querySelector("source").srcset = small + " 1x, " + large + " 2x";
@@ -181,7 +182,8 @@ class RenderSite(HttpServer):
         self.total, self.batch = total, batch
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.images = {
-            f"/img/{kind}/{n}.png": encode(picture(5000 + 100 * i + n)) for i, kind in enumerate(KINDS) for n in range(total)
+            f"/img/{kind}/{n}.png": encode(picture(5000 + 100 * i + n))
+            for i, kind in enumerate(KINDS) for n in range(total)
         }
         # The small variants of the lazy srcsets: served, but nobody should ask for them.
         self.images |= {f"/img/lazy/{n}-s.png": encode(picture(9000 + n, size=(64, 64))) for n in range(total)}

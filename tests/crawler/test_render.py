@@ -256,7 +256,8 @@ CONTROLS = [
     ("next", GRID + '<nav><button id="x">Next ›</button></nav>', "x"),
     ("next", GRID + '<nav><button id="x">Weiter</button></nav>', "x"),
     ("next", GRID + '<nav><span id="x" role="button" aria-label="Página siguiente">›</span></nav>', "x"),
-    ("next", GRID + '<nav class="pagination"><button aria-current="page">1</button><button id="x">2</button></nav>', "x"),
+    ("next", GRID + '<nav class="pagination"><button aria-current="page">1</button>'
+     '<button id="x">2</button></nav>', "x"),
     ("next", GRID + '<nav><a id="x" href="/p/2">Next</a></nav>', None),
     ("next", GRID + '<button id="x">Load more</button>', None),
 ]
@@ -274,7 +275,10 @@ def test_controls_are_found_by_role_wording_and_position() -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=PLAYWRIGHT_LAUNCH_OPTIONS["args"])
         page = browser.new_page()
         served = {}
-        page.route("http://gallery.test/**", lambda route: route.fulfill(content_type="text/html; charset=utf-8", body=served["body"]))
+        page.route(
+            "http://gallery.test/**",
+            lambda route: route.fulfill(content_type="text/html; charset=utf-8", body=served["body"]),
+        )
         found = []
         for kind, body, _ in CONTROLS:
             served["body"] = f"<!doctype html><html><body>{body}</body></html>"
