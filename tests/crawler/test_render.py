@@ -138,7 +138,7 @@ def test_every_image_of_a_script_built_gallery_is_stored(galleries, kind, tmp_pa
     # Chromium asked for every image it showed and got a placeholder instead.
     assert f"{len(galleries.image_paths(kind))} browser image requests blocked" in log
     if kind == "more":
-        assert "2 'load more' clicks" in log  # the nav's "More" menu button was left alone
+        assert "2 'load more' clicks" in log
     if kind == "next":
         assert "2 'next' clicks" in log
 
