@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
@@ -53,11 +53,13 @@ _IMAGE_PATH = re.compile(r"\.(jpe?g|jpe|png|gif|webp|bmp|tiff?|avif)$", re.I)
 
 @dataclass(frozen=True)
 class FeedImage:
-    """One gallery item of a JSON answer: its image URL, its page (or ``None``) and title."""
+    """One gallery item of a JSON answer: its image URL, its page (or ``None``) and title;
+    ``sizes`` holds every image URL the item gives (the page may show any of them)."""
 
     url: str
     page_url: str | None = None
     title: str | None = None
+    sizes: tuple[str, ...] = field(default=(), compare=False)
 
 
 def feed_images(data: Any, base_url: str) -> list[FeedImage]:
@@ -142,7 +144,7 @@ def _item_image(item: dict[str, Any], base_url: str) -> FeedImage | None:
                 page = resolved
                 break
     title = next((v.strip() for k in TITLE_KEYS if isinstance(v := _get(item, k), str) and v.strip()), None)
-    return FeedImage(url, page, title)
+    return FeedImage(url, page, title, tuple(dict.fromkeys(c[2] for c in candidates)))
 
 
 def _image_candidates(obj: dict[str, Any], base_url: str, depth: int, out: list[tuple[int, int, str]]) -> None:

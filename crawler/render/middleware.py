@@ -16,7 +16,10 @@ a dict, which a JOBDIR queue can store), it asks scrapy-playwright to render it 
   itself, with the crawl's User-Agent (scrapy-playwright's header processing), outside Scrapy's
   scheduler: AutoThrottle paces the pages, not their XHRs.
 - **The page's own data is kept.** JSON answers to its XHR/fetch requests that list gallery
-  items (:func:`crawler.render.feeds.feed_images`) are captured with their URLs.
+  items (:func:`crawler.render.feeds.feed_images`) are captured with their URLs, and kept when
+  the page showed an image of theirs: that tells the gallery's feed from the JSON of ads,
+  recommendations or a site menu (stats ``render/feed_answers`` and
+  ``render/feed_answers_unshown``).
 
 Then :func:`crawler.render.page.expand_page` drives the page; the outcome lands in
 ``response.meta["rendered"]`` (:class:`RenderOutcome`).
@@ -35,7 +38,7 @@ from scrapy.http import Request
 from playwright.async_api import Error as PlaywrightError
 from scrapy_playwright.page import PageMethod
 
-from crawler.render.feeds import feed_images, next_feed_url
+from crawler.render.feeds import FeedImage, feed_images, next_feed_url
 from crawler.render.page import expand_page
 from crawler.render.state import RenderOptions, RenderOutcome
 
@@ -114,6 +117,7 @@ class PageSession:
         self.outcome = RenderOutcome()
         self.in_flight: set[Any] = set()
         self._reads: set[asyncio.Task[None]] = set()
+        self._answers: list[tuple[str, list[FeedImage], str | None]] = []  # (url, items, next)
         self._forbidden_logged = 0
 
     async def attach(self, page: Any, request: Request) -> None:
@@ -131,6 +135,7 @@ class PageSession:
         await expand_page(page, self.options, self.outcome, lambda: len(self.in_flight))
         if self._reads:
             await asyncio.wait(list(self._reads), timeout=10)
+        self._keep_shown_feeds()
         self.meta["rendered"] = self.outcome
         return self.outcome
 
@@ -190,7 +195,16 @@ class PageSession:
             return
         images = feed_images(data, response.url)
         if images:
-            self.outcome.feed_urls.append(response.url)
+            self._answers.append((response.url, images, next_feed_url(data, response.url)))
+
+    def _keep_shown_feeds(self) -> None:
+        shown = self.outcome.shown_urls
+        for url, images, next_url in self._answers:
+            if not any(size in shown for image in images for size in image.sizes):
+                self.owner.inc_stat("render/feed_answers_unshown")
+                logger.debug("JSON answer %s lists images the page did not show: not its feed", url)
+                continue
+            self.outcome.feed_urls.append(url)
             self.outcome.feed_images.extend(images)
-            self.outcome.feed_next = next_feed_url(data, response.url)
+            self.outcome.feed_next = next_url
             self.owner.inc_stat("render/feed_answers")

@@ -268,7 +268,12 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
     except PlaywrightError as exc:  # keep what the page showed
         outcome.stopped = "page error"
         logger.warning("rendering stopped early on %s: %s", page.url, str(exc).splitlines()[0])
+    try:
+        seen |= set(await page.evaluate(IMAGE_KEYS_SCRIPT))
+    except PlaywrightError:
+        pass
     outcome.images = len(seen)
+    outcome.shown_urls = seen
 
 
 async def _press(page: Any, kind: str, options: RenderOptions) -> int:

@@ -43,8 +43,10 @@ class RenderOutcome:
         ``"navigated"``).
         snapshots: HTML of each page a "next" press left (the spider extracts them like the
         final page).
-        feed_urls, feed_images: the JSON answers (XHR/fetch) that listed gallery items, and
-        those items, in arrival order; feed_next: the next page the last of them names.
+        feed_urls, feed_images: the JSON answers (XHR/fetch) that listed the gallery's items
+        (items of which the page showed an image), and those items, in arrival order;
+        feed_next: the next page the last of them names.
+        shown_urls: the absolute image URLs the page showed.
         browser_images: image requests the browser made (answered with a placeholder, never
         sent); robots_forbidden: URLs of the page's requests robots.txt forbids (aborted).
     """
@@ -59,5 +61,6 @@ class RenderOutcome:
     feed_urls: list[str] = field(default_factory=list)
     feed_images: list[FeedImage] = field(default_factory=list)
     feed_next: str | None = None
+    shown_urls: set[str] = field(default_factory=set)
     browser_images: int = 0
     robots_forbidden: list[str] = field(default_factory=list)

@@ -13,7 +13,8 @@ static parse can find (their URLs are only in scripts, JSON or HTML fragments fe
 - ``api``: the page renders items from its JSON API (``/api/photos?page=N``, each answer naming
   the ``next`` one) and asks for more only on mouse-wheel events, which no programmatic scroll
   sends; it also fetches ``/private/...`` JSON, which robots.txt forbids, from its own host and
-  from ``localhost`` (another host for robots.txt).
+  from ``localhost`` (another host for robots.txt), and sponsored items (``/api/sponsored``)
+  whose images it never shows.
 - ``icon``: the "load more" of ``more`` as an unlabelled icon button (``.fab``), which only
   ``-a more_selector=`` finds.
 - ``lazy``: placeholders whose real ``src``, ``srcset`` or ``<picture><source srcset>`` an
@@ -140,6 +141,8 @@ async function load() {
 window.addEventListener("wheel", load);
 load();
 fetch("/private/stats.json").catch(() => {});
+// Sponsored items the page never shows: JSON with images that are not the gallery's.
+fetch("/api/sponsored").then((answer) => answer.json());
 // The same server under another host name: its own robots.txt, fetched by the crawler.
 fetch("http://localhost:" + location.port + "/private/beacon.json", {mode: "no-cors"}).catch(() => {});
 </script></body></html>""",
@@ -225,6 +228,9 @@ class RenderSite(HttpServer):
             more = first + self.batch < self.total
             body = {"page": page, "photos": photos, "next": f"/api/photos?page={page + 1}" if more else None}
             request.reply(200, "application/json", json.dumps(body).encode())
+        elif path == "/api/sponsored":
+            ads = [{"title": f"Ad {n}", "image": f"/img/ads/{n}.png", "link": f"/ads/{n}"} for n in range(3)]
+            request.reply(200, "application/json", json.dumps({"items": ads}).encode())
         elif path.startswith("/private/"):
             request.reply(200, "application/json", b'{"visits": 1}')
         else:

@@ -153,7 +153,9 @@ def test_a_feed_read_from_its_json_api_is_stored_completely(galleries, tmp_path)
     assert_fetched_once_by_the_crawler(galleries, "api")
     api = f"{galleries.base}/api/photos?page=1"
     assert "loads its items from a JSON API" in log and f"-a start_urls={api}" in log
-    assert [p for p, _ in galleries.logged("/api/")] == [f"/api/photos?page={n}" for n in (1, 2, 3)]
+    assert sorted(p for p, _ in galleries.logged("/api/photos")) == [f"/api/photos?page={n}" for n in (1, 2, 3)]
+    # The sponsored JSON lists images too, but the page never showed one: not the gallery's feed.
+    assert galleries.logged("/img/ads/") == [] and "'render/feed_answers_unshown': 1" in log
     # Each item keeps its own page from the API.
     assert {r["page_url"] for r in catalog_rows(dataset)} == {f"{galleries.base}/photos/{n}" for n in range(12)}
     # robots.txt forbids /private/: the page's fetches of it, from its own host and from
