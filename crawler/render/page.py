@@ -242,16 +242,22 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
             budget = deadline - loop.time()
             if budget <= 0:
                 break
-            await page.evaluate(REVEAL_SCRIPT, [int(budget * 1000)])
+            jumps = await page.evaluate(REVEAL_SCRIPT, [int(budget * 1000)])
             outcome.scrolls += 1
             pressed = await _press(page, "more", options)
+            before = len(seen)
             if await _new_images(page, seen, options, deadline, busy):
                 outcome.clicks += pressed
                 idle = 0
+                logger.debug("round %d: %d jumps, %s: +%d image URLs (%.1f s left)", outcome.scrolls, jumps,
+                             "'load more' pressed" if pressed else "scrolled", len(seen) - before,
+                             deadline - loop.time())
                 continue
             url = page.url
             snapshot = await page.content()
             if await _press(page, "next", options) and await _new_images(page, seen, options, deadline, busy):
+                logger.debug("round %d: 'next' pressed: +%d image URLs (%.1f s left)", outcome.scrolls,
+                             len(seen) - before, deadline - loop.time())
                 outcome.snapshots.append(snapshot)
                 outcome.pages += 1
                 idle = 0
@@ -261,6 +267,7 @@ async def expand_page(page: Any, options: RenderOptions, outcome: RenderOutcome,
                     break
                 continue
             idle += 1
+            logger.debug("round %d: nothing new (%.1f s left)", outcome.scrolls, deadline - loop.time())
         if outcome.stopped != "navigated" and idle < options.idle_rounds:
             outcome.timed_out = loop.time() >= deadline
             if outcome.timed_out or idle == 0:  # the last round still found images
