@@ -182,6 +182,9 @@ class RenderSite(HttpServer):
 
     def __init__(self, total: int = TOTAL, batch: int = BATCH) -> None:
         super().__init__()
+        # socketserver listens with a backlog of 5: on a loaded machine, a burst of image
+        # requests overflowed it and some stalled until Scrapy's 30 s timeout.
+        self._httpd.socket.listen(64)
         self.total, self.batch = total, batch
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.images = {
