@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "RenderOptions",
+    "css_selector",
     "enable_rendering",
     "feed_next_url",
     "is_json",
@@ -80,6 +81,30 @@ def enable_rendering(settings: Settings) -> None:
     settings.set("DOWNLOADER_MIDDLEWARES", middlewares, priority="spider")
     if not settings.get("PLAYWRIGHT_BROWSER_TYPE"):
         settings.set("PLAYWRIGHT_BROWSER_TYPE", "chromium", priority="spider")
+
+
+def css_selector(name: str, value: str | None) -> str | None:
+    """``value`` of the ``-a name`` argument as a CSS selector (``None`` when empty).
+
+    Only syntax is checked (with cssselect, parsel's parser): selectors it cannot translate but
+    Chromium may know (pseudo-elements) pass.
+
+    Raises:
+        UserError: ``value`` is not CSS.
+    """
+    from cssselect import GenericTranslator, SelectorSyntaxError
+    from cssselect.xpath import ExpressionError
+
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        GenericTranslator().css_to_xpath(text)
+    except SelectorSyntaxError as exc:
+        raise UserError(f"-a {name} is not a CSS selector: {exc} (e.g. -a {name}='button.load-more')") from None
+    except ExpressionError:
+        pass
+    return text
 
 
 def render_meta(options: RenderOptions) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from scrapy.http import Request, TextResponse
 from crawler.errors import UserError
 from crawler.render import (
     RenderOptions,
+    css_selector,
     enable_rendering,
     feed_next_url,
     is_json,
@@ -148,9 +149,9 @@ class GallerySpider(ImageSpider):
     (``data-src``...) over a placeholder ``src``; ``src`` (``data:`` URIs included).
 
     Raises:
-        UserError: on a missing or unusable label, no start URL, non-integer limits, an unknown
-            argument, when DATASET_DIR is not set, or with ``render`` when the browser
-            executable is missing.
+        UserError: on a missing or unusable label, no start URL, non-integer limits, a
+            ``more_selector`` that is not CSS, an unknown argument, when DATASET_DIR is not set,
+            or with ``render`` when the browser executable is missing.
     """
 
     name = "gallery"
@@ -187,7 +188,7 @@ class GallerySpider(ImageSpider):
         self.render = _flag("render", render)
         self.max_scrolls = positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
         self.scroll_timeout = _positive_float("scroll_timeout", scroll_timeout) or self.SCROLL_TIMEOUT
-        self.more_selector = (more_selector or "").strip() or None
+        self.more_selector = css_selector("more_selector", more_selector)
         self._seen_urls: set[str] = set()
         # Pages reached in this run: pagination bypasses the dupefilter (see resume above), so
         # this is what stops a "next" link that loops back.

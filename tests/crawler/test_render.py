@@ -94,6 +94,10 @@ def test_bad_render_flag_is_refused() -> None:
     spider = GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", max_scrolls="3")
     request = spider.page_request("http://127.0.0.1/", page_number=1)
     assert request.dont_filter and request.meta["render"]["max_scrolls"] == 3
+    with pytest.raises(UserError, match=r"-a more_selector is not a CSS selector: .* \(e\.g\. -a more_selector="):
+        GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", more_selector="button[data-x=")
+    spider = GallerySpider(label="x", start_urls="http://127.0.0.1/", render="1", more_selector=" .more:has(svg) ")
+    assert spider.page_request("http://127.0.0.1/", page_number=1).meta["render"]["more_selector"] == ".more:has(svg)"
 
 
 # --- Every common way a page loads more images (crawler.render), on tests/crawler/render_sites.py.
