@@ -32,6 +32,8 @@ setup: .venv/.synced
 browsers:
 	@[ -x "$(CHROMIUM)" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The one-command job (python -m imageclf gallery <labels> ...) pointed at the local demo site;
+# IMAGES=<folder of label subfolders> serves those photos instead of generated shapes.
 demo: setup
 	$(VENV_PY) -m demo $(if $(IMAGES),--images "$(IMAGES)")
 

@@ -38,9 +38,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from crawler import settings as defaults
 from crawler.catalog import Catalog
-from crawler.pipelines.dedupe import HASH_FUNCTIONS, CatalogHashIndex, DedupePipeline, image_hashes
-from crawler.pipelines.verify import verify_image
+from crawler.images.decode import verify_image
+from crawler.images.hashing import HASH_FUNCTIONS, image_hashes
+from crawler.images.index import CatalogHashIndex
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "hymenoptera_data"
@@ -135,7 +137,7 @@ def ours(
     """Recall per transform and false-match pairs of the dedupe stage's own index."""
     with tempfile.TemporaryDirectory() as dataset:
         catalog = Catalog(dataset)
-        index = CatalogHashIndex(catalog, DedupePipeline.MAX_DISTANCE, variant_distance)
+        index = CatalogHashIndex(catalog, defaults.DEDUPE_MAX_DISTANCE, variant_distance)
         false_pairs = 0
         started = time.perf_counter()
         for n, name in enumerate(originals):
@@ -216,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         originals, copies = build_set(args.images, folder, args.seed)
         results = {
-            f"ours (phash<=6 + variants<=8)": ours(folder, originals, copies, DedupePipeline.VARIANT_DISTANCE),
+            f"ours (phash<=6 + variants<=8)": ours(folder, originals, copies, defaults.DEDUPE_VARIANT_DISTANCE),
             "ours, plain phash (<= 6 bits)": ours(folder, originals, copies, 0),
         }
         for name in args.hash or []:
             if name != "phash":
                 results[f"ours, DEDUPE_HASH={name}"] = ours(
-                    folder, originals, copies, DedupePipeline.VARIANT_DISTANCE, name
+                    folder, originals, copies, defaults.DEDUPE_VARIANT_DISTANCE, name
                 )
         peer_python = args.peers / "torch" / "bin" / "python"
         if peer_python.exists():

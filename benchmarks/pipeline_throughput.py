@@ -16,7 +16,8 @@ list in the same run:
   (8 requests per site, AutoThrottle) are meant for real sites; here the crawl downloads 32 at
   once like the peers' 32 workers (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN`` =
   ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``; ``CONCURRENT_ITEMS`` the project's, ``--items``),
-  printed under the table. The ``ReactorLag`` extension ticks every 10 ms on Scrapy's reactor
+  printed under the table. ``BENCH_PROFILE=<file>`` runs the crawl process under cProfile
+  (stats written to <file>; the worker processes are not profiled). The ``ReactorLag`` extension ticks every 10 ms on Scrapy's reactor
   and reports the longest late tick: CPU work that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
   Scrapy stats; ``--variant SETTING=VALUE`` adds a row with settings changed.
 * img2dataset (its own venv, no torch beside it): ``--thread_count 32 --processes_count 2``
@@ -127,7 +128,7 @@ class ReactorLag:
     to ``BENCH_RESULT_FILE`` when the spider closes."""
 
     INTERVAL = 0.01
-    STAGES = ("crawler.pipelines.verify", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
+    STAGES = ("crawler.pipelines.prepare", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
 
     def __init__(self, crawler: Any, path: str) -> None:
         from scrapy import signals
@@ -243,9 +244,12 @@ def run_ours(base: str, tmp: Path, settings: dict[str, object]) -> tuple[float, 
     extensions = {**project.EXTENSIONS, "benchmarks.pipeline_throughput.ReactorLag": 900}
     options = {**settings, "LOG_LEVEL": "WARNING", "DATASET_DIR": dataset,
                "BENCH_RESULT_FILE": result, "EXTENSIONS": json.dumps(extensions)}
+    # BENCH_PROFILE=<file>: the crawl process (not its workers) under cProfile, stats to <file>.
+    profile = os.environ.get("BENCH_PROFILE")
+    command = [sys.executable, "-m", "cProfile", "-o", profile, str(_SCRAPY)] if profile else SCRAPY
     started, wall = time.perf_counter(), time.time()
     subprocess.run(
-        [*SCRAPY, "crawl", "gallery", "-a", "label=bench", "-a", f"start_urls={base}/list.html",
+        [*command, "crawl", "gallery", "-a", "label=bench", "-a", f"start_urls={base}/list.html",
          *(arg for key, value in options.items() for arg in ("-s", f"{key}={value}"))],
         cwd=REPO, check=True, timeout=1800,
     )

@@ -85,8 +85,8 @@ def run_framework(cfg: DictConfig) -> dict:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv", newline="") as handle:
         per_epoch = [float(row["val/acc"]) for row in csv.DictReader(handle) if row.get("val/acc")]
-    per_epoch = per_epoch[: summary["epochs"]]  # the fit's epochs, not the closing evaluation
-    return {"last": per_epoch[-1], "best": summary["val_acc"], "seconds": seconds, "cpu": cpu}
+    per_epoch = per_epoch[: summary.epochs]  # the fit's epochs, not the closing evaluation
+    return {"last": per_epoch[-1], "best": summary.val_acc, "seconds": seconds, "cpu": cpu}
 
 
 def warm_up(cfg: DictConfig) -> None:

@@ -30,7 +30,7 @@ __all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "REVIEW_DELETE", "SCHEMA_VERSI
 
 CATALOG_NAME = "catalog.sqlite"
 CSV_NAME = "catalog.csv"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 # The reason of a row whose image a person deleted in review (crawler/review.py); later crawls
 # reject copies of it.
 REVIEW_DELETE = "review_delete"
@@ -60,9 +60,10 @@ COLUMNS: tuple[str, ...] = (
     "author",
     "source_width",
     "source_height",
+    "listing_url",
 )
 # Columns added after version 1, with their SQL types (appended by ALTER TABLE on old catalogs).
-_ADDED_COLUMNS = {"source_width": "INTEGER", "source_height": "INTEGER"}
+_ADDED_COLUMNS = {"source_width": "INTEGER", "source_height": "INTEGER", "listing_url": "TEXT"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -87,7 +88,8 @@ CREATE TABLE IF NOT EXISTS images (
     licence TEXT,
     author TEXT,
     source_width INTEGER,
-    source_height INTEGER
+    source_height INTEGER,
+    listing_url TEXT
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status_id ON images (status, id);

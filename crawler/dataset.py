@@ -18,7 +18,7 @@ not inconsistencies: no reader looks there.
 with reason ``missing_file``/``hash_mismatch``/``undecodable``; ``.tmp/`` is emptied.
 
 ``rehash [--hash NAME]`` recomputes every stored image's perceptual hashes with the current
-recipe (``crawler.pipelines.dedupe.hash_recipe``), with the hash the catalog records or NAME. A crawl does this by itself when it opens a dataset
+recipe (``crawler.images.hashing.hash_recipe``), with the hash the catalog records or NAME. A crawl does this by itself when it opens a dataset
 made with another recipe; the command does it ahead of time.
 """
 
@@ -34,15 +34,15 @@ from pathlib import Path
 from types import ModuleType
 
 from crawler.catalog import CATALOG_NAME, Catalog
-from crawler.pipelines.dedupe import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe, rehash_catalog
-from crawler.pipelines.store import TMP_DIR
-from crawler.pipelines.verify import Rejected, verify_image
+from crawler.images.decode import Rejected, verify_image
+from crawler.images.files import TMP_DIR, TRASH_DIR
+from crawler.images.hashing import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe
+from crawler.images.rehash import rehash_catalog
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Problem", "check", "main", "repair"]
 
-TRASH_DIR = ".trash"
 # Only the consistency rules apply here, not the crawl's acceptance limits: a stored file that
 # decodes is fine whatever its size.
 _NO_LIMITS = {"min_side": 1, "max_pixels": 2**62, "max_bytes": 2**62}

@@ -1,4 +1,4 @@
-"""The item that flows from a spider through download -> verify -> dedupe -> store."""
+"""The item that flows from a spider through download -> prepare -> dedupe -> store."""
 
 from __future__ import annotations
 
@@ -6,22 +6,23 @@ import scrapy
 
 __all__ = ["ImageItem"]
 
-# Fields too big to log: the downloaded bytes and the decoded image.
-_HEAVY = frozenset({"body", "image", "image_hashes", "file_urls", "files"})
+# Fields too big to log: the downloaded bytes and the hashes.
+_HEAVY = frozenset({"body", "image_hashes", "file_urls", "files"})
 
 
 class ImageItem(scrapy.Item):
     """One image URL found on one page, and what the pipelines learnt about it.
 
     Set by the spider: ``url`` (the image URL, ``data:`` URIs included), ``page_url``, ``label``,
-    ``query``, ``spider``, optional ``licence``/``author``, and ``file_urls`` (``[url]``, the
+    ``query``, ``spider``, optional ``licence``/``author``, ``listing_url`` (the listing page that
+    linked to ``page_url`` when the image was taken from an item's detail page), and ``file_urls`` (``[url]``, the
     field Scrapy's FilesPipeline reads).
     Set by the pipelines: ``body`` (bytes in flight: downloaded, then the bytes to store),
     ``bytes`` (size of the downloaded bytes), ``sha256`` (of the downloaded bytes, hex),
-    ``image`` (the normalised RGB ``PIL.Image`` dedupe hashes: the canonical reduction, removed
-    after dedupe) or, when verify ran in a worker process, ``image_hashes`` (dedupe's hashes of
-    it, ``{kind: hex}``, removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of
-    the bytes to store, which then replace ``body``), ``width`` and ``height`` (pixels of the
+    ``image_hashes`` (the prepare stage's perceptual hashes of the image, ``{kind: hex}``,
+    removed by dedupe) and ``staged`` (``(temporary file, SHA-256 hex)`` of the bytes to store,
+    which then replace ``body``; set whether the prepare stage ran in a worker process or a
+    thread, whenever the crawl has a dataset), ``width`` and ``height`` (pixels of the
     stored image, after EXIF orientation and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
     downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
@@ -33,6 +34,7 @@ class ImageItem(scrapy.Item):
 
     url = scrapy.Field()
     page_url = scrapy.Field()
+    listing_url = scrapy.Field()
     label = scrapy.Field()
     query = scrapy.Field()
     spider = scrapy.Field()
@@ -43,7 +45,6 @@ class ImageItem(scrapy.Item):
     body = scrapy.Field()
     bytes = scrapy.Field()
     sha256 = scrapy.Field()
-    image = scrapy.Field()
     image_hashes = scrapy.Field()
     staged = scrapy.Field()
     width = scrapy.Field()

@@ -233,6 +233,9 @@ class CrawlProgress:
         resized = self._stat("verify/resized")
         if resized:
             lines.append(f"  {resized} image(s) larger than VERIFY_MAX_SIDE resized (catalog: source_width, source_height)")
+        not_fetched = self._stat("max_images/not_fetched")  # crawler.middlewares.MaxImagesMiddleware
+        if not_fetched:
+            lines.append(f"  {not_fetched} image(s) found past max_images were not fetched")
         if self.not_judged:
             lines.append(f"  {self.not_judged} image(s) found past max_images were not fetched or judged")
         forbidden = self._stat("robotstxt/forbidden")

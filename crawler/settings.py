@@ -1,8 +1,9 @@
 """Scrapy settings for the ``crawler`` project (``scrapy.cfg`` points here).
 
 Every crawl needs ``-s DATASET_DIR=<folder>``: the dataset it writes (docs/dataset.md).
-Component settings carry one prefix each: ``VERIFY_*``, ``DEDUPE_*``, ``STORE_*``; the
-documented defaults live on the component classes, the values here only make them visible.
+Component settings carry one prefix each: ``VERIFY_*``, ``DEDUPE_*``, ``STORE_*``. Every
+default lives here and only here: components read them with the typed, validated getters of
+``crawler.setting_values`` and keep no fallback of their own.
 """
 
 BOT_NAME = "crawler"
@@ -49,7 +50,7 @@ CONCURRENT_ITEMS = 64
 
 ITEM_PIPELINES = {
     "crawler.pipelines.download.DownloadPipeline": 100,
-    "crawler.pipelines.verify.VerifyPipeline": 200,
+    "crawler.pipelines.prepare.PreparePipeline": 200,
     "crawler.pipelines.dedupe.DedupePipeline": 300,
     "crawler.pipelines.store.StorePipeline": 400,
 }
@@ -75,14 +76,30 @@ DEFAULT_DROPITEM_LOG_LEVEL = "INFO"
 LOG_FORMATTER = "crawler.logformatter.ImageLogFormatter"
 LOG_LEVEL = "INFO"
 
-# Component settings (defaults documented on each class).
+# Prepare stage (crawler/pipelines/prepare.py): what counts as a usable image.
+# Smallest width and height, pixels: below 32 a photo carries no class information, and 1x1
+# tracking pixels are the usual junk.
 VERIFY_MIN_SIDE = 32
+# Largest width x height, pixels, checked from the header before decoding: about a 50-megapixel
+# photo (Pillow's own bomb limit is 89,478,485).
 VERIFY_MAX_PIXELS = 50_000_000
+# Largest accepted size, bytes: data: URIs bypass DOWNLOAD_MAXSIZE, so it is enforced here too.
 VERIFY_MAX_BYTES = 32 * 1024 * 1024
+# Pillow formats accepted (crawler/images/decode.py FORMATS lists the valid ones): every raster
+# format a web crawl meets that Pillow decodes. PPM is the PNM family; JPEG includes MPO. All
+# but JPEG, PNG, GIF and WEBP are stored as PNG.
+VERIFY_FORMATS = [
+    "JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "DIB", "ICO", "CUR", "PPM", "TGA", "JPEG2000", "PSD", "QOI",
+]
 # Longest side of stored images, pixels (0: store originals byte for byte); larger ones are
-# resized and re-encoded, JPEGs at VERIFY_JPEG_QUALITY. The catalog keeps both sizes.
+# resized and re-encoded, JPEGs at VERIFY_JPEG_QUALITY. The catalog keeps both sizes. The
+# fine-tuning recipes this project follows resized their images to 400-500 px before training.
 VERIFY_MAX_SIDE = 0
+# Quality (1-95, Pillow's scale) of resized JPEG sources.
 VERIFY_JPEG_QUALITY = 90
+# Dedupe (crawler/pipelines/dedupe.py, where the figures behind these two are given): largest
+# Hamming distance in bits between full 64-bit hashes, and between a pair of window hashes (0:
+# no windows), that still count as the same picture.
 DEDUPE_MAX_DISTANCE = 6
 DEDUPE_VARIANT_DISTANCE = 8
 # imagehash hash for dedupe: phash (default), dhash, average_hash or whash.
@@ -100,6 +117,10 @@ BING_BASE_URL = "https://www.bing.com"
 DUCKDUCKGO_BASE_URL = "https://duckduckgo.com"
 WIKIMEDIA_API_URL = "https://commons.wikimedia.org/w/api.php"
 OPENVERSE_API_URL = "https://api.openverse.org"
+# Results asked for per page: Bing's async endpoint's own page; 20 is the most Openverse gives
+# anonymous clients.
+BING_PAGE_SIZE = 35
+OPENVERSE_PAGE_SIZE = 20
 
 # Rendering (`-a render=1`): the spider installs scrapy-playwright's download handlers only for
 # such crawls. Playwright cannot download its own browser here, so it launches the system's

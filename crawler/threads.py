@@ -8,8 +8,8 @@ speed, they cost it: on the 2-core benchmark machine (``benchmarks/pipeline_thro
 crawl used 26 CPU seconds for 2000 images with asyncio's default pool of 6 threads and 20-22
 with 2-4 threads, and went from 98 to 113-125 images/s, because oversubscribed threads thrash
 the GIL and the CPU caches. The per-image decode, hashes and file write run in worker processes
-by default (``crawler.workers``); these threads then keep the dedupe decisions and catalog
-commits, and all of that work when worker processes are off (``PIPELINE_PROCESSES = 0``).
+by default (``crawler.workers``); these threads then keep the catalog commits, and the
+per-image work too when worker processes are off (``PIPELINE_PROCESSES = 0``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,9 @@ from typing import TYPE_CHECKING, TypeVar
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
+
+from crawler.cpus import usable_cpus
+from crawler.setting_values import get_int
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -41,11 +43,8 @@ INLINE_HASH_BYTES = 256 * 1024
 
 
 def default_thread_count() -> int:
-    """The CPUs this process may run on (its affinity mask, else ``os.cpu_count()``), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on every platform
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may run on (``crawler.cpus.usable_cpus``), at least 1."""
+    return usable_cpus()
 
 
 _lock = threading.Lock()
@@ -112,7 +111,7 @@ class PipelineThreads:
     ``default_thread_count()``, i.e. one thread per usable CPU).
 
     Raises:
-        ValueError: if ``PIPELINE_THREADS`` < 0 (the crawl does not start).
+        UserError: if ``PIPELINE_THREADS`` is not a whole number >= 0 (the crawl does not start).
     """
 
     def __init__(self, threads: int) -> None:
@@ -121,5 +120,7 @@ class PipelineThreads:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        threads = crawler.settings.getint("PIPELINE_THREADS", 0)
+        threads = get_int(
+            crawler.settings, "PIPELINE_THREADS", minimum=0, example=2, note="0: one per usable CPU"
+        )
         return cls(default_thread_count() if threads == 0 else threads)

@@ -22,7 +22,7 @@ the pickle, so a payload that fails to unpickle still fails only its own task. F
 travel by reference (module and name), so they must be importable top-level functions. Only
 this package's processes are unpickled, never data from the network.
 
-Lifetime: the verify pipeline, which sends the work, acquires the pool when the spider opens
+Lifetime: the prepare pipeline, which sends the work, acquires the pool when the spider opens
 (``acquire_pool``: one pool per process, shared by its crawls, ``PIPELINE_PROCESSES`` workers)
 and releases it when the spider closes; the last release closes it. There is no pool with
 ``PIPELINE_PROCESSES = 0``, under a reactor other than Scrapy's default asyncio one, or for a
@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from crawler.threads import default_thread_count
+from crawler.cpus import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ T = TypeVar("T")
 _HEADER = struct.Struct("!IQ?")  # payload bytes, task id, ok
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 # Modules the workers import before their first task, so it does not pay for them.
-PRELOAD = ("crawler.pipelines.verify",)
+PRELOAD = ("crawler.images.prepare",)
 # Seconds a closing pool waits for its workers to exit before killing them.
 CLOSE_TIMEOUT = 10.0
 
@@ -275,7 +275,7 @@ _users = 0
 
 def default_process_count(value: object = None) -> int:
     """Worker processes for a ``PIPELINE_PROCESSES`` setting value: ``None`` or ``""`` gives
-    one per CPU this process may use (``default_thread_count``) but one, at least 1, else
+    one per CPU this process may use (``crawler.cpus.usable_cpus``) but one, at least 1, else
     ``int(value)``. The crawl process itself keeps about one core busy with Scrapy, the dedupe
     decisions and the catalog: on the 2-core benchmark machine one worker stored 2000 images in
     6.3-7.0 s and two took 7.6-7.7 s (three alternating pairs; more processes than cores only
@@ -284,7 +284,7 @@ def default_process_count(value: object = None) -> int:
     Raises:
         ValueError: for a value below 0 or not an integer.
     """
-    processes = max(1, default_thread_count() - 1) if value in (None, "") else int(value)  # type: ignore[call-overload]
+    processes = max(1, usable_cpus() - 1) if value in (None, "") else int(value)  # type: ignore[call-overload]
     if processes < 0:
         raise ValueError(f"PIPELINE_PROCESSES must be >= 0 (0: no worker processes), got {processes}")
     return processes

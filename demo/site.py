@@ -16,7 +16,8 @@ Each real image is referenced in one of five forms, in turn: a plain ``<img src>
 ``data:`` GIF placeholder in ``src``; an ``<a href>`` to the full file wrapping the thumbnail;
 and the whole file inline as a ``data:`` base64 URI. Page 1 of every category also carries, in
 this order: a resized and recompressed copy of the category's first image, a truncated JPEG, an
-HTML page served as ``image/jpeg``, a ``.jpg`` URL that answers 404, and the tracking pixel.
+HTML page served as ``image/jpeg``, a ``.jpg`` URL that answers 404, and the tracking pixel (which
+the gallery spider skips before download as site chrome).
 ``DemoSite.expected`` says what a correct crawl of each category keeps and rejects.
 
 By default the images are generated: three categories of drawn shapes (``circle``, ``square``,
@@ -62,8 +63,9 @@ JUNK_REJECTIONS = {
     "truncated": "truncated",
     "html": "not_an_image",
     "missing": "http_404",
-    "pixel": "too_small",
 }
+# The 1x1 tracking pixel (declared width=1 height=1) is site chrome: the gallery spider skips it
+# before download (stat gallery/skipped/icon), so it gets no catalog row.
 
 
 @dataclass
@@ -245,7 +247,7 @@ class DemoSite:
     @property
     def expected(self) -> dict[str, dict]:
         """Per label, what a correct crawl of its results keeps: ``{"stored": n, "duplicate": 1,
-        "rejected": {"truncated": 1, "not_an_image": 1, "http_404": 1, "too_small": 1}}``.
+        "rejected": {"truncated": 1, "not_an_image": 1, "http_404": 1}}``.
 
         ``stored`` counts the distinct images that decode and are at least 32 px a side; files
         of the served folder that do not decode are counted under ``rejected["undecodable"]``.

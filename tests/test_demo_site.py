@@ -92,7 +92,7 @@ def test_serves_a_folder_of_label_subfolders(tmp_path):
         assert s.labels == ["blue", "red things"]
         assert s.expected["blue"] == {
             "stored": 3, "duplicate": 1,
-            "rejected": {"truncated": 1, "not_an_image": 1, "http_404": 1, "too_small": 1, "undecodable": 1},
+            "rejected": {"truncated": 1, "not_an_image": 1, "http_404": 1, "undecodable": 1},
         }  # fmt: skip
         status, _, body = fetch(s.results_url("red things"))
         assert status == 200 and b"/images/red%20things/0.png" in body

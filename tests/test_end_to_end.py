@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import sqlite3
 import subprocess
 import sys
@@ -52,13 +53,19 @@ def test_demo_crawls_trains_and_compares(repo_root, tmp_path):
     for label in ("circle", "square", "triangle"):
         assert counts[(label, "stored")] == 15
         assert counts[(label, "duplicate")] == 1
-        assert counts[(label, "rejected")] == 4
+        # truncated, not_an_image, http_404 (the tracking pixel is chrome: skipped, no row)
+        assert counts[(label, "rejected")] == 3
     assert_dataset_matches_catalog(dataset)
     with (out / "runs" / "comparison.csv").open() as fh:
         models = [row["model"] for row in csv.DictReader(fh)]
     assert sorted(models) == ["baseline_cnn", "resnet18"]
     assert "| baseline_cnn" in log and "| resnet18" in log  # the table is printed
     assert str(dataset) in log and str(out / "runs") in log
+    # it says how long it takes, runs the documented driver and shows a line per label
+    assert "this usually takes about" in log and "python -m imageclf gallery circle square triangle" in log
+    for label in ("circle", "square", "triangle"):
+        assert re.search(rf"crawl {label} +done in \d+ s: stored 15, duplicate 1, rejected 3$", log, re.M)
+    assert "== 2/3 dataset summary" in log and "epoch 2/2" in log  # per-epoch lines while training
 
 
 def test_demo_refuses_to_empty_a_folder_it_did_not_make(repo_root, tmp_path):
@@ -66,6 +73,16 @@ def test_demo_refuses_to_empty_a_folder_it_did_not_make(repo_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "demo", "--out", str(tmp_path)], cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode != 0 and "was not made by the demo" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_images_folder_missing_is_one_line(repo_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--out", str(tmp_path / "out"), "--images", str(tmp_path / "nope")],
+        cwd=repo_root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: images folder not found: {tmp_path / 'nope'} (IMAGES=<folder> needs one subfolder of images per label)\n"
+    assert not (tmp_path / "out").exists()
 
 
 def readable_photos(folder: Path) -> int:

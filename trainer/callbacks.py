@@ -1,5 +1,7 @@
-"""Lightning callbacks of our own: progress, channels-last layout and training throughput.
+"""Lightning callbacks of our own: progress, checkpoint names, channels-last layout and throughput.
 
+Epochs are counted from 1 in everything a person reads (the bar, the per-epoch lines, checkpoint
+file names, the run summary); Lightning counts ``trainer.current_epoch`` from 0 internally.
 Freezing and unfreezing (fine-tuning strategies) is in ``trainer.finetuning``.
 """
 
@@ -8,39 +10,130 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 logger = logging.getLogger(__name__)
 
 
-class ProgressBar(RichProgressBar):
-    """Rich's progress bar at a terminal; in a log (a pipe, a file, a SLURM job) one line per epoch.
+class _LogFilesOnly(logging.Handler):
+    """Hand records to the root logger's handlers that do not write to the console: the run's
+    log file under Hydra (its ``file`` handler), pytest's capture; not Hydra's ``console``."""
 
-    Rich animates only a terminal: elsewhere it prints each bar once, when it stops, so a log
-    would show nothing until the end. There this bar also logs
-    ``epoch 3/20: train/loss_epoch=0.412 val/acc=0.851 ...`` (the bar's metrics) after each epoch.
-    Arguments are ``RichProgressBar``'s.
+    def emit(self, record: logging.LogRecord) -> None:
+        consoles = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+        own = logging.getLogger(record.name).handlers  # e.g. pytest's, attached to every logger
+        for handler in logging.getLogger().handlers:
+            if handler not in own and getattr(handler, "stream", None) not in consoles and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+#: The logger of the lines :func:`echo` prints: they go to the log file, not a second time to
+#: the console (whatever logging configuration Hydra was given).
+progress_logger = logging.getLogger("trainer.progress")
+progress_logger.addHandler(_LogFilesOnly())
+progress_logger.propagate = False
+
+
+def echo(line: str) -> None:
+    """Print ``line`` on stdout (plain, for people and ``grep``) and log it to the run's log file.
+
+    ``print`` rather than a stdout logging handler: at a terminal Rich's live progress bar
+    redirects ``sys.stdout`` so printed lines appear above the bar instead of tearing it.
+    """
+    print(line, flush=True)  # noqa: T201
+    progress_logger.info("%s", line)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's progress bar at a terminal (or in Jupyter), epochs counted from 1; nothing elsewhere.
+
+    Rich animates only a terminal: in a pipe, a file or a SLURM log it would print each bar once,
+    when it stops, as a wrapped block of metrics. There :class:`EpochProgress`'s one line per
+    epoch is the progress. Arguments are ``RichProgressBar``'s.
     """
 
-    def _is_terminal(self) -> bool:
-        console = getattr(self, "_console", None)
-        return console.is_terminal if console is not None else sys.stdout.isatty()
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from rich.console import Console
+
+        console = Console(**self._console_kwargs)
+        if not (console.is_terminal or console.is_jupyter):
+            self.disable()
+        super().setup(trainer, pl_module, stage)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs}"
+        # As Lightning's: pad to the validation bar's label so the bars do not flicker.
+        return f"{description:{len(self.validation_description)}}"
+
+
+class EpochProgress(pl.Callback):
+    """One plain line per epoch, on stdout and in the run's log file (rank 0 only)::
+
+        resnet18 epoch 3/20: train loss 0.4123, val loss 0.5012, val acc 0.8510, 12.3 s
+
+    Losses are the epoch means of the cross-entropy (nats), ``val acc`` the share of validation
+    images classified right; seconds are wall time of the whole epoch, validation included. The
+    val figures are left out of epochs without a validation pass (``check_val_every_n_epoch``).
+
+    Args:
+        name: what the lines are headed with, the model's name (``${model.net.name}``).
+    """
+
+    def __init__(self, name: str = "model") -> None:
+        self.name = name
+        self._start = 0.0
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._validated = False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._is_terminal() or not trainer.is_global_zero:
-            return
-        metrics = self.get_metrics(trainer, pl_module)
-        shown = " ".join(
-            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in metrics.items()
-            if key != "v_num"
-        )
-        logger.info("epoch %d/%d: %s", trainer.current_epoch + 1, trainer.max_epochs, shown)
+        if trainer.is_global_zero:
+            echo(self.line(trainer, time.perf_counter() - self._start))
+
+    def line(self, trainer: pl.Trainer, seconds: float) -> str:
+        """The line for the epoch ``trainer`` has just trained, ``seconds`` long."""
+        metrics = trainer.callback_metrics
+        epoch = f"{trainer.current_epoch + 1}"
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epoch += f"/{trainer.max_epochs}"
+        parts = [_figure("train loss", metrics.get("train/loss_epoch"))]
+        if self._validated:
+            parts += [_figure("val loss", metrics.get("val/loss")), _figure("val acc", metrics.get("val/acc"))]
+        parts.append(f"{seconds:.1f} s")
+        return f"{self.name} epoch {epoch}: " + ", ".join(parts)
+
+
+def _figure(name: str, value: Any) -> str:
+    return f"{name} {float(value):.4f}" if value is not None else f"{name} -"
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with epochs counted from 1 in file names.
+
+    ``filename="epoch_{epoch:03d}"`` names the 17th epoch's checkpoint ``epoch_017.ckpt``, the
+    number the progress lines and the run summary give it. Only the name changes: the
+    checkpoint's own ``epoch`` field stays Lightning's (0-based), which ``resume`` relies on.
+    """
+
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None, prefix: str | None = None
+    ) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename=filename, ver=ver, prefix=prefix)
 
 
 class ChannelsLast(pl.Callback):

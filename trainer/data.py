@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from trainer.errors import UserError
 from trainer.split import TEST, TRAIN, VAL, split_items
 from trainer.transforms import build_transform
 
@@ -67,12 +68,15 @@ def scan_dataset(root: str | Path) -> list[ImageRecord]:
     """List the images of dataset folder ``root`` (any of the three layouts in the module doc).
 
     Raises:
-        FileNotFoundError: ``root`` is not a directory.
-        ValueError: no image was found.
+        UserError: ``root`` is not a directory, or no image was found.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root} (set data.root=DATASET_DIR)")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UserError(
+            f"dataset folder {root} {what} (set data.root to a folder of label subfolders of images, "
+            "e.g. a crawl's DATASET_DIR; relative paths start from the current directory)"
+        )
     if (root / CATALOG).is_file():
         records = _scan_catalog(root)
     elif (root / TRAIN).is_dir() and (root / VAL).is_dir():
@@ -85,8 +89,54 @@ def scan_dataset(root: str | Path) -> list[ImageRecord]:
     else:
         records = _scan_image_folder(root)
     if not records:
-        raise ValueError(f"no images found in {root}: expected {CATALOG} or label subfolders of images")
+        raise UserError(
+            f"no images found in {root} (data.root must hold {CATALOG} or one subfolder of images per label, "
+            f"or train/ and val/ folders of such subfolders; image files: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     return records
+
+
+def label_folders(root: str | Path) -> list[str]:
+    """Names of the label subfolders of a folder dataset, with or without images (sorted).
+
+    For a ``train/`` + ``val/`` layout, the union over the split folders; for a catalogued
+    dataset, none (its labels are the catalog's).
+    """
+    root = Path(root).expanduser().resolve()
+    if (root / CATALOG).is_file():
+        return []
+    parents = [root / split for split in (TRAIN, VAL, TEST) if (root / split).is_dir()]
+    if not ((root / TRAIN).is_dir() and (root / VAL).is_dir()):
+        parents = [root]
+    return sorted({p.name for parent in parents for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")})
+
+
+def check_classes(records: list[ImageRecord], root: str | Path) -> None:
+    """Refuse a dataset that cannot train a classifier as its folders say.
+
+    A label folder without images is refused, as torchvision's ``ImageFolder`` does
+    (``allow_empty=False``): the user made the folder for a class, and a model trained without
+    it, silently, is not what was asked for.
+
+    Raises:
+        UserError: a label folder has no images, or there are fewer than two classes; the
+            message names the classes found with their image counts.
+    """
+    counts = Counter(record.label for record in records)
+    empty = [name for name in label_folders(root) if not counts[name]]
+    found = ", ".join(f"{name} {counts[name]}" for name in sorted({*counts, *empty}))
+    if empty:
+        folders = ", ".join(f"{name}/" for name in empty)
+        raise UserError(
+            f"label folder{'s' if len(empty) > 1 else ''} {folders} in {root} "
+            f"{'have' if len(empty) > 1 else 'has'} no images; images per class: {found} "
+            f"(add images to {folders} or remove {'them' if len(empty) > 1 else 'it'} to train without that class)"
+        )
+    if len(counts) < 2:
+        raise UserError(
+            f"{root} has {len(counts)} class, a classifier needs at least 2; images per class: {found} "
+            "(add a subfolder of images for each other label, e.g. crawl another label into the same DATASET_DIR)"
+        )
 
 
 def _scan_catalog(root: Path) -> list[ImageRecord]:
@@ -203,10 +253,10 @@ class ImageDataModule(pl.LightningDataModule):
     Batches are ``(images, targets)``: ``(N, 3, image_size, image_size)`` float normalised with
     ImageNet statistics, and ``(N,)`` int64 class indices.
 
-    Raises (from ``setup``):
-        FileNotFoundError: ``root`` is missing.
-        ValueError: no images, or a split that must exist is empty (dataset too small).
-        ValueError (at construction): unknown ``class_weighting``.
+    Raises (from ``setup`` and the first use of ``records``, ``classes``, ``num_classes``):
+        UserError: ``root`` is missing; no images; a label folder without images or fewer than
+            two classes (``check_classes``); a split that must exist is empty (dataset too
+            small). At construction: unknown ``class_weighting``.
     """
 
     def __init__(
@@ -227,7 +277,9 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if class_weighting not in CLASS_WEIGHTINGS:
-            raise ValueError(f"unknown class_weighting {class_weighting!r}; valid: {', '.join(CLASS_WEIGHTINGS)}")
+            raise UserError(
+                f"unknown data.class_weighting={class_weighting} (use one of: {', '.join(CLASS_WEIGHTINGS)})"
+            )
         self.save_hyperparameters(logger=False)
         self._records: list[ImageRecord] | None = None
         self._splits: list[str] | None = None
@@ -235,9 +287,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def records(self) -> list[ImageRecord]:
-        """Every image of the dataset, scanned once."""
+        """Every image of the dataset, scanned once (and checked: :func:`check_classes`)."""
         if self._records is None:
-            self._records = scan_dataset(self.hparams.root)
+            records = scan_dataset(self.hparams.root)
+            check_classes(records, self.hparams.root)
+            self._records = records
         return self._records
 
     @property
@@ -279,10 +333,10 @@ class ImageDataModule(pl.LightningDataModule):
         for split in required:
             members = [record for record, s in zip(self.records, splits) if s == split]
             if not members:
-                raise ValueError(
+                raise UserError(
                     f"the {split!r} split of {hp.root} is empty ({len(self.records)} images, "
-                    f"val_fraction={hp.val_fraction}, test_fraction={hp.test_fraction}): "
-                    "add images or raise the fraction"
+                    f"data.val_fraction={hp.val_fraction}, data.test_fraction={hp.test_fraction}) "
+                    "(add images, or raise the fraction)"
                 )
             self.datasets[split] = ImageListDataset(
                 [record.path for record in members],

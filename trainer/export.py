@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.errors import UserError, status_on_user_error
+from trainer.quiet import quiet_cli
 from trainer.runs import Run, load_run
 from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -111,8 +113,8 @@ def export_run(run: Run | str | Path, out_dir: str | Path, *, onnx: bool | None 
         "source": {
             "run_dir": str(run.run_dir),
             "checkpoint": str(run.checkpoint_path),
-            "val_acc": run.summary.get("val_acc"),
-            "val_loss": run.summary.get("val_loss"),
+            "val_acc": run.summary.val_acc,
+            "val_loss": run.summary.val_loss,
             "torch": torch.__version__,
         },
     }
@@ -162,8 +164,14 @@ def _save_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> str:
     return path.name
 
 
+#: How to make a run folder, for messages.
+RUN_HINT = "pass a run folder written by `python -m trainer`: it holds summary.json and checkpoints/"
+
+
+@status_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 written, 2 bad run or output folder)."""
+    """Command-line entry point; returns the exit status (0 written, 2 bad run or output folder,
+    printed as one ``error:`` line)."""
     parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (with summary.json and checkpoints/)")
     parser.add_argument("out_dir", type=Path, help="the export folder to write")
@@ -173,14 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.run_dir.is_dir():
+        raise UserError(f"run folder {args.run_dir} {'is not a folder' if args.run_dir.exists() else 'does not exist'} ({RUN_HINT})")
     try:
         out = export_run(args.run_dir, args.out_dir, onnx=args.onnx, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ModuleNotFoundError) as exc:
-        logger.error("%s", exc)
-        return 2
+    except FileNotFoundError as exc:  # no summary.json, or no checkpoint
+        raise UserError(f"{str(exc).split(' (')[0]} ({RUN_HINT})") from exc
+    except (FileExistsError, ModuleNotFoundError) as exc:  # their messages say the fix in parentheses
+        raise UserError(str(exc)) from exc
     print(out)
     return 0
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())

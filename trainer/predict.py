@@ -13,7 +13,8 @@ docs/dataset.md: ``catalog.sqlite``, or label subfolders and no images of its ow
 Output: with ``--out``, or when a folder is given, CSV (``path, label, predicted, probability,
 loss, top_k, error``; ``top_k`` is a JSON list of ``[label, probability]``) to the file or
 standard output; otherwise one line per image. A file that cannot be read or decoded gets its
-``error`` (and a warning) and the batch goes on; the exit status is then 1.
+``error`` (and a warning) and the batch goes on; the exit status is then 1. A missing export
+folder or input path is a usage error: one ``error:`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import v2
+
+from trainer.errors import UserError, status_on_user_error
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,29 @@ class Predictor:
         return [(self.classes[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
 
+#: How to make an export folder, for messages.
+EXPORT_HINT = "pass a folder written by `python -m trainer.export RUN_DIR OUT_DIR`"
+
+
+def open_predictor(export_dir: str | Path, backend: str | None = None) -> Predictor:
+    """``Predictor(export_dir, backend)`` for a command line.
+
+    Raises:
+        UserError: the folder is missing or not an export folder, or the backend cannot load
+            (its file or its package is missing); the message says what to do.
+    """
+    export_dir = Path(export_dir).expanduser()
+    if not export_dir.is_dir():
+        what = "is not a folder" if export_dir.exists() else "does not exist"
+        raise UserError(f"export folder {export_dir} {what} ({EXPORT_HINT})")
+    if not (export_dir / "config.json").is_file():
+        raise UserError(f"{export_dir} is not an export folder: no config.json ({EXPORT_HINT})")
+    try:
+        return Predictor(export_dir, backend=backend)
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise UserError(f"{exc} (choose another --backend, install the missing package, or export again)") from exc
+
+
 @dataclass
 class Prediction:
     """One input's result. ``loss`` only for labelled inputs whose label is a class."""
@@ -278,8 +304,10 @@ def predict_inputs(predictor: Predictor, inputs: Iterable[Input], *, top_k: int 
     yield from flush()
 
 
+@status_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 0 (all predicted), 1 (some inputs unreadable) or 2 (usage)."""
+    """Command-line entry point; returns 0 (all predicted), 1 (some inputs unreadable) or 2 (usage:
+    a missing export folder or input path, printed as one ``error:`` line)."""
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0])
     parser.add_argument("export_dir", type=Path, help="a folder written by `python -m trainer.export`")
     parser.add_argument("inputs", type=Path, nargs="+", help="image files, folders, or a labelled dataset folder")
@@ -291,11 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
-    try:
-        predictor = Predictor(args.export_dir, backend=args.backend)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
-        logger.error("%s", exc)
-        return 2
+    missing = [str(path) for path in args.inputs if not path.exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {', '.join(missing)} (check the input paths)")
+    predictor = open_predictor(args.export_dir, backend=args.backend)
 
     results = predict_inputs(predictor, expand_inputs(args.inputs), top_k=args.top_k, batch_size=args.batch_size)
     as_csv = args.out is not None or any(path.is_dir() for path in args.inputs)

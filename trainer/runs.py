@@ -1,6 +1,6 @@
 """A finished run folder, read back: its summary, its best checkpoint and the network in it.
 
-What the after-training tools (``trainer.inspect``, ``trainer.export``) start from. A run folder
+What the after-training tools (``trainer.diagnostics``, ``trainer.export``) start from. A run folder
 holds ``summary.json`` (written by ``trainer.train``) and ``checkpoints/``; the checkpoint is
 read with ``torch.load(weights_only=True)``, so no pickled object is ever executed.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trainer.models import build_model
-from trainer.summary import SUMMARY_FILE, read_summary
+from trainer.summary import SUMMARY_FILE, RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Run:
 
     Attributes:
         run_dir: the run folder.
-        summary: ``summary.json`` as a dict.
+        summary: its ``summary.json``.
         checkpoint_path: the best checkpoint (``last.ckpt`` when no best one was recorded).
         model_name: backbone name (a key of ``trainer.models.MODELS``).
         classes: class names, index ``i`` is logit ``i``.
@@ -38,7 +38,7 @@ class Run:
     """
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     checkpoint_path: Path
     model_name: str
     classes: list[str]
@@ -47,13 +47,13 @@ class Run:
     net: nn.Module
 
 
-def find_checkpoint(run_dir: Path, summary: dict[str, Any]) -> Path:
+def find_checkpoint(run_dir: Path, summary: RunSummary) -> Path:
     """The run's best checkpoint; found beside the run when the folder has been moved.
 
     Raises:
         FileNotFoundError: no checkpoint (a ``fast_dev_run`` writes none).
     """
-    best = summary.get("best_checkpoint")
+    best = summary.best_checkpoint
     candidates = []
     if best:
         candidates += [Path(best), run_dir / "checkpoints" / Path(best).name]
@@ -80,20 +80,21 @@ def load_run(run_dir: str | Path) -> Run:
 
     Raises:
         FileNotFoundError: no ``summary.json`` or no checkpoint in ``run_dir``.
+        ValueError: ``summary.json`` is not a run summary.
     """
     run_dir = Path(run_dir).expanduser().resolve()
     summary_path = run_dir / SUMMARY_FILE
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no {SUMMARY_FILE} (written by `python -m trainer`)")
-    summary = read_summary(summary_path)
+    summary = RunSummary.read(summary_path)
     checkpoint_path = find_checkpoint(run_dir, summary)
     checkpoint = load_checkpoint(checkpoint_path)
     hparams = checkpoint.get("hyper_parameters", {})
-    classes = [str(name) for name in (hparams.get("class_names") or summary["classes"])]
+    classes = [str(name) for name in (hparams.get("class_names") or summary.classes)]
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    image_size = int(data_hparams.get("image_size") or summary["image_size"])
-    net = build_model(summary["model"], num_classes=len(classes))
+    image_size = int(data_hparams.get("image_size") or summary.image_size)
+    net = build_model(summary.model, num_classes=len(classes))
     net.load_state_dict(net_state_dict(checkpoint))
     net.eval()
-    logger.info("loaded %s (%d classes) from %s", summary["model"], len(classes), checkpoint_path)
-    return Run(run_dir, summary, checkpoint_path, summary["model"], classes, image_size, data_hparams, net)
+    logger.info("loaded %s (%d classes) from %s", summary.model, len(classes), checkpoint_path)
+    return Run(run_dir, summary, checkpoint_path, summary.model, classes, image_size, data_hparams, net)

@@ -5,13 +5,14 @@ A FastAPI app (run by uvicorn) with:
 - ``GET /``: a plain HTML page to upload an image and see its top-k labels.
 - ``POST /predict``: multipart form with the image in field ``file`` (optional query ``top_k``);
   answers ``{"filename", "width", "height", "predictions": [{"label", "probability"}, ...]}``,
-  most probable first.
+  most probable first; ``width`` and ``height`` are the uploaded image's own size, pixels.
 - ``GET /info``: model name, classes, input size and the upload limits.
 
 Bad uploads get a 4xx with ``{"detail": "<why>"}``: 413 for more than ``max_upload_bytes`` bytes
-(checked from ``Content-Length`` before the body is read, and again on the bytes read) or more
-than ``max_pixels`` pixels (checked from the image header before decoding); 400 for an empty
-file or one that is not a decodable image; 422 when the ``file`` field is missing.
+(checked from ``Content-Length`` before the body is read, and again on the bytes read; the
+message gives sizes in MiB) or more than ``max_pixels`` pixels (checked from the image header
+before decoding); 400 for an empty file or one that is not a decodable image; 422 when the
+``file`` field is missing.
 
 Example::
 
@@ -29,8 +30,10 @@ from pathlib import Path
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 
-from trainer.predict import ImageError, ImageTooLarge, Predictor
+from trainer.errors import status_on_user_error
+from trainer.predict import ImageError, ImageTooLarge, open_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_PIXELS = 50_000_000
 #: Allowance for the multipart framing around the file when checking ``Content-Length``, bytes.
 _MULTIPART_OVERHEAD = 64 * 2**10
+
+
+def megabytes(size: int) -> str:
+    """``size`` bytes as MiB for messages, e.g. ``"20 MiB"``, ``"0.191 MiB"``."""
+    return f"{size / 2**20:.3g} MiB"
 
 
 def create_app(
@@ -61,9 +69,9 @@ def create_app(
         backend: ``trainer.predict.Predictor`` backend (default: the exported program).
 
     Raises:
-        FileNotFoundError: ``export_dir`` is not an export folder.
+        UserError: ``export_dir`` is missing or not an export folder (``open_predictor``).
     """
-    predictor = Predictor(export_dir, backend=backend)
+    predictor = open_predictor(export_dir, backend=backend)
     page = resources.files("trainer").joinpath("static/serve.html").read_text(encoding="utf-8")
     app = FastAPI(title="Image classifier", description=f"{predictor.config['model']} over {len(predictor.classes)} classes")
 
@@ -72,7 +80,8 @@ def create_app(
         # Refuse what is announced too large before Starlette spools the body to disk.
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
-            return JSONResponse({"detail": f"upload too large: {length} bytes (limit {max_upload_bytes})"}, status_code=413)
+            detail = f"upload too large: {megabytes(int(length))} (limit {megabytes(max_upload_bytes)})"
+            return JSONResponse({"detail": detail}, status_code=413)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -95,7 +104,7 @@ def create_app(
     def predict(file: UploadFile = File(...), top_k: int = Query(top_k, ge=1, le=1000)) -> dict:
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload too large: more than {max_upload_bytes} bytes")
+            raise HTTPException(413, f"upload too large: more than {megabytes(max_upload_bytes)} (the limit)")
         if not data:
             raise HTTPException(400, "empty upload: choose an image file")
         try:
@@ -104,7 +113,9 @@ def create_app(
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(400, f"{file.filename or 'upload'}: {exc}") from None
-        width, height = image.size
+        # The upload's own size: `image` may be a JPEG decoded at reduced scale (PIL draft).
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
         return {
             "filename": file.filename,
             "width": width,
@@ -115,8 +126,10 @@ def create_app(
     return app
 
 
+@status_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: serve until interrupted; 2 when the export folder is bad."""
+    """Command-line entry point: serve until interrupted; 2 (one ``error:`` line) when the export
+    folder is bad."""
     parser = argparse.ArgumentParser(prog="python -m trainer.serve", description=__doc__.split("\n")[0])
     parser.add_argument("export_dir", type=Path, help="a folder written by `python -m trainer.export`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -129,14 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    try:
-        app = create_app(
-            args.export_dir, top_k=args.top_k, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-            backend=args.backend,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    app = create_app(
+        args.export_dir, top_k=args.top_k, max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+        backend=args.backend,
+    )
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 

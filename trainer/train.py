@@ -2,8 +2,9 @@
 
 It only wires: instantiate the datamodule, model, callbacks, loggers and trainer from config;
 fit; evaluate the best checkpoint (validation always, test when a test split exists); write
-``summary.json`` and the inspection artefacts (``inspect/``, see ``trainer.inspect``) in the run
-folder; return the monitored metric so sweepers can optimise it.
+``summary.json`` (``trainer.summary.RunSummary``) and the diagnostics (``diagnostics/``, see
+``trainer.diagnostics``) in the run folder; print a short closing summary with the next commands;
+return the monitored metric so sweepers can optimise it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,24 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.callbacks import Throughput
+from trainer.callbacks import Throughput, echo
+from trainer.diagnostics import write_diagnostics
+from trainer.errors import UserError, exit_on_user_error
 from trainer.finetuning import PRETRAINED_STRATEGIES
-from trainer.inspect import inspect_run
-from trainer.summary import clean_metrics, count_parameters, peak_rss_mb, reset_peak_rss, write_summary
+from trainer.quiet import quiet_cli
+from trainer.summary import (
+    RunSummary,
+    clean_metrics,
+    closing_summary,
+    count_parameters,
+    dataset_fingerprint,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 from trainer.tuning import find_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -45,7 +58,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     takes that folder's checkpoint and writes a new run.
 
     Raises:
-        FileNotFoundError: ``resume`` is set and the run folder has no ``checkpoints/last.ckpt``.
+        UserError: ``resume`` is set and the run folder has no ``checkpoints/last.ckpt``.
     """
     resume = cfg.get("resume")
     if not resume or cfg.get("ckpt_path"):
@@ -53,32 +66,35 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     run_dir = Path(cfg.paths.output_dir if resume is True else str(resume))
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"resume: no {LAST_CHECKPOINT} in {run_dir} (was it trained with the default callbacks?)")
+        raise UserError(
+            f"resume: {run_dir} has no {LAST_CHECKPOINT} (resume a run folder trained with the default "
+            "callbacks, or start a new run without resume=true)"
+        )
     return str(path)
 
 
 def _check_finetune(cfg: DictConfig) -> None:
     weights, strategy = cfg.model.net.get("weights"), cfg.model.get("finetune", "scratch")
     if weights is not None and strategy == "scratch":
-        raise ValueError(
-            f"model.net.weights={weights} with model.finetune=scratch: pretrained weights would be trained as if "
-            "from scratch; choose model.finetune=frozen|full|gradual, or model.net.weights=null"
+        raise UserError(
+            f"model.net.weights={weights} with model.finetune=scratch would train pretrained weights as if "
+            "from scratch (choose model.finetune=frozen|full|gradual, or model.net.weights=null)"
         )
     if weights is None and strategy in PRETRAINED_STRATEGIES:
         logger.warning("model.finetune=%s without model.net.weights: the backbone is random", strategy)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> RunSummary:
     """Train and evaluate one model as ``cfg`` says; return the run summary (also written to disk).
 
     Raises:
-        ValueError: ``data.root`` is not set, or the dataset is too small to split.
-        FileNotFoundError: ``data.root`` does not exist.
+        UserError: ``data.root`` is not set or unusable, pretrained weights with
+            ``model.finetune=scratch``, or ``resume`` without a checkpoint.
     """
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise ValueError(
-            "data.root is not set: pass the dataset folder, e.g. `python -m trainer data.root=DATASET_DIR` "
-            "(label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
+        raise UserError(
+            "data.root is not set (pass the dataset folder, e.g. `python -m trainer data.root=DATASET_DIR`: "
+            "label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
         )
     _check_finetune(cfg)
     ckpt_path = resume_checkpoint(cfg)
@@ -123,43 +139,58 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics |= clean_metrics(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0])
 
     parameters, trainable = count_parameters(model.net)
-    summary = {
-        "model": cfg.model.net.name,
-        "weights": cfg.model.net.get("weights"),
-        "metrics": metrics,
-        "val_acc": metrics.get("val/acc"),
-        "val_f1": metrics.get("val/f1"),
-        "val_loss": metrics.get("val/loss"),
-        "test_acc": metrics.get("test/acc"),
-        "test_f1": metrics.get("test/f1"),
-        "test_loss": metrics.get("test/loss"),
-        "finetune": cfg.model.get("finetune"),
-        "learning_rate": cfg.model.optimizer.get("lr"),
-        "parameters": parameters,
-        "trainable_parameters": trainable,
-        "epochs": trainer.current_epoch,
-        "seconds_per_epoch": throughput.seconds_per_epoch,
-        "train_images_per_sec": throughput.images_per_sec,
-        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "peak_rss_mb": peak_rss_mb(),
-        "num_classes": num_classes,
-        "classes": classes,
-        "split_sizes": datamodule.split_sizes(),
-        "image_size": cfg.data.image_size,
-        "batch_size": cfg.data.batch_size,
-        "best_checkpoint": str(Path(best).resolve()) if best else None,
-        "output_dir": str(Path(cfg.paths.output_dir).resolve()),
-    }
+    summary = RunSummary.from_metrics(
+        metrics,
+        model=cfg.model.net.name,
+        weights=cfg.model.net.get("weights"),
+        finetune=cfg.model.get("finetune"),
+        learning_rate=cfg.model.optimizer.get("lr"),
+        parameters=parameters,
+        trainable_parameters=trainable,
+        epochs=trainer.current_epoch,
+        max_epochs=trainer.max_epochs,
+        best_epoch=checkpoint_epoch(best) if best else None,
+        seconds_per_epoch=throughput.seconds_per_epoch,
+        train_images_per_sec=throughput.images_per_sec,
+        peak_gpu_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        peak_rss_mb=peak_rss_mb(),
+        num_classes=num_classes,
+        classes=classes,
+        split_sizes=datamodule.split_sizes(),
+        image_size=cfg.data.image_size,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        data_root=str(Path(str(cfg.data.root)).expanduser().resolve()),
+        dataset_fingerprint=dataset_fingerprint(datamodule.records),
+        dataset_images=len(datamodule.records),
+        best_checkpoint=str(Path(best).resolve()) if best else None,
+        output_dir=str(Path(cfg.paths.output_dir).resolve()),
+    )
     if trainer.is_global_zero:
-        path = write_summary(cfg.paths.output_dir, summary)
+        path = summary.write(cfg.paths.output_dir)
         logger.info("run summary written to %s", path)
-        if best and cfg.get("inspect", True):
+        if best and cfg.get("diagnostics", True):
             # `model` holds the best checkpoint's weights: validate/test above restored them.
             try:
-                inspect_run(cfg.paths.output_dir, model.net, datamodule, classes=classes)
-            except Exception:  # the run itself succeeded; rebuild with `python -m trainer.inspect`
-                logger.exception("inspection of %s failed", cfg.paths.output_dir)
+                write_diagnostics(cfg.paths.output_dir, model.net, datamodule, classes=classes)
+            except Exception:  # the run itself succeeded; rebuild with `python -m trainer.diagnostics`
+                logger.exception("diagnostics of %s failed", cfg.paths.output_dir)
+        val = datamodule.datasets.get("val")
+        for line in closing_summary(summary, next_steps=not _in_multirun(), example=val.paths[0] if val and len(val) else None):
+            echo(line)
     return summary
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch a Lightning checkpoint was saved after, counted from 1.
+
+    Memory-mapped, so only the small header is read, not the weights.
+    """
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 #: conf/ at the repository root. An absolute path: under `python -m trainer` Hydra would read a
@@ -168,7 +199,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns ``cfg.optimized_metric`` of the best checkpoint for sweepers."""
+    quiet_cli()
     summary = train(cfg)
-    return summary["metrics"].get(cfg.get("optimized_metric", "val/acc"))
+    return summary.metrics.get(cfg.get("optimized_metric", "val/acc"))

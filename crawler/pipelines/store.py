@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,9 @@ from scrapy.utils.defer import deferred_from_coro
 
 from crawler.catalog import Catalog
 from crawler.labels import sanitize_label
-from crawler.pipelines.dedupe import DedupePipeline, Match, find_in_rows, mark_duplicate, source_pixels
+from crawler.images.files import TMP_DIR, fsync_dir, image_path, move_to_trash, write_tmp
+from crawler.images.matching import Match, find_in_rows, mark_duplicate, source_pixels
+from crawler.setting_values import get_bool, get_int
 from crawler.threads import run_in_thread, sha256_hex
 
 if TYPE_CHECKING:
@@ -45,75 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TMP_DIR", "StorePipeline", "discard_staged", "write_atomic", "write_tmp"]
+__all__ = ["StorePipeline"]
 
-TMP_DIR = ".tmp"
-TRASH_DIR = ".trash"
 _FULL = "max_images"
 _REPLACED = "replaced"
-
-
-def write_atomic(data: bytes, target: Path, tmp_dir: Path, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``target`` through a temporary file in ``tmp_dir``, fsynced (file,
-    then ``target``'s folder) unless ``fsync`` is false (see the module docstring).
-
-    ``tmp_dir`` must be on the same filesystem as ``target`` (``os.replace`` is a rename).
-
-    Raises:
-        OSError: from the filesystem; the temporary file is removed first.
-    """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = write_tmp(data, tmp_dir, fsync=fsync)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(target.parent)
-
-
-def write_tmp(data: bytes, tmp_dir: Path, *, fsync: bool = True) -> Path:
-    """Write ``data`` to a new file ``img-*.part`` in ``tmp_dir`` (fsynced if ``fsync``) and
-    return its path; a kill before the rename into a label folder leaves it to
-    ``python -m crawler.dataset check --repair``.
-
-    Raises:
-        OSError: from the filesystem; the file is removed first.
-    """
-    fd, name = tempfile.mkstemp(prefix="img-", suffix=".part", dir=tmp_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    return Path(name)
-
-
-def discard_staged(item: Any) -> None:
-    """Remove the temporary file of an item's ``staged`` bytes (see ``StorePipeline``) unless it
-    is gone already (stored: renamed into its label folder)."""
-    staged = ItemAdapter(item).get("staged")
-    if staged:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged[0])
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class StorePipeline:
@@ -122,14 +58,14 @@ class StorePipeline:
     Settings:
         DATASET_DIR: the dataset folder (required; created if missing).
         DEDUPE_MAX_DISTANCE: shared with the dedupe stage, for the in-transaction re-check.
-        STORE_FSYNC: durability against power loss (default false: crash-safe only): fsync
+        STORE_FSYNC: durability against power loss (default off: crash-safe only): fsync
             each image and its folder before its row commits, which commits with
             ``synchronous=FULL`` (see the module docstring).
 
     The spider's ``max_images`` attribute (if set) caps how many images this crawl stores:
     when reached, the spider is closed (reason ``max_images``) and later items are dropped
     without a catalog row (they were never judged). Stores ``staged`` (the temporary file
-    verify's worker process wrote, renamed into place) or else ``body``. Sets ``path`` and
+    the prepare stage wrote, renamed into place) or else ``body``. Sets ``path`` and
     ``status = "stored"`` and removes ``body``. Stats: ``store/stored``, ``dedupe/<reason>``
     for late duplicates.
 
@@ -139,9 +75,7 @@ class StorePipeline:
             ``max_images`` once the cap is reached.
     """
 
-    FSYNC = False
-
-    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int, fsync: bool = FSYNC) -> None:
+    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int, fsync: bool) -> None:
         self.crawler = crawler
         self.dataset_dir = dataset_dir
         self.tmp_dir = dataset_dir / TMP_DIR
@@ -157,8 +91,8 @@ class StorePipeline:
         dataset_dir = settings.get("DATASET_DIR")
         if not dataset_dir:
             raise NotConfigured("DATASET_DIR is not set (the dataset folder to store images in)")
-        max_distance = settings.getint("DEDUPE_MAX_DISTANCE", DedupePipeline.MAX_DISTANCE)
-        fsync = settings.getbool("STORE_FSYNC", cls.FSYNC)
+        max_distance = get_int(settings, "DEDUPE_MAX_DISTANCE", unit="bits", minimum=0, maximum=63, example=6)
+        fsync = get_bool(settings, "STORE_FSYNC")
         return cls(crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance, fsync=fsync)
 
     def open_spider(self) -> None:
@@ -180,13 +114,13 @@ class StorePipeline:
         label = sanitize_label(adapter["label"])
         adapter["label"] = label
         staged = adapter.pop("staged", None)
-        if staged:  # verify's worker process already wrote the bytes to a temporary file
+        if staged:  # the prepare stage already wrote the bytes to a temporary file
             source: bytes | Path = Path(staged[0])
             digest = staged[1]
         else:
             source = adapter.pop("body")
             digest = await sha256_hex(source)
-        adapter["path"] = f"{label}/{digest}.{adapter['ext']}"
+        adapter["path"] = image_path(label, digest, adapter["ext"])
         adapter["status"] = "stored"
         outcome = await run_in_thread(self._commit, source, dict(adapter), max_images)
         if outcome == _FULL:
@@ -231,7 +165,7 @@ class StorePipeline:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
                 if self.fsync:
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
                 self.catalog.insert(row, conn=tx)
                 demoted = [
                     old_path
@@ -269,7 +203,4 @@ class StorePipeline:
     def _trash(self, path: str) -> None:
         """Move a demoted image to ``.trash/`` (after its row's commit, so a kill in between
         leaves an orphan file for ``check --repair``, never a stored row without its file)."""
-        trash = self.dataset_dir / TRASH_DIR / path
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.dataset_dir / path, trash)
+        move_to_trash(self.dataset_dir, path)

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from crawler.catalog import CATALOG_NAME, REVIEW_DELETE, Catalog
-from crawler.dataset import TRASH_DIR
 from crawler.errors import UserError
+from crawler.images.files import TRASH_DIR
 from crawler.labels import sanitize_label
 
 logger = logging.getLogger(__name__)

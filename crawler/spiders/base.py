@@ -21,6 +21,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from crawler.errors import UserError
 from crawler.items import ImageItem
 from crawler.labels import sanitize_label
+from crawler.spiders.filters import FILTERS
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -70,7 +71,8 @@ class ImageSpider(scrapy.Spider):
             False (the ``urls`` spider, whose CSV rows may carry their own labels).
         query: the search query, recorded in the catalog (default: the label).
         max_images: stop once this many images were stored by this crawl; the store pipeline
-            enforces it, spiders also stop paging (``enough_stored``).
+            enforces it, :class:`crawler.middlewares.MaxImagesMiddleware` keeps items that could
+            not be stored from being downloaded, spiders also stop paging (``enough_stored``).
 
     Each spider declares the ``-a`` arguments it takes in ``arguments`` (its own, added to its
     base classes'); a crawl given any other fails before its first request, listing the valid
@@ -131,7 +133,13 @@ class ImageSpider(scrapy.Spider):
         cls.check_arguments(kwargs)
         if not crawler.settings.get("DATASET_DIR"):
             raise UserError("DATASET_DIR is not set (run with -s DATASET_DIR=<folder>)")
-        return super().from_crawler(crawler, *args, **kwargs)
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.max_images is not None and not crawler.settings.frozen:
+            # Settings freeze only after the spider is built, so max_images can add its gate.
+            middlewares = dict(crawler.settings.getdict("SPIDER_MIDDLEWARES"))
+            middlewares.setdefault("crawler.middlewares.MaxImagesMiddleware", 950)
+            crawler.settings.set("SPIDER_MIDDLEWARES", middlewares, priority="spider")
+        return spider
 
     def enough_stored(self) -> bool:
         """True once the store pipeline has stored ``max_images`` images in this crawl."""
@@ -183,7 +191,9 @@ class SearchSpider(ImageSpider):
     """
 
     MAX_PAGES = 20
-    arguments: ClassVar[tuple[str, ...]] = ("max_pages",)
+    # Every search spider takes the common filters; one its service lacks is refused with the
+    # filters it has (crawler.spiders.filters.chosen_filters), not as an unknown argument.
+    arguments: ClassVar[tuple[str, ...]] = ("max_pages", *FILTERS)
     base_url_setting = ""
     default_base_url = ""
     # Public APIs made for programs (their own usage policy governs clients) may keep robots.txt
@@ -238,7 +248,8 @@ class SearchSpider(ImageSpider):
         try:
             data = response.json()  # type: ignore[attr-defined]
         except (AttributeError, ValueError):
-            raise self.fail("parse_error", response.url, "the answer is not JSON") from None
+            ctype = response.headers.get("Content-Type", b"").decode("latin-1") or "no Content-Type"
+            raise self.fail("parse_error", response.url, "the answer is not JSON (%s)", ctype) from None
         if not isinstance(data, dict):
             raise self.fail("parse_error", response.url, "the answer is not a JSON object")
         return data

@@ -3,13 +3,16 @@
 Usage::
 
     scrapy crawl duckduckgo -a label=<category> [-a query=...] [-a max_images=N] \\
-        [-a max_pages=N] [-a safesearch=on|moderate|off] -s DATASET_DIR=<folder>
+        [-a max_pages=N] [-a safesearch=strict|moderate|off] [-a size=...] [-a type=...] \\
+        [-a license=...] [-a color=...] [-a layout=...] [-a region=en-US] -s DATASET_DIR=<folder>
 
 The flow the fast.ai course's ``search_images_ddg`` and the ``duckduckgo_search`` package use:
 ``<DUCKDUCKGO_BASE_URL>/?q=<query>&iax=images&ia=images`` is the results page, whose HTML/JS
 carries a ``vqd`` token; ``<base>/i.js?l=us-en&o=json&q=<query>&vqd=<token>&f=,,,,,&p=1``
 answers JSON ``{"results": [{"image", "url", "thumbnail", "title", "width", "height",
-"source"}, ...], "next": "i.js?...&s=100..."}``; ``next`` leads to the following page.
+"source"}, ...], "next": "i.js?...&s=100..."}``. The following page is the spider's own
+request with only the offset ``s`` taken from ``next`` (which drops ``o=json`` and ``f=`` and
+may name another safe-search level).
 """
 
 from __future__ import annotations
@@ -18,20 +21,36 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from scrapy.http import Response
 
 from crawler.errors import UserError
 from crawler.spiders.base import SearchSpider
+from crawler.spiders.filters import chosen_filters
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DuckDuckGoSpider", "find_vqd"]
 
 _VQD = re.compile(r"""vqd=["']?([\d-]+)""")
-# i.js's `p` parameter: DuckDuckGo's safe-search level (duckduckgo_search's mapping).
-SAFESEARCH = {"on": "1", "moderate": "1", "off": "-1"}
+# i.js's `p` parameter: DuckDuckGo's safe-search level (duckduckgo_search's mapping; `on` is
+# the older name of `strict`).
+SAFESEARCH = {"strict": "1", "on": "1", "moderate": "1", "off": "-1"}
+_COLOURS = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "brown", "black", "gray", "white")
+# The common filters as the fields of i.js's `f` (time,size,color,type,layout,license), in the
+# words DuckDuckGo's filter menu sends (as duckduckgo_search does).
+F_FIELDS = ("time", "size", "color", "type", "layout", "license")
+F_VALUES: dict[str, dict[str, str]] = {
+    "size": {v: f"size:{v.capitalize()}" for v in ("small", "medium", "large", "wallpaper")},
+    "color": {"color": "color:color", "bw": "color:Monochrome", **{c: f"color:{c.capitalize()}" for c in _COLOURS}},
+    "type": {"photo": "type:photo", "clipart": "type:clipart", "line": "type:line", "animated": "type:gif"},
+    "layout": {v: f"layout:{v.capitalize()}" for v in ("square", "wide", "tall")},
+    "license": {"any": "license:Any", "public": "license:Public", "share": "license:Share",
+                "commercial": "license:ShareCommercially", "modify": "license:Modify",
+                "modify_commercial": "license:ModifyCommercially"},
+}
+SUPPORTED = {**F_VALUES, "safesearch": SAFESEARCH, "region": None}
 
 
 def find_vqd(text: str) -> str | None:
@@ -44,7 +63,9 @@ class DuckDuckGoSpider(SearchSpider):
     """Fetch the ``vqd`` token, then page through ``i.js`` JSON, yielding each ``image``.
 
     Arguments (``-a``), besides ``label``/``query``/``max_images``/``max_pages`` (default 20):
-        safesearch: ``on``, ``moderate`` (default) or ``off``.
+        safesearch: ``strict`` (or ``on``), ``moderate`` (default) or ``off``.
+        size, type, license, color, layout, region: the common filters (README's filters
+            table), sent as i.js's ``f`` fields and ``l`` (``en-US`` becomes ``us-en``).
 
     Settings: ``DUCKDUCKGO_BASE_URL`` (default ``https://duckduckgo.com``).
 
@@ -53,7 +74,7 @@ class DuckDuckGoSpider(SearchSpider):
     ``duckduckgo/parse_error``, the crawl closes as ``parse_error``.
 
     Raises:
-        UserError: on an unknown ``safesearch`` (besides ``ImageSpider``'s checks).
+        UserError: an unknown filter value (besides ``ImageSpider``'s checks).
     """
 
     name = "duckduckgo"
@@ -61,14 +82,28 @@ class DuckDuckGoSpider(SearchSpider):
     default_base_url = "https://duckduckgo.com"
     arguments = ("safesearch",)
 
-    def __init__(self, *args: Any, safesearch: str = "moderate", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        safesearch: str | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        color: str | None = None,
+        layout: str | None = None,
+        region: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        given = {"size": size, "type": type, "license": license, "color": color, "layout": layout,
+                 "safesearch": safesearch, "region": region}
+        chosen = chosen_filters(self.name, given, SUPPORTED, kwargs)
         super().__init__(*args, **kwargs)
-        if safesearch not in SAFESEARCH:
-            raise UserError(
-                f"-a safesearch must be one of {', '.join(sorted(SAFESEARCH))}, got {safesearch!r} "
-                "(e.g. -a safesearch=moderate)"
-            )
-        self.safesearch = safesearch
+        self.safesearch = chosen.get("safesearch", "moderate")
+        fields = {name: F_VALUES[name][chosen[name]] for name in F_VALUES if name in chosen}
+        self.f = ",".join(fields.get(name, "") for name in F_FIELDS)
+        region = chosen.get("region", "en-US").lower().replace("_", "-")
+        language, _, country = region.partition("-")
+        self.locale = f"{country}-{language}" if country else region
         self.vqd: str | None = None
 
     async def start(self) -> AsyncIterator[Any]:
@@ -80,9 +115,15 @@ class DuckDuckGoSpider(SearchSpider):
         self.vqd = find_vqd(response.text) if hasattr(response, "text") else None
         if not self.vqd:
             raise self.fail("parse_error", response.url, "no vqd token in the results page")
-        params = {"l": "us-en", "o": "json", "q": self.query, "vqd": self.vqd, "f": ",,,,,",
+        yield self.json_request(self.ijs_url(), 1)
+
+    def ijs_url(self, offset: str | None = None) -> str:
+        """The i.js URL with this spider's parameters, from result ``offset`` (``s``) on."""
+        params = {"l": self.locale, "o": "json", "q": self.query, "vqd": self.vqd, "f": self.f,
                   "p": SAFESEARCH[self.safesearch]}
-        yield self.json_request(f"{self.base_url}/i.js?{urlencode(params)}", 1)
+        if offset is not None:
+            params["s"] = offset
+        return f"{self.base_url}/i.js?{urlencode(params)}"
 
     def json_request(self, url: str, page: int) -> Any:
         request = self.page_request(url, self.parse, page)
@@ -109,14 +150,15 @@ class DuckDuckGoSpider(SearchSpider):
                             sorted(results[0]) if isinstance(results[0], dict) else "?")
         self.page_done(response, found, new)
         next_path = data.get("next")
-        if next_path and self.can_follow(response, new):
-            yield self.json_request(self._next_url(next_path), page + 1)
+        next_url = self._next_url(next_path) if isinstance(next_path, str) and next_path else None
+        if next_path and next_url is None:
+            logger.warning("duckduckgo: 'next' without an offset (%r): stopping", next_path)
+        if next_url and self.can_follow(response, new):
+            yield self.json_request(next_url, page + 1)
 
-    def _next_url(self, next_path: str) -> str:
-        # `next` is relative to the site root ("i.js?q=...&s=100..."); like search_images_ddg,
-        # keep sending the token when it is not part of it.
-        parts = urlsplit(urljoin(f"{self.base_url}/", next_path))
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        if "vqd" not in params and self.vqd:
-            params["vqd"] = self.vqd
-        return urlunsplit(parts._replace(query=urlencode(params)))
+    def _next_url(self, next_path: str) -> str | None:
+        # `next` ("i.js?q=car&p=strict&s=100&u=yahoo&l=us-en") is what DuckDuckGo's own page
+        # script reads the offset from: its other parameters are not this crawl's.
+        params = dict(parse_qsl(urlsplit(urljoin(f"{self.base_url}/", next_path)).query))
+        offset = params.get("s", "")
+        return self.ijs_url(offset) if offset.isdigit() else None

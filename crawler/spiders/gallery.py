@@ -4,10 +4,14 @@ Usage::
 
     scrapy crawl gallery -a label=<category> -a start_urls=<url[,url...]> \\
         [-a query=...] [-a max_images=N] [-a max_pages=N] [-a next_selector=CSS] \\
+        [-a follow_details=auto|always|never] [-a keep_chrome=1] \\
         [-a render=1 [-a max_scrolls=N] [-a scroll_timeout=SECONDS] [-a more_selector=CSS]] \\
         -s DATASET_DIR=<folder> [-s JOBDIR=<folder>]
 
-The spider only parses and yields one ``ImageItem`` per image URL; downloading, checking and
+On a listing whose items link to their own pages (shops, portfolios), the spider follows each
+item's link and takes that detail page's main image at full size (:mod:`crawler.spiders.page_parts`
+says how items, chrome and main images are recognised). The spider only parses and yields one
+``ImageItem`` per image URL; downloading, checking and
 storing are the pipelines' jobs. With ``render=1`` the pages (never the images) are loaded in
 Chromium through scrapy-playwright and driven until they show no new image (scrolling, "load
 more", script-driven "next" pages, lazy loaders: :mod:`crawler.render`); the rendered HTML then
@@ -41,6 +45,13 @@ from crawler.render import (
 )
 from crawler.resume import judged_urls
 from crawler.spiders.base import ImageSpider, positive_int
+from crawler.spiders.page_parts import (
+    MIN_CARDS,
+    card_of,
+    card_signature,
+    chrome_reason,
+    detail_image_candidates,
+)
 from crawler.threads import run_in_thread
 
 if TYPE_CHECKING:
@@ -60,6 +71,7 @@ LAZY_SRC_ATTRIBUTES = ("data-src", "data-original", "data-lazy-src", "data-lazy"
 LAZY_SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset")
 _NEXT_TEXT = re.compile(r"^\s*(next|next page|more|older|suivant|weiter|siguiente|›|»|>|→)\s*[›»>→]?\s*$", re.I)
 _NEXT_CLASS = re.compile(r"(^|[\s_-])next([\s_-]|$)", re.I)
+FOLLOW_DETAILS = ("auto", "always", "never")
 _DESCRIPTOR = re.compile(r"^(\d+(?:\.\d+)?)([wx])$", re.I)
 
 def parse_srcset(srcset: str) -> list[tuple[str, float, str]]:
@@ -129,6 +141,16 @@ class GallerySpider(ImageSpider):
         scroll_timeout: with ``render``, seconds of driving per page at most (default 60).
         more_selector: with ``render``, CSS selector of the "load more" control when the
             search for it (by role, wording in common languages, position) misses it.
+        follow_details: ``auto`` (default): on a page that lists at least
+            :data:`~crawler.spiders.page_parts.MIN_CARDS` item cards of one structure, each
+            linking to its own page of the site, follow those links and take each detail
+            page's main image instead of the listing's thumbnail; ``always``: follow every
+            image's item link; ``never``: take the listing's images only.
+        keep_chrome: ``1`` to keep site chrome (logos, icons, images in header, nav, footer,
+            sidebars, menus and carts, images outside a listing's items, images seen on an
+            earlier page); default ``0`` skips them before download, each counted as
+            ``gallery/skipped/<reason>`` (``icon``, ``logo``, ``container``,
+            ``outside_items``, ``repeated``).
 
     Rendering (:mod:`crawler.render.page`) stops once :attr:`SCROLL_IDLE_ROUNDS` rounds in a
     row show no new image URL (each waits up to :attr:`SCROLL_PAUSE` seconds for one, longer
@@ -143,7 +165,16 @@ class GallerySpider(ImageSpider):
     while image URLs this job already recorded in the catalog are skipped
     (:func:`crawler.resume.judged_urls`).
 
-    Which URL stands for an image, from most to least preferred: a link ``<a href>`` to an
+    A detail page's main image is, in order of trust: JSON-LD ``Product``/``ImageObject``
+    ``image``, ``og:image``/``twitter:image``, the first linked original (``<a href>`` to an
+    image file), the largest ``srcset`` candidate of the first content ``<img>``; the item's
+    listing image only when its detail page fails or shows none. The other candidates stay
+    as fallbacks: a candidate answering 404/410 is replaced by the next one
+    (:class:`crawler.middlewares.ImageFallbackMiddleware`). Its catalog row keeps the detail
+    page (``page_url``) and the listing page (``listing_url``). Pages (listings, detail pages,
+    "next" links) are only followed on the start URLs' hosts; images may come from anywhere.
+
+    Which URL stands for an image on a listing, from most to least preferred: a link ``<a href>`` to an
     image file over the thumbnail ``<img>`` inside it; the largest ``srcset`` candidate of
     the ``<img>`` or of its ``<picture><source>`` siblings; a lazy-loading attribute
     (``data-src``...) over a placeholder ``src``; ``src`` (``data:`` URIs included).
@@ -155,7 +186,10 @@ class GallerySpider(ImageSpider):
     """
 
     name = "gallery"
-    arguments = ("start_urls", "max_pages", "next_selector", "render", "max_scrolls", "scroll_timeout", "more_selector")
+    arguments = (
+        "start_urls", "max_pages", "next_selector", "render", "max_scrolls", "scroll_timeout", "more_selector",
+        "follow_details", "keep_chrome",
+    )
     MAX_PAGES = 50
     MAX_SCROLLS = 20
     SCROLL_TIMEOUT = 60.0  # seconds per page
@@ -174,6 +208,8 @@ class GallerySpider(ImageSpider):
         max_scrolls: str | int | None = None,
         scroll_timeout: str | float | None = None,
         more_selector: str | None = None,
+        follow_details: str | None = None,
+        keep_chrome: str | bool | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -189,6 +225,19 @@ class GallerySpider(ImageSpider):
         self.max_scrolls = positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
         self.scroll_timeout = _positive_float("scroll_timeout", scroll_timeout) or self.SCROLL_TIMEOUT
         self.more_selector = css_selector("more_selector", more_selector)
+        self.follow_details = (follow_details or "auto").strip().lower()
+        if self.follow_details not in FOLLOW_DETAILS:
+            raise ValueError(f"follow_details must be one of {', '.join(FOLLOW_DETAILS)}, got {follow_details!r}")
+        self.keep_chrome = _flag("keep_chrome", keep_chrome)
+        self.hosts = {urlparse(url).hostname for url in self.start_urls}
+        # Image URL -> the next candidates to try when it answers 404/410 (detail pages).
+        self.fallback_urls: dict[str, list[str]] = {}
+        # Image URLs skipped as chrome, and detail-page candidates -> the detail page that named
+        # them first: a site-wide og:image (often the logo) is no item's picture.
+        self._chrome_urls: set[str] = set()
+        self._candidate_pages: dict[str, str] = {}
+        # Image URL -> the page it was first seen on, for `repeated`.
+        self._image_pages: dict[str, str] = {}
         self._seen_urls: set[str] = set()
         # Pages reached in this run: pagination bypasses the dupefilter (see resume above), so
         # this is what stops a "next" link that loops back.
@@ -197,6 +246,11 @@ class GallerySpider(ImageSpider):
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         spider = super().from_crawler(crawler, *args, **kwargs)
+        # Settings freeze only after the spider is built, so the spider can add its middleware.
+        if not crawler.settings.frozen:
+            middlewares = dict(crawler.settings.getdict("DOWNLOADER_MIDDLEWARES"))
+            middlewares.setdefault("crawler.middlewares.ImageFallbackMiddleware", 560)
+            crawler.settings.set("DOWNLOADER_MIDDLEWARES", middlewares, priority="spider")
         if spider.render:
             # Settings freeze only after the spider is built, so the arguments can pick them.
             enable_rendering(crawler.settings)
@@ -227,53 +281,162 @@ class GallerySpider(ImageSpider):
         return Request(url, callback=self.parse, meta=meta, dont_filter=True)
 
     def parse(self, response: Any, **kwargs: Any) -> Iterator[Any]:
-        """Yield an ``ImageItem`` per new image URL on the page, then the next page's request."""
+        """Yield an ``ImageItem`` per new content image on the page (or a detail page's request
+        per item), then the next page's request."""
         if not isinstance(response, TextResponse):
             logger.warning("not an HTML page, skipped: %s", response.url)
             return
-        found = 0
+        found = details = 0
         # The page's own data (JSON feed items, with their own pages) first, then its HTML,
-        # including the pages a script-driven "next" left.
-        candidates = [(item.url, item.page_url or response.url) for item in page_feed(response)]
-        candidates += [(url, response.url) for page in page_responses(response) for url in self.image_urls(page)]
-        for url, page_url in candidates:
-            key = hashlib.sha1(url.encode()).hexdigest() if url.startswith("data:") else url  # noqa: S324
-            if key in self._seen_urls:
+        # including the pages a rendered page's script-driven "next" left.
+        for item in page_feed(response):
+            if self._new_image(item.url):
+                found += 1
+                yield self.image_item(item.url, item.page_url or response.url)
+        for url, detail in (entry for html in page_responses(response) for entry in self.page_images(html)):
+            if detail is not None:
+                if detail in self._seen_pages or self.enough_stored():
+                    continue
+                self._seen_pages.add(detail)
+                details += 1
+                # dont_filter: a resumed job walks its detail pages again, like its listings.
+                yield Request(
+                    detail, callback=self.parse_detail, errback=self.detail_failed,
+                    meta={"listing_url": response.url, "thumbnail_url": url}, dont_filter=True,
+                )
                 continue
-            self._seen_urls.add(key)
-            found += 1
-            yield self.image_item(url, page_url)
+            if self._new_image(url):
+                found += 1
+                yield self.image_item(url, response.url)
         page = response.meta.get("page_number", 1)
-        logger.info("page %d: %d new image URLs on %s", page, found, response.url)
+        logger.info("page %d: %d new image URLs, %d detail pages to follow on %s", page, found, details, response.url)
         log_rendered(response, page)
         if self.enough_stored():
             return
         if page >= self.max_pages:
             logger.info("max_pages (%d) reached at %s", self.max_pages, response.url)
             return
+        # The next page of the page's own JSON API (read without a browser) when it has no
+        # "next" link of its own.
         feed_next = feed_next_url(response)
-        next_url = (None if is_json(response) else self.next_page_url(response)) or feed_next
+        next_url = None if is_json(response) else self.next_page_url(response)
+        if next_url and urlparse(next_url).hostname not in self.hosts:
+            logger.info("next page %s is on another site: not followed", next_url)
+            next_url = None
+        next_url = next_url or feed_next
         if next_url and next_url not in self._seen_pages:
             self._seen_pages.add(next_url)
             yield self.page_request(next_url, page_number=page + 1, render=False if next_url == feed_next else None)
 
-    def image_urls(self, response: TextResponse) -> list[str]:
-        """Absolute image URLs on the page, one per image, in document order."""
-        urls: list[str] = []
-        for link in response.css("a[href]"):
-            href = (link.attrib.get("href") or "").strip()
+    def parse_detail(self, response: Any, **kwargs: Any) -> Iterator[Any]:
+        """Yield the item of a detail page's main image (its listing image when it has none)."""
+        listing_url = response.meta["listing_url"]
+        thumbnail = response.meta["thumbnail_url"]
+        candidates: list[str] = []
+        if isinstance(response, TextResponse):
+            candidates = detail_image_candidates(response, response.urljoin, self._img_url, is_image_link)
+        shared = [c for c in candidates if c in self._chrome_urls or self._candidate_pages.setdefault(c, response.url) != response.url]
+        if shared:
+            self.inc_stat("detail/shared_image", len(shared))
+            candidates = [c for c in candidates if c not in shared]
+        if not candidates:
+            self.inc_stat("detail/no_image")
+            logger.info("no main image on %s: taking the listing image", response.url)
+            candidates = [thumbnail]
+        else:
+            self.inc_stat("detail/pages")
+        url, *fallbacks = [*candidates, thumbnail] if thumbnail not in candidates else candidates
+        if fallbacks:
+            self.fallback_urls[url] = fallbacks
+        if self._new_image(url):
+            yield self.image_item(url, response.url, listing_url=listing_url)
+
+    def detail_failed(self, failure: Any) -> Iterator[Any]:
+        """A detail page could not be fetched: take the item's listing image instead."""
+        request = failure.request
+        self.inc_stat("detail/failed")
+        logger.info("detail page %s failed (%s): taking the listing image", request.url, failure.getErrorMessage())
+        url = request.meta["thumbnail_url"]
+        if self._new_image(url):
+            yield self.image_item(url, request.meta["listing_url"])
+
+    def _new_image(self, url: str) -> bool:
+        key = hashlib.sha1(url.encode()).hexdigest() if url.startswith("data:") else url  # noqa: S324
+        if key in self._seen_urls:
+            return False
+        self._seen_urls.add(key)
+        return True
+
+    def page_images(self, response: TextResponse) -> list[tuple[str, str | None]]:
+        """The page's content images in document order, each as ``(image URL, detail page URL
+        or None)``; chrome is left out (and counted) unless ``keep_chrome``."""
+        host = urlparse(response.url).hostname or ""
+        entries = []  # (node, url, card signature or None, detail url or None)
+        for node, url in self._image_nodes(response):
+            img = node if node.root.tag == "img" else (node.css("img") or [node])[0]
+            if not self.keep_chrome:
+                reason = chrome_reason(img, url)
+                if reason is None and self._repeated(url, response.url):
+                    reason = "repeated"
+                if reason:
+                    self.inc_stat(f"skipped/{reason}")
+                    self._chrome_urls.add(url)
+                    continue
+            card = None
+            if node.root.tag == "img":
+                card = card_of(img, response.url, host, response.urljoin, is_image_link)
+            if card is not None:
+                entries.append((url, ("detail", *card_signature(card[0])), card[1]))
+            else:
+                parent = node.xpath("..")
+                entries.append((url, ("image", *card_signature(parent[0])) if parent else None, None))
+        counts: dict[Any, set[str]] = {}
+        for url, signature, detail in entries:
+            counts.setdefault(signature, set()).add(detail or url)
+        items = {sig for sig, members in counts.items() if sig is not None and len(members) >= MIN_CARDS}
+        # Only a listing of item cards (links to detail pages) tells content from the rest of
+        # the page; a plain gallery's images are all content unless they are chrome.
+        has_cards = any(sig[0] == "detail" for sig in items)
+        result: list[tuple[str, str | None]] = []
+        for url, signature, detail in entries:
+            if has_cards and signature not in items and not self.keep_chrome:
+                self.inc_stat("skipped/outside_items")
+                self._chrome_urls.add(url)
+                continue
+            follow = detail is not None and self.follow_details != "never" and (
+                self.follow_details == "always" or signature in items
+            )
+            result.append((url, detail if follow else None))
+        return result
+
+    def _repeated(self, url: str, page_url: str) -> bool:
+        """Whether the image was seen on another page of this crawl (logos, banners, badges)."""
+        first = self._image_pages.setdefault(url, page_url)
+        return first != page_url
+
+    def _image_nodes(self, response: TextResponse) -> list[tuple[Selector, str]]:
+        """``(node, absolute URL)`` per image: the ``<a href>`` links to image files (over the
+        thumbnails inside them), then the other ``<img>``, each in document order."""
+        nodes: list[tuple[Selector, str]] = []
+        for node in response.css("a[href]"):
+            href = (node.attrib.get("href") or "").strip()
             if href and is_image_link(href):
-                urls.append(response.urljoin(href))
-        for img in response.css("img"):
+                nodes.append((node, response.urljoin(href)))
+        for node in response.css("img"):
             # The link to the full-size file was taken above; its thumbnail would be a
             # near-duplicate of it.
-            parent_href = img.xpath("ancestor::a[@href][1]/@href").get()
+            parent_href = node.xpath("ancestor::a[@href][1]/@href").get()
             if parent_href and is_image_link(parent_href.strip()):
                 continue
-            url = self._img_url(img)
+            url = self._img_url(node)
             if url:
-                urls.append(response.urljoin(url))
-        return [u for u in urls if u.startswith(("http://", "https://", "data:"))]
+                nodes.append((node, response.urljoin(url)))
+        return [(n, u) for n, u in nodes if u.startswith(("http://", "https://", "data:"))]
+
+    def image_urls(self, response: TextResponse) -> list[str]:
+        """Absolute image URLs on the page, one per image, in document order (all of them:
+        no chrome filter, no detail pages)."""
+        return [url for _, url in self._image_nodes(response)]
 
     def _img_url(self, img: Selector) -> str | None:
         attrib = img.attrib

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -30,10 +31,22 @@ from scrapy.http import Response
 from w3lib.html import remove_tags
 
 from crawler.spiders.base import SearchSpider, positive_int
+from crawler.spiders.filters import chosen_filters
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WikimediaSpider", "plain_text"]
+__all__ = ["WikimediaSpider", "attribution_text", "plain_text"]
+
+# Contact details people put in Commons' Artist/Credit fields: "mail: x at y.com",
+# "e-mail: x@y.org", "tel. +1 555...", bare addresses, obfuscated ("x at y dot com", "x[at]y").
+_LABELLED_CONTACT = re.compile(
+    r"[,;]?\s*\b(e-?mail|mail|email address|contact|phone|tel|telephone|mobile)\b\.?\s*:\s*[^,;\])]*", re.I
+)
+_ADDRESS = re.compile(
+    r"[\w.+-]+\s*(@|\(at\)|\[at\]|\s+at\s+)\s*[\w-]+(\s*(\.|\(dot\)|\[dot\]|\s+dot\s+)\s*[\w-]+)+", re.I
+)
+_PHONE = re.compile(r"\+?\d[\d ()./-]{7,}\d")
+_EMPTY_BRACKETS = re.compile(r"[\[(]\s*[,;]?\s*[\])]")
 
 
 def plain_text(value: Any) -> str | None:
@@ -45,6 +58,30 @@ def plain_text(value: Any) -> str | None:
     return text or None
 
 
+def attribution_text(value: Any) -> str | None:
+    """An ``Artist``/``Credit`` value as plain text without contact details (e-mail addresses,
+    plain or obfuscated, phone numbers, "mail: ..." parts): the name and user name stay;
+    ``None`` when nothing is left."""
+    text = plain_text(value)
+    if text is None:
+        return None
+    for pattern in (_ADDRESS, _PHONE, _LABELLED_CONTACT):
+        text = pattern.sub("", text)
+    text = _EMPTY_BRACKETS.sub("", text)
+    text = " ".join(text.split()).strip(" ,;:-")
+    return text or None
+
+
+# The common filters as CirrusSearch keywords of the search (filetype:, filew: in pixels).
+# Commons accepts only licences that allow sharing, changing and commercial use (no NC, no ND),
+# so every licence filter but `public` holds for every file and adds nothing.
+SEARCH_KEYWORDS: dict[str, dict[str, str]] = {
+    "type": {"photo": "filetype:bitmap", "clipart": "filetype:drawing", "line": "filetype:drawing"},
+    "size": {"small": "filew:<500", "medium": "filew:500,1200", "large": "filew:>1200", "wallpaper": "filew:>1900"},
+    "license": {v: "" for v in ("any", "share", "commercial", "modify", "modify_commercial")},
+}
+
+
 class WikimediaSpider(SearchSpider):
     """Search Commons' File namespace for bitmaps and yield each image with its licence.
 
@@ -52,11 +89,18 @@ class WikimediaSpider(SearchSpider):
     50 files a page):
         width: width in pixels of the scaled copy to download (``thumburl``; Commons never
             scales up, smaller files come at their own size); default 1024.
+        type, size, license: the common filters (README's filters table) as search keywords
+            (``filetype:``, ``filew:``); every Commons licence allows commercial use and change.
+
+    Raises:
+        UserError: a filter Commons search lacks (color, layout, safesearch, region) or an
+            unknown value.
 
     Settings: ``WIKIMEDIA_API_URL`` (default ``https://commons.wikimedia.org/w/api.php``).
 
     Each item's ``licence`` is ``extmetadata.LicenseShortName`` (e.g. ``CC BY-SA 4.0``),
-    ``author`` is ``extmetadata.Artist`` as plain text, ``page_url`` the file's description
+    ``author`` is ``extmetadata.Artist`` (else ``Credit``) as plain text without contact
+    details (:func:`attribution_text`), ``page_url`` the file's description
     page. Files whose MIME type is not ``image/*`` are skipped. An API ``error`` object closes
     the crawl as ``api_error``; a JSON answer without the expected structure as ``parse_error``
     (ERROR log and a ``wikimedia/<reason>`` stat either way).
@@ -75,8 +119,23 @@ class WikimediaSpider(SearchSpider):
     WIDTH = 1024
     arguments = ("width",)
 
-    def __init__(self, *args: Any, width: str | int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        width: str | int | None = None,
+        size: str | None = None,
+        type: str | None = None,  # noqa: A002 (the filter's name)
+        license: str | None = None,  # noqa: A002
+        **kwargs: Any,
+    ) -> None:
+        chosen = chosen_filters(
+            self.name, {"size": size, "type": type, "license": license}, SEARCH_KEYWORDS, kwargs
+        )
         super().__init__(*args, **kwargs)
+        keywords = [SEARCH_KEYWORDS[name][value] for name, value in chosen.items()]
+        if "type" not in chosen:
+            keywords.insert(0, "filetype:bitmap")
+        self.keywords = " ".join(k for k in keywords if k)
         self.width = positive_int("width", width) or self.WIDTH
 
     def api_url(self, cont: dict[str, Any] | None = None) -> str:
@@ -84,7 +143,7 @@ class WikimediaSpider(SearchSpider):
             "action": "query",
             "format": "json",
             "generator": "search",
-            "gsrsearch": f"{self.query} filetype:bitmap",
+            "gsrsearch": f"{self.query} {self.keywords}",
             "gsrnamespace": 6,
             "gsrlimit": self.PAGE_SIZE,
             "prop": "imageinfo",
@@ -129,7 +188,8 @@ class WikimediaSpider(SearchSpider):
                 info.get("thumburl") or info.get("url"),
                 info.get("descriptionurl"),
                 licence=plain_text((meta.get("LicenseShortName") or {}).get("value")),
-                author=plain_text((meta.get("Artist") or {}).get("value")),
+                author=attribution_text((meta.get("Artist") or {}).get("value"))
+                or attribution_text((meta.get("Credit") or {}).get("value")),
             )
             if item is not None:
                 new += 1

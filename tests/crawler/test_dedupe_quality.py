@@ -15,8 +15,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from crawler.catalog import Catalog
-from crawler.pipelines.dedupe import CatalogHashIndex, image_hashes, trim_borders
-from crawler.pipelines.verify import verify_image
+from crawler.images.hashing import image_hashes, trim_borders
+from crawler.images.index import CatalogHashIndex
+from crawler.images.decode import verify_image
 
 PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera_data" / "val"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,20 @@ from crawler_testkit import encode, make_item, picture, run
 from PIL import Image
 from scrapy.exceptions import DropItem, NotConfigured
 
+from crawler.errors import UserError
 from crawler.catalog import Catalog
 from crawler.pipelines.dedupe import DedupePipeline
 from crawler.pipelines.store import StorePipeline
-from crawler.pipelines.verify import VerifyPipeline
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.recorder import CatalogRecorder
 
 
 class Chain:
-    """verify -> dedupe -> store built from one crawler, like one `scrapy crawl` process."""
+    """prepare -> dedupe -> store built from one crawler, like one `scrapy crawl` process."""
 
     def __init__(self, crawler: Any, build: Any) -> None:
         self.crawler = crawler
-        self.stages = [build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline)]
+        self.stages = [build(cls, crawler) for cls in (PreparePipeline, DedupePipeline, StorePipeline)]
         for stage in self.stages:
             if hasattr(stage, "open_spider"):
                 stage.open_spider()
@@ -61,6 +64,28 @@ def chain(make_crawler, build):
     yield make
     for made in chains:
         made.close()
+
+
+@pytest.mark.parametrize("staged", [True, False], ids=["staged", "body"])
+def test_stored_files_get_the_catalogs_permissions(chain, dataset_dir: Path, staged: bool) -> None:
+    """Issue 11: a stored image is readable like the catalog beside it (0644 under umask 022),
+    not 0600 as the temporary file it was renamed from; whether the prepare stage staged it or
+    the store wrote the item's bytes itself."""
+    made = chain()
+    body = encode(picture(41), "JPEG")
+    if staged:
+        item = made.feed(body)
+    else:  # a dedupe -> store chain fed an item whose bytes were never staged
+        prepared = run(made.stages[0].process_item(make_item(body=body, sha256=hashlib.sha256(body).hexdigest())))
+        staged_file, _ = prepared.pop("staged")
+        prepared["body"] = Path(staged_file).read_bytes()
+        os.unlink(staged_file)
+        item = run(made.stages[2].process_item(run(made.stages[1].process_item(prepared))))
+    mode = stat.S_IMODE((dataset_dir / item["path"]).stat().st_mode)
+    assert mode == stat.S_IMODE((dataset_dir / "catalog.sqlite").stat().st_mode)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # 0644 under the usual umask 022
 
 
 def near_copy(seed: int) -> bytes:
@@ -207,7 +232,7 @@ def test_dataset_dir_is_required(build, cls) -> None:
 
 
 def test_max_distance_must_fit_the_hash(make_crawler, build) -> None:
-    with pytest.raises(ValueError, match="DEDUPE_MAX_DISTANCE"):
+    with pytest.raises(UserError, match="DEDUPE_MAX_DISTANCE"):
         build(DedupePipeline, make_crawler(DEDUPE_MAX_DISTANCE=64))
 
 

@@ -18,24 +18,26 @@ from crawler_testkit import encode, make_item, picture, run
 from PIL import Image
 from scrapy.exceptions import DropItem
 
+from crawler.errors import UserError
 from crawler.catalog import COLUMNS, SCHEMA_VERSION, Catalog
-from crawler.pipelines.dedupe import (
+from crawler.images.decode import verify_image
+from crawler.images.hashing import (
     CANONICAL_SIDE,
     HASH_RECIPE,
-    DedupePipeline,
     canonical_size,
     decode_canonical_jpeg,
     hash_recipe,
     image_hashes,
 )
+from crawler.pipelines.dedupe import DedupePipeline
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
-from crawler.pipelines.verify import VerifyPipeline, verify_image
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def stored_chain(crawler: Any, build: Any) -> list[Any]:
-    stages = [build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline)]
+    stages = [build(cls, crawler) for cls in (PreparePipeline, DedupePipeline, StorePipeline)]
     for stage in stages:
         if hasattr(stage, "open_spider"):
             stage.open_spider()
@@ -92,8 +94,8 @@ def test_max_side_applies_after_exif_orientation() -> None:
 
 @pytest.mark.parametrize("settings", [{"VERIFY_MAX_SIDE": -1}, {"VERIFY_JPEG_QUALITY": 0}, {"VERIFY_JPEG_QUALITY": 101}])
 def test_bad_resize_settings_stop_the_crawl(make_crawler, build, settings) -> None:
-    with pytest.raises(ValueError, match=next(iter(settings))):
-        build(VerifyPipeline, make_crawler(**settings))
+    with pytest.raises(UserError, match=next(iter(settings))):
+        build(PreparePipeline, make_crawler(**settings))
 
 
 def test_resized_crawl_states_both_sizes_in_the_catalog(make_crawler, build, dataset_dir: Path) -> None:
@@ -153,7 +155,7 @@ def test_hashes_made_at_crawl_time_are_what_a_rehash_of_the_stored_file_gives() 
 
 
 def test_truncated_and_corrupt_jpegs_are_caught_by_the_reduced_size_decode() -> None:
-    from crawler.pipelines.verify import Rejected
+    from crawler.images.decode import Rejected
 
     body = encode(picture(11, (800, 600)), "JPEG", quality=90)
     with pytest.raises(Rejected) as truncated:
@@ -202,7 +204,7 @@ def v1_dataset(root: Path, bodies: list[bytes]) -> None:
 def test_a_version_1_catalog_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     v1_dataset(tmp_path / "old", [encode(picture(12, (300, 200)), "JPEG")])
     with Catalog(tmp_path / "old") as catalog:
-        assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "2"
+        assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "3"
         (row,) = catalog.rows()
         assert tuple(row.keys()) == COLUMNS
         assert (row["width"], row["source_width"]) == (300, None)
@@ -272,6 +274,8 @@ def test_dedupe_hash_is_configurable_and_a_switch_rehashes(make_crawler, build, 
         close(stages)
 
 
-def test_an_unknown_dedupe_hash_stops_the_crawl(make_crawler, build) -> None:
-    with pytest.raises(ValueError, match="phash, dhash, average_hash, whash"):
-        build(DedupePipeline, make_crawler(DEDUPE_HASH="md5"))
+@pytest.mark.parametrize("stage", [PreparePipeline, DedupePipeline])
+def test_an_unknown_dedupe_hash_stops_the_crawl(make_crawler, build, stage) -> None:
+    """DEDUPE_HASH is read one way: every stage that hashes or compares refuses the same value."""
+    with pytest.raises(UserError, match="DEDUPE_HASH must be one of phash, dhash, average_hash, whash, got 'md5'"):
+        build(stage, make_crawler(DEDUPE_HASH="md5"))

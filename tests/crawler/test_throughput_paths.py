@@ -19,17 +19,17 @@ from scrapy.exceptions import DropItem
 
 from crawler.catalog import Catalog
 from crawler.hashindex import MultiIndexHashIndex
-from crawler.pipelines.dedupe import (
+from crawler.images.hashing import (
     CANONICAL_SIDE,
     COLOUR_KIND,
     VARIANTS,
-    DedupePipeline,
     image_hashes,
     phash_many,
     trim_borders,
 )
+from crawler.pipelines.dedupe import DedupePipeline
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
-from crawler.pipelines.verify import VerifyPipeline
 from crawler.threads import INLINE_HASH_BYTES, sha256_hex
 
 
@@ -131,9 +131,9 @@ def test_query_batch_equals_single_queries_with_and_without_a_merge() -> None:
     assert index.query_batch([]) == []
 
 
-def store_crawl(make_crawler: Any, build: Any, **settings: Any) -> tuple[VerifyPipeline, DedupePipeline, StorePipeline]:
+def store_crawl(make_crawler: Any, build: Any, **settings: Any) -> tuple[PreparePipeline, DedupePipeline, StorePipeline]:
     crawler = make_crawler(**settings)
-    stages = tuple(build(cls, crawler) for cls in (VerifyPipeline, DedupePipeline, StorePipeline))
+    stages = tuple(build(cls, crawler) for cls in (PreparePipeline, DedupePipeline, StorePipeline))
     for stage in stages[1:]:
         stage.open_spider()
     return stages  # type: ignore[return-value]
@@ -223,3 +223,19 @@ def test_store_without_fsync_still_writes_whole_files(make_crawler, build, datas
 def test_sha256_hex_inline_or_in_a_thread(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     assert asyncio.run(sha256_hex(data)) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_colour_stats_are_imagestats_bit_for_bit(seed: int) -> None:
+    """The colour signature's mean and standard deviation, summed by numpy, equal Pillow's
+    ``ImageStat`` exactly (flat, posterised and noisy images, odd sizes)."""
+    from crawler.images.hashing import _colour_stats
+
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        width, height = (int(v) for v in rng.integers(1, 120, 2))
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pixels = (pixels // 64) * 64 if seed % 2 else pixels  # few distinct levels
+        image = Image.fromarray(pixels, "RGB")
+        stat = ImageStat.Stat(image)
+        assert _colour_stats(image) == (stat.mean, stat.stddev)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from crawler_testkit import encode, make_item, picture, png_bomb, run
-from PIL import Image
+from PIL import Image, features
 from scrapy.exceptions import DropItem
 
-from crawler.pipelines.verify import Rejected, VerifyPipeline, verify_image
+from crawler.errors import UserError
+from crawler.images.decode import Rejected, _to_rgb, verify_image
+from crawler.images.hashing import hashes_of
+from crawler.pipelines.prepare import PreparePipeline
+
+
+# Pillow wheels have built AVIF in since 11.3; a Pillow built without libavif reports it as
+# `unsupported_format` (its signature is known).
+NEEDS_AVIF = pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
 
 
 def reason_of(body: bytes, **limits: Any) -> str:
@@ -28,11 +38,57 @@ def test_plain_jpeg_keeps_its_original_bytes() -> None:
     assert result.image.mode == "RGB"
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_other_plain_formats_keep_their_bytes(fmt: str) -> None:
     body = encode(picture(2), fmt)
     result = verify_image(body)
     assert result.format == fmt and result.body == body
+
+
+# Formats outside JPEG/PNG/GIF/WebP: stored as a lossless PNG of exactly the decoded pixels.
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [
+        ("BMP", {}), ("DIB", {}), ("TIFF", {}), ("PPM", {}), ("TGA", {}), ("QOI", {}),
+        ("JPEG2000", {"irreversible": False}), pytest.param("AVIF", {"quality": 100}, marks=NEEDS_AVIF),
+        ("ICO", {"sizes": [(64, 64)]}),
+    ],
+)
+def test_other_formats_are_stored_as_png_of_the_decoded_pixels(fmt: str, params: dict[str, Any]) -> None:
+    body = encode(picture(11, (64, 64)), fmt, **params)
+    result = verify_image(body, formats=frozenset({fmt}))
+    assert (result.source_format, result.format, result.reencoded, result.width) == (fmt, "PNG", True, 64)
+    decoded = Image.open(io.BytesIO(body)).convert("RGB")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.body))), np.asarray(decoded))
+
+
+def test_icon_gives_its_largest_image() -> None:
+    out = io.BytesIO()
+    picture(12, (128, 128)).save(out, "ICO", sizes=[(16, 16), (48, 48), (128, 128)])
+    result = verify_image(out.getvalue())
+    assert (result.source_format, result.width, result.height) == ("ICO", 128, 128)
+
+
+def test_icon_too_small_even_at_its_largest() -> None:
+    out = io.BytesIO()
+    picture(12, (128, 128)).save(out, "ICO", sizes=[(16, 16), (24, 24)])
+    assert reason_of(out.getvalue()) == "too_small"
+
+
+@NEEDS_AVIF
+def test_animated_avif_takes_the_first_frame() -> None:
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, "AVIF", save_all=True, append_images=frames[1:], duration=100, quality=90)
+    result = verify_image(out.getvalue())
+    assert (result.source_format, result.format) == ("AVIF", "PNG")
+    red, green, blue = result.image.getpixel((32, 32))
+    assert red > 200 and green < 50 and blue < 50
+
+
+def test_verify_formats_narrows_the_new_formats() -> None:
+    for fmt in ("AVIF", "QOI", "PPM") if features.check("avif") else ("QOI", "PPM"):
+        assert reason_of(encode(picture(13), fmt), formats=frozenset({"JPEG", "PNG"})) == "unsupported_format"
 
 
 def test_greyscale_png_is_kept_but_hashed_as_rgb() -> None:
@@ -114,6 +170,70 @@ def test_palette_png_with_transparency_is_composited_over_white() -> None:
     assert result.image.getpixel((50, 10)) == (255, 255, 255)
 
 
+def two_halves(mode: str, left: Any, right: Any) -> Image.Image:
+    """A 64x64 image of ``mode``: left half ``left``, right half ``right``."""
+    if mode == "I;16":  # Pillow's paste of a 16-bit value keeps only its low byte
+        array = np.full((64, 64), right, dtype=np.uint16)
+        array[:, :32] = left
+        return Image.fromarray(array)  # uint16 gives mode I;16
+    image = Image.new(mode, (64, 64), right)
+    image.paste(left, (0, 0, 32, 64))
+    return image
+
+
+@pytest.mark.parametrize(
+    ("mode", "opaque", "transparent", "expected_left"),
+    [
+        ("1", 0, 1, (0, 0, 0)),  # issue 12: 1_trns.png was rejected as corrupt
+        ("L", 90, 7, (90, 90, 90)),
+        ("RGB", (200, 10, 10), (1, 2, 3), (200, 10, 10)),
+        ("I;16", 30000, 7, (117, 117, 117)),  # scaled from 0-65535, as without transparency
+    ],
+)
+def test_transparent_colour_is_composited_over_white(mode, opaque, transparent, expected_left) -> None:
+    image = two_halves(mode, opaque, transparent)
+    trns = 255 if mode == "1" else transparent
+    body = encode(image, "PNG", transparency=trns)
+    assert Image.open(io.BytesIO(body)).info["transparency"] == trns  # the tRNS chunk is there
+    result = verify_image(body)
+    assert result.reencoded and result.format == "PNG"
+    stored = Image.open(io.BytesIO(result.body))
+    assert stored.mode == "RGB" and "transparency" not in stored.info
+    assert stored.getpixel((10, 10)) == expected_left
+    assert stored.getpixel((50, 10)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("LA", "PNG"), ("LA", "TGA"), ("P", "PNG"), ("RGBA", "TGA"), ("PA", "")])
+def test_alpha_is_composited_over_white(mode: str, fmt: str) -> None:
+    """An alpha band, or a palette with alpha (PNG's tRNS for palette images, Pillow's PA)."""
+    opaque = {"LA": (40, 255), "P": 1, "PA": (1, 255), "RGBA": (40, 40, 40, 255)}[mode]
+    clear = {"LA": (0, 0), "P": 0, "PA": (0, 0), "RGBA": (0, 0, 0, 0)}[mode]
+    image = two_halves(mode, opaque, clear)
+    if mode in ("P", "PA"):
+        image.putpalette([0, 0, 0, 0, 40, 40, 40, 255], rawmode="RGBA")
+    if mode == "PA":  # no encoder writes PA: the conversion itself
+        stored = _to_rgb(image)
+        assert stored.getpixel((10, 10)) == (40, 40, 40) and stored.getpixel((50, 10)) == (255, 255, 255)
+        return
+    result = verify_image(encode(image, fmt), formats=frozenset({fmt}))
+    stored = Image.open(io.BytesIO(result.body))
+    assert stored.getpixel((10, 10)) == (40, 40, 40) and stored.getpixel((50, 10)) == (255, 255, 255)
+
+
+def test_float_grey_is_scaled_from_0_to_1() -> None:
+    ramp = np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    result = verify_image(encode(Image.fromarray(ramp, mode="F"), "TIFF"))
+    values = np.asarray(Image.open(io.BytesIO(result.body)))[..., 0]
+    assert values.min() == 0 and values.max() == 255 and 120 < values[32, 0] < 136
+
+
+def test_float_grey_outside_0_to_255_is_stretched_from_its_own_range() -> None:
+    ramp = np.linspace(-3.14, 3.14, 64 * 64, dtype=np.float32).reshape(64, 64)  # a phase image
+    result = verify_image(encode(Image.fromarray(ramp, mode="F"), "TIFF"))
+    values = np.asarray(Image.open(io.BytesIO(result.body)))[..., 0]
+    assert values.min() == 0 and values.max() == 255 and 120 < values[32, 0] < 136
+
+
 def test_rgba_png_alpha_over_white() -> None:
     image = Image.new("RGBA", (64, 64), (0, 0, 255, 0))
     result = verify_image(encode(image, "PNG"))
@@ -164,17 +284,21 @@ def test_webp_is_accepted() -> None:
 
 def test_pipeline_sets_fields_and_keeps_bytes(make_crawler, build) -> None:
     crawler = make_crawler()
-    pipeline = build(VerifyPipeline, crawler)
+    pipeline = build(PreparePipeline, crawler)
     body = encode(picture(10), "JPEG")
     item = run(pipeline.process_item(make_item(body=body, sha256="x", bytes=len(body))))
     assert (item["width"], item["height"], item["format"], item["ext"]) == (128, 128, "JPEG", "jpg")
-    assert item["body"] == body and item["image"].mode == "RGB"
+    # One item shape whatever runs the work: the hashes, and the original bytes staged.
+    assert item["image_hashes"] == hashes_of(verify_image(body).image)
+    staged, digest = item["staged"]
+    assert Path(staged).read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
+    assert "body" not in item and "image" not in item
     assert crawler.stats.get_value("verify/ok") == 1
 
 
 def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> None:
     crawler = make_crawler(VERIFY_MIN_SIDE=64)
-    pipeline = build(VerifyPipeline, crawler)
+    pipeline = build(PreparePipeline, crawler)
     item = make_item(body=encode(Image.new("RGB", (40, 40)), "PNG"))
     with pytest.raises(DropItem, match="too_small"):
         run(pipeline.process_item(item))
@@ -188,6 +312,40 @@ def test_pipeline_rejects_with_reason_status_and_stat(make_crawler, build) -> No
     [{"VERIFY_MIN_SIDE": 0}, {"VERIFY_MAX_PIXELS": -1}, {"VERIFY_FORMATS": "JPEG,HEIC"}],
 )
 def test_misconfiguration_stops_the_crawl(make_crawler, build, settings) -> None:
-    # Not NotConfigured: Scrapy would just disable verify and let every item through.
-    with pytest.raises(ValueError, match="VERIFY_"):
-        build(VerifyPipeline, make_crawler(**settings))
+    # Not NotConfigured: Scrapy would just disable the stage and let every item through.
+    with pytest.raises(UserError, match="VERIFY_"):
+        build(PreparePipeline, make_crawler(**settings))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"VERIFY_MIN_SIDE": "abc"},
+            "VERIFY_MIN_SIDE must be a whole number of pixels >= 1, got 'abc' (e.g. -s VERIFY_MIN_SIDE=64)",
+        ),
+        (
+            {"VERIFY_JPEG_QUALITY": "100"},
+            "VERIFY_JPEG_QUALITY must be a whole number in 1-95, got '100' (e.g. -s VERIFY_JPEG_QUALITY=90)",
+        ),
+        (
+            {"STORE_FSYNC": "maybe"},
+            "STORE_FSYNC must be true or false (1 or 0), got 'maybe' (e.g. -s STORE_FSYNC=1)",
+        ),
+    ],
+)
+def test_a_bad_setting_value_names_the_setting_and_what_it_must_be(make_crawler, build, settings, message) -> None:
+    """Issue 11: one line naming the setting, the expected type and range, and an example."""
+    with pytest.raises(UserError) as caught:
+        build(PreparePipeline, make_crawler(**settings))
+    assert str(caught.value) == message
+
+
+def test_settings_left_unset_take_the_project_defaults(make_crawler, build) -> None:
+    """Defaults live in crawler/settings.py only: a component built without them reads them there."""
+    from crawler import settings as defaults
+
+    pipeline = build(PreparePipeline, make_crawler())
+    assert pipeline.limits["min_side"] == defaults.VERIFY_MIN_SIDE
+    assert pipeline.limits["formats"] == frozenset(defaults.VERIFY_FORMATS)
+    assert pipeline.hash_name == defaults.DEDUPE_HASH

@@ -33,8 +33,11 @@ from local_sites import LocalSite
 from PIL import Image
 from scrapy.exceptions import DropItem
 
-from crawler.pipelines.dedupe import hashes_of
-from crawler.pipelines.verify import Rejected, VerifyPipeline, prepare_image, verify_image
+from crawler.errors import UserError
+from crawler.images.hashing import hashes_of
+from crawler.images.decode import Rejected, verify_image
+from crawler.images.prepare import prepare_image
+from crawler.pipelines.prepare import PreparePipeline
 from crawler.threads import default_thread_count
 from crawler.workers import WorkerCrashed, WorkerPool, acquire_pool, current_pool, default_process_count, release_pool
 
@@ -345,9 +348,9 @@ def test_pipeline_processes_setting(value: object, expected: int) -> None:
 
 
 def test_a_negative_pipeline_processes_stops_the_crawl(make_crawler, build) -> None:
-    """PIPELINE_PROCESSES=-1 is refused when the verify pipeline is built."""
-    with pytest.raises(ValueError, match="PIPELINE_PROCESSES"):
-        build(VerifyPipeline, make_crawler(PIPELINE_PROCESSES=-1))
+    """PIPELINE_PROCESSES=-1 is refused when the prepare pipeline is built."""
+    with pytest.raises(UserError, match="PIPELINE_PROCESSES"):
+        build(PreparePipeline, make_crawler(PIPELINE_PROCESSES=-1))
 
 
 KILLED_PARENT = """
@@ -584,7 +587,7 @@ def test_crawls_with_and_without_workers_make_the_same_dataset(tmp_path: Path) -
 @pytest.mark.timeout(90)
 def test_a_worker_dying_on_an_image_rejects_it_as_worker_crashed(make_crawler, build, dataset_dir: Path) -> None:
     """A worker killed while verifying an item: the item is dropped as rejected/worker_crashed, with its stat."""
-    verify = build(VerifyPipeline, make_crawler(PIPELINE_PROCESSES=1))
+    verify = build(PreparePipeline, make_crawler(PIPELINE_PROCESSES=1))
     # Slow to decode (about 36 million pixels to inflate, convert and reduce), small to send.
     big = Image.new("RGB", (6000, 6000), (120, 80, 40))
     big.paste((20, 160, 220), (1000, 1000, 4000, 3000))

@@ -9,6 +9,7 @@ import torch
 from trainer_testkit import CLASSES, draw_image, write_image_folder
 
 from trainer.data import ImageDataModule, scan_dataset
+from trainer.errors import UserError
 from trainer.transforms import AUGMENTATIONS, build_transform
 
 
@@ -77,15 +78,15 @@ def test_rgb_conversion_of_grey_and_palette_images(tmp_path):
 
 def test_tiny_dataset_fails_with_clear_error(tmp_path):
     root = write_image_folder(tmp_path / "tiny", per_class=1, classes=("a", "b"))
-    with pytest.raises(ValueError, match="split .* is empty"):
+    with pytest.raises(UserError, match="split .* is empty"):
         datamodule(root, val_fraction=0.01).setup("fit")
 
 
 def test_missing_and_empty_roots(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.root"):
+    with pytest.raises(UserError, match="data.root"):
         scan_dataset(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(UserError, match="no images"):
         scan_dataset(tmp_path / "empty")
 
 

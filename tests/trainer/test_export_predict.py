@@ -21,6 +21,7 @@ from trainer.models import build_model
 from trainer.module import ImageClassifier
 from trainer.predict import Predictor, expand_inputs, predict_inputs
 from trainer.predict import main as predict_main
+from trainer.summary import RunSummary
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 
@@ -28,21 +29,21 @@ HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnx
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
-    dataset, run_dir, summary = train_tiny_run(base, "inspect=false")
+    dataset, run_dir, summary = train_tiny_run(base, "diagnostics=false")
     out = export_run(run_dir, base / "export", onnx=HAS_ONNX)
     return dataset, run_dir, summary, out
 
 
-def module_probabilities(summary: dict, dataset: Path) -> dict[str, torch.Tensor]:
+def module_probabilities(summary: RunSummary, dataset: Path) -> dict[str, torch.Tensor]:
     """Softmax of the LightningModule loaded from the best checkpoint, over every image of the
     dataset preprocessed by the datamodule's evaluation transform; keyed by relative path."""
-    checkpoint = summary["best_checkpoint"]
+    checkpoint = summary.best_checkpoint
     module = ImageClassifier.load_from_checkpoint(
         checkpoint, map_location="cpu", weights_only=True,
         net=build_model("baseline_cnn", num_classes=3), optimizer=torch.optim.SGD,
     )
     module.eval()
-    dm = ImageDataModule(root=str(dataset), image_size=summary["image_size"], augment="none")
+    dm = ImageDataModule(root=str(dataset), image_size=summary.image_size, augment="none")
     dm.setup()
     probs = {}
     with torch.no_grad():
@@ -56,8 +57,8 @@ def module_probabilities(summary: dict, dataset: Path) -> dict[str, torch.Tensor
 def test_export_folder_is_self_contained_and_pickle_free(exported):
     _, _, summary, out = exported
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == "baseline_cnn" and config["classes"] == summary["classes"]
-    assert json.loads((out / "classes.json").read_text()) == summary["classes"]
+    assert config["model"] == "baseline_cnn" and config["classes"] == summary.classes
+    assert json.loads((out / "classes.json").read_text()) == summary.classes
     assert config["preprocess"]["size"] == [32, 32]
     assert config["preprocess"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert config["files"]["weights"] == "model.safetensors" and config["files"]["program"] == "model.pt2"
@@ -77,7 +78,7 @@ def test_round_trip_matches_the_lightning_module(exported, backend):
     predictor = Predictor(out, backend=backend)
     results = list(predict_inputs(predictor, expand_inputs([dataset]), top_k=3, batch_size=16))
     assert len(results) == len(expected) == 36
-    classes = summary["classes"]
+    classes = summary.classes
     for result in results:
         want = expected[result.path]
         got = torch.tensor([dict(result.top_k)[name] for name in classes])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 import torch
 from hydra.utils import instantiate
 from trainer_probes import TrainingProbe
 
+from trainer.errors import UserError
 from trainer.finetuning import Finetuning, param_groups
 from trainer.models import build_model
 from trainer.train import train
@@ -64,7 +66,7 @@ def test_gradual_trains_the_head_first_then_all_with_lower_backbone_lr(make_cfg,
     assert second["group_names"] == ["head", "backbone"]
     head_lr, backbone_lr = second["lrs"]
     assert backbone_lr == pytest.approx(head_lr * 0.1)
-    assert summary["finetune"] == "gradual" and summary["trainable_parameters"] == summary["parameters"]
+    assert summary.finetune == "gradual" and summary.trainable_parameters == summary.parameters
 
 
 def test_full_finetune_uses_discriminative_rates_from_the_start(make_cfg, catalog_dataset, baseline_weights):
@@ -81,16 +83,16 @@ def test_frozen_keeps_the_backbone_and_its_batch_norm_statistics(make_cfg, catal
     cfg = make_cfg("experiment=resnet18", "model.finetune=frozen", "data.image_size=32", PROBE, data_root=catalog_dataset)
     dm = instantiate(cfg.data)
     summary = train(cfg)
-    assert summary["trainable_parameters"] == 512 * dm.num_classes + dm.num_classes
+    assert summary.trainable_parameters == 512 * dm.num_classes + dm.num_classes
     (record,) = [r for r in TrainingProbe.records if r["event"] == "epoch_end"]
     assert record["group_names"] == ["head"]
-    state = torch.load(summary["best_checkpoint"], weights_only=True)["state_dict"]
+    state = torch.load(summary.best_checkpoint, weights_only=True)["state_dict"]
     assert torch.equal(state["net.bn1.running_mean"], torch.zeros(64))  # as initialised: not updated
 
 
 def test_pretrained_weights_with_scratch_is_refused(make_cfg, catalog_dataset, baseline_weights):
     cfg = make_cfg(f"model.net.weights={baseline_weights}", "debug=fdr", data_root=catalog_dataset)
-    with pytest.raises(ValueError, match="model.finetune=frozen|full|gradual"):
+    with pytest.raises(UserError, match="model.finetune=frozen|full|gradual"):
         train(cfg)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+from trainer.errors import UserError
 from trainer.models import MODELS, build_model
 
 
@@ -17,7 +18,7 @@ def test_builds_and_maps_images_to_logits(name, size):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(UserError) as error:
         build_model("resnet9000", num_classes=2)
     for name in MODELS:
         assert name in str(error.value)
@@ -45,7 +46,7 @@ def test_published_weights_go_through_torchvision_and_head_is_replaced(monkeypat
 
 
 def test_bad_weights_name_fails():
-    with pytest.raises((KeyError, ValueError)):
+    with pytest.raises(UserError, match="IMAGENET1K_V1, DEFAULT"):
         build_model("resnet18", num_classes=2, weights="NOT_A_WEIGHTS_NAME")
 
 
@@ -68,5 +69,15 @@ def test_local_weights_file_with_matching_head_loads_whole(tmp_path):
 
 
 def test_missing_weights_file_fails(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="weights file not found"):
         build_model("resnet18", num_classes=2, weights=str(tmp_path / "nope.pth"))
+
+
+def test_weights_file_that_is_not_a_state_dict_fails(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a tensor in sight")
+    with pytest.raises(UserError, match="is not a state-dict file that loads safely"):
+        build_model("resnet18", num_classes=2, weights=str(path))
+    torch.save(build_model("baseline_cnn", num_classes=2).state_dict(), path)
+    with pytest.raises(UserError, match="does not fit resnet18: .* saved from torchvision's resnet18"):
+        build_model("resnet18", num_classes=2, weights=str(path))

@@ -15,6 +15,7 @@ from trainer_testkit import write_image_folder
 
 from trainer.callbacks import ChannelsLast
 from trainer.data import ImageDataModule
+from trainer.errors import UserError
 from trainer.loggers import require
 from trainer.models import build_model
 from trainer.train import train
@@ -37,7 +38,7 @@ def test_class_weights_come_from_the_train_split(imbalanced_dataset):
     assert sum(w * c for w, c in zip(weights, counts)) == pytest.approx(sum(counts))  # mean 1 per image
     assert dm.loss_weights == weights
     assert ImageDataModule(root=str(imbalanced_dataset)).loss_weights is None
-    with pytest.raises(ValueError, match="none, loss, sampler"):
+    with pytest.raises(UserError, match="none, loss, sampler"):
         ImageDataModule(root=str(imbalanced_dataset), class_weighting="oversample")
 
 
@@ -54,7 +55,7 @@ def test_weighted_sampler_draws_classes_evenly(imbalanced_dataset):
 @pytest.mark.parametrize("weighting", ["loss", "sampler"])
 def test_class_weighting_trains(weighting, make_cfg, imbalanced_dataset):
     summary = train(make_cfg(f"data.class_weighting={weighting}", "debug=fdr", data_root=imbalanced_dataset))
-    assert summary["val_loss"] > 0
+    assert summary.val_loss > 0
     cfg = make_cfg("data.class_weighting=loss", data_root=imbalanced_dataset)
     dm = instantiate(cfg.data)
     model = instantiate(cfg.model, net={"num_classes": 2}, num_classes=2, class_weights=dm.loss_weights)
@@ -71,10 +72,10 @@ def test_lr_finder_sets_the_learning_rate(make_cfg, tmp_path):
     )
     configured = cfg.model.optimizer.lr
     summary = train(cfg)
-    assert summary["learning_rate"] != configured and cfg.model.optimizer.lr == summary["learning_rate"]
-    assert 1e-8 <= summary["learning_rate"] <= 1
+    assert summary.learning_rate != configured and cfg.model.optimizer.lr == summary.learning_rate
+    assert 1e-8 <= summary.learning_rate <= 1
     hparams = OmegaConf.load(Path(cfg.paths.output_dir) / "csv" / "hparams.yaml")
-    assert hparams.model.optimizer.lr == summary["learning_rate"]  # logged with the config
+    assert hparams.model.optimizer.lr == summary.learning_rate  # logged with the config
     if importlib.util.find_spec("matplotlib"):
         assert (Path(cfg.paths.output_dir) / "lr_find.png").stat().st_size > 1000
 

@@ -88,3 +88,21 @@ def test_json_endpoint_and_limits(server):
     assert status == 413 and "too large" in body["detail"]
     status, body = post_file(server + "predict", None)  # no `file` field
     assert status == 422
+
+
+def test_reports_the_uploaded_size_not_the_decoded_one(server, export_dir):
+    # The model's input is 32 px, so the JPEG is decoded at 1/8 scale (PIL draft): 100 x 75.
+    photo = io.BytesIO()
+    Image.new("RGB", (800, 600), (30, 120, 200)).save(photo, format="JPEG")
+    assert Predictor(export_dir).load(io.BytesIO(photo.getvalue())).size == (100, 75)
+    status, body = post_file(server + "predict", photo.getvalue(), filename="photo.jpg")
+    assert status == 200 and (body["width"], body["height"]) == (800, 600)
+
+
+def test_too_large_upload_gives_the_limit_in_mib(server):
+    # 230 kB: past the 200 kB limit but within the multipart allowance, so the bytes read are checked.
+    status, body = post_file(server + "predict", b"x" * 230_000)
+    assert status == 413 and body["detail"] == "upload too large: more than 0.191 MiB (the limit)"
+    # 1 MB announced by Content-Length: refused before the body is read.
+    status, body = post_file(server + "predict", b"x" * 1_000_000)
+    assert status == 413 and body["detail"].startswith("upload too large: 0.954 MiB (limit 0.191 MiB)")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.summary import RunSummary
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,10 +31,10 @@ def test_real_photos_with_their_own_train_val_split(tmp_path, hymenoptera):
         "experiment=baseline_cnn", f"data.root={hymenoptera}", "data.image_size=64", "data.num_workers=1",
         "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}",
     )
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["classes"] == ["ants", "bees"]
-    assert summary["split_sizes"]["val"] == len(list((hymenoptera / "val").rglob("*.jpg")))
-    assert summary["val_acc"] > 0.4  # two classes; two epochs from scratch only beat chance a little
+    summary = RunSummary.read(tmp_path / "run" / "summary.json")
+    assert summary.classes == ["ants", "bees"]
+    assert summary.split_sizes["val"] == len(list((hymenoptera / "val").rglob("*.jpg")))
+    assert summary.val_acc > 0.4  # two classes; two epochs from scratch only beat chance a little
 
 
 @pytest.mark.slow
@@ -45,8 +47,8 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, catalog_dataset):
         env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     run = tmp_path / "run"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs"] == 2 and Path(summary["best_checkpoint"]).is_file()
+    summary = RunSummary.read(run / "summary.json")
+    assert summary.epochs == 2 and Path(summary.best_checkpoint).is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
     assert [r for r in rows if r["val/acc"]], "rank 0 logged the (synced) validation metrics"
@@ -55,7 +57,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, catalog_dataset):
     ranks = [json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     # Each rank trains and validates on its own half (DistributedSampler), together on everything.
-    train_size, val_size = summary["split_sizes"]["train"], summary["split_sizes"]["val"]
+    train_size, val_size = summary.split_sizes["train"], summary.split_sizes["val"]
     for key, size in (("train_indices", train_size), ("val_indices", val_size)):
         first, second = (set(r[key]) for r in ranks)
         assert first | second == set(range(size))

@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 import torch
 from trainer_probes import TrainingProbe
 
+from trainer.errors import UserError
 from trainer.train import resume_checkpoint, train
 
 STOP = ("+callbacks.stop._target_=trainer_probes.StopAfterEpochs", "+callbacks.stop.epochs=2")
@@ -20,8 +22,8 @@ PROBE = "+callbacks.probe._target_=trainer_probes.TrainingProbe"
 def test_resume_continues_epochs_and_optimizer_state(make_cfg, catalog_dataset, tmp_path):
     overrides = ("trainer.max_epochs=4", "callbacks.early_stopping.patience=100")
     killed = train(make_cfg(*overrides, *STOP, data_root=catalog_dataset))
-    run = Path(killed["output_dir"])
-    assert killed["epochs"] == 2
+    run = Path(killed.output_dir)
+    assert killed.epochs == 2
     saved = tmp_path / "killed_last.ckpt"
     shutil.copy(run / "checkpoints" / "last.ckpt", saved)
     checkpoint = torch.load(saved, weights_only=False)
@@ -38,7 +40,7 @@ def test_resume_continues_epochs_and_optimizer_state(make_cfg, catalog_dataset, 
             assert torch.equal(restored["state"][index][key], state[key])
     assert restored["param_groups"][0]["lr"] == pytest.approx(expected["param_groups"][0]["lr"])
     assert [r["epoch"] for r in TrainingProbe.records if r["event"] == "epoch_end"] == [2, 3]
-    assert resumed["epochs"] == 4 and resumed["output_dir"] == killed["output_dir"]
+    assert resumed.epochs == 4 and resumed.output_dir == killed.output_dir
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 8 and int(last["optimizer_states"][0]["state"][0]["step"]) == 8
     with open(run / "csv" / "metrics.csv", newline="") as handle:
@@ -50,7 +52,7 @@ def test_resume_continues_epochs_and_optimizer_state(make_cfg, catalog_dataset, 
 
 def test_resume_from_another_run_folder_and_missing_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("resume=true")
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    with pytest.raises(UserError, match="last.ckpt"):
         resume_checkpoint(cfg)
     other = tmp_path / "old_run"
     (other / "checkpoints").mkdir(parents=True)

@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
+from trainer.errors import UserError
 from trainer.models.baseline_cnn import BaselineCNN
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 
 def _baseline(*, num_classes: int, weights: str | None) -> nn.Module:
     if weights is not None:
-        raise ValueError("baseline_cnn has no published weights; use a local weights file path instead")
+        raise UserError(
+            f"baseline_cnn has no published weights, so model.net.weights={weights} means nothing "
+            "(use model.net.weights=null, or the path of a state-dict file saved from a baseline_cnn)"
+        )
     return BaselineCNN(num_classes=num_classes)
 
 
@@ -72,12 +77,14 @@ def model_spec(name: str) -> ModelSpec:
     """Return the registry row for ``name``.
 
     Raises:
-        ValueError: the name is unknown; the message lists the valid names.
+        UserError: the name is unknown; the message lists the valid names.
     """
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}") from None
+        raise UserError(
+            f"unknown model {name!r} (use one of: {', '.join(sorted(MODELS))}; e.g. experiment=resnet18)"
+        ) from None
 
 
 def build_model(name: str, *, num_classes: int, weights: str | None = None) -> nn.Module:
@@ -97,9 +104,11 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None) -> n
         ``nn.Module`` mapping ``(N, 3, H, W)`` float to ``(N, num_classes)`` logits.
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones) or bad weights name.
-        FileNotFoundError: ``weights`` looks like a path (has a ``/`` or a ``.pt``/``.pth``
-            suffix) but no file is there.
+        UserError: unknown name (the message lists the valid ones); unknown weights name (the
+            message lists torchvision's); published weights that cannot be downloaded (the
+            message names the file, the local-file option and torchvision's cache folder); a
+            weights path (has a ``/`` or a ``.pt``/``.pth``/``.bin`` suffix) with no file
+            there, or a file that is not a state dict of this architecture.
     """
     spec = model_spec(name)
     if weights is None:
@@ -108,18 +117,38 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None) -> n
     weights_file = _as_weights_file(weights)
     if weights_file is None:
         # Published weights carry a 1000-class head: build as published, then swap the head.
-        net = spec.builder(num_classes=IMAGENET_CLASSES, weights=weights)
+        if name not in torchvision.models.list_models():
+            return spec.builder(num_classes=num_classes, weights=weights)  # baseline_cnn: refuses
+        published = _published_weights(name, weights)
+        try:
+            net = spec.builder(num_classes=IMAGENET_CLASSES, weights=weights)
+        except OSError as exc:  # urllib's URLError, a refused proxy, a full disk: the download failed
+            raise _download_error(name, weights, published, exc) from exc
         replace_head(net, spec.head, num_classes)
         return net
 
-    state_dict = torch.load(weights_file, map_location="cpu", weights_only=True)
-    net = spec.builder(num_classes=num_classes, weights=None)
-    head_out = _head_out_features(state_dict, net, spec.head)
-    if head_out == num_classes:
+    source = f"torchvision's {name}" if name in torchvision.models.list_models() else f"a {name}"
+    try:
+        state_dict = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a file torch.save wrote, or one holding more than tensors
+        raise UserError(
+            f"weights file {weights_file} is not a state-dict file that loads safely: {_first_line(exc)} "
+            f"(save one with torch.save(model.state_dict(), path) from {source}, or use model.net.weights=null)"
+        ) from exc
+    try:
+        net = spec.builder(num_classes=num_classes, weights=None)
+        head_out = _head_out_features(state_dict, net, spec.head)
+        if head_out != num_classes:
+            net = spec.builder(num_classes=head_out, weights=None)
         net.load_state_dict(state_dict)
+    except (ValueError, RuntimeError) as exc:  # keys and shapes of another network
+        raise UserError(
+            f"weights file {weights_file} does not fit {name}: {_first_line(exc)} "
+            f"(pass a state dict saved from {source}, torch.save(model.state_dict(), path), "
+            "or model.net.weights=null)"
+        ) from exc
+    if head_out == num_classes:
         return net
-    net = spec.builder(num_classes=head_out, weights=None)
-    net.load_state_dict(state_dict)
     replace_head(net, spec.head, num_classes)
     logger.info("loaded %s weights from %s; head replaced (%d -> %d classes)", name, weights_file, head_out, num_classes)
     return net
@@ -151,8 +180,41 @@ def _as_weights_file(weights: str) -> Path | None:
     if path.is_file():
         return path
     if "/" in weights or path.suffix in {".pt", ".pth", ".bin"}:
-        raise FileNotFoundError(f"weights file not found: {weights}")
+        raise UserError(
+            f"weights file not found: {path.resolve()} (check model.net.weights=; a relative path starts from "
+            "the current directory; or use a torchvision weights name such as DEFAULT)"
+        )
     return None
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:limit] if text else "") or type(exc).__name__
+
+
+def _published_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """torchvision's weights entry for ``weights`` (``"DEFAULT"``, ``"IMAGENET1K_V1"`` or
+    ``"ResNet18_Weights.IMAGENET1K_V1"``) of model ``name``."""
+    enum = torchvision.models.get_model_weights(name)
+    member = weights.removeprefix(f"{enum.__name__}.")
+    if member not in enum.__members__:
+        raise UserError(
+            f"unknown weights model.net.weights={weights} for {name} "
+            f"(use one of: {', '.join(enum.__members__)}, null, or the path of a state-dict file)"
+        )
+    return enum[member]
+
+
+def _download_error(name: str, weights: str, published: torchvision.models.WeightsEnum, exc: OSError) -> UserError:
+    file_name = Path(urlparse(published.url).path).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0][:160]
+    return UserError(
+        f"cannot download {name} weights {weights} from {published.url}: {reason} "
+        f"(offline? fetch {file_name} on a machine with network, then either pass "
+        f"model.net.weights=/path/to/{file_name} (a local state-dict file), or put it at {cached}, "
+        "torchvision's cache folder (torch.hub.get_dir(), moved by TORCH_HOME), where it is picked up)"
+    )
 
 
 def _head_out_features(state_dict: dict, net: nn.Module, head: str) -> int:
@@ -160,8 +222,8 @@ def _head_out_features(state_dict: dict, net: nn.Module, head: str) -> int:
     module = head_module(net, head)
     linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
     key = ".".join(filter(None, [head, linears[-1], "weight"]))
-    if key not in state_dict:
-        raise ValueError(f"weights file has no {key!r}; is it a state dict of this architecture?")
+    if not isinstance(state_dict, dict) or key not in state_dict:
+        raise ValueError(f"no {key!r} in it, so it is not a state dict of this architecture")
     return int(state_dict[key].shape[0])
 
 

@@ -1,4 +1,4 @@
-"""Inspection artefacts of a tiny trained run: they exist and hold the right numbers."""
+"""Diagnostics of a tiny trained run: the artefacts exist and hold the right numbers."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ from PIL import Image
 from trained_run import train_tiny_run
 
 from trainer.data import ImageDataModule
-from trainer.inspect import INSPECT_DIR, main, read_epoch_metrics
+from trainer.diagnostics import DIAGNOSTICS_DIR, main, read_epoch_metrics
 from trainer.models import build_model
 from trainer.runs import load_checkpoint, net_state_dict
+from trainer.summary import RunSummary
 
 ARTEFACTS = (
     "confusion_matrix.csv", "confusion_matrix.png", "confused_pairs.csv", "classification_report.csv",
-    "classification_report.md", "curves.png", "high_loss.png", "predictions.csv", "inspect.json",
+    "classification_report.md", "curves.png", "high_loss.png", "predictions.csv", "diagnostics.json",
 )
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("inspect"))
+    return train_tiny_run(tmp_path_factory.mktemp("diagnostics"))
 
 
 def read_matrix(path: Path) -> tuple[list[str], list[list[int]]]:
@@ -34,9 +35,9 @@ def read_matrix(path: Path) -> tuple[list[str], list[list[int]]]:
     return rows[0][1:], [[int(v) for v in r[1:]] for r in rows[1:]]
 
 
-def recompute_matrix(summary: dict, classes: list[str]) -> list[list[int]]:
+def recompute_matrix(summary: RunSummary, classes: list[str]) -> list[list[int]]:
     """Argmax predictions of the best checkpoint over the validation set, counted by hand."""
-    checkpoint = load_checkpoint(Path(summary["best_checkpoint"]))
+    checkpoint = load_checkpoint(Path(summary.best_checkpoint))
     net = build_model("baseline_cnn", num_classes=len(classes))
     net.load_state_dict(net_state_dict(checkpoint))
     net.eval()
@@ -52,7 +53,7 @@ def recompute_matrix(summary: dict, classes: list[str]) -> list[list[int]]:
 
 def test_artefacts_exist_and_hold_the_numbers(run):
     _, run_dir, summary = run
-    out = run_dir / INSPECT_DIR
+    out = run_dir / DIAGNOSTICS_DIR
     for name in ARTEFACTS:
         assert (out / name).is_file(), name
     for name in ("confusion_matrix.png", "curves.png", "high_loss.png"):
@@ -60,16 +61,16 @@ def test_artefacts_exist_and_hold_the_numbers(run):
             assert image.format == "PNG" and min(image.size) > 100
 
     classes, matrix = read_matrix(out / "confusion_matrix.csv")
-    assert classes == summary["classes"] == ["circle", "square", "triangle"]
-    val_size = summary["split_sizes"]["val"]
+    assert classes == summary.classes == ["circle", "square", "triangle"]
+    val_size = summary.split_sizes["val"]
     assert sum(map(sum, matrix)) == val_size
     assert matrix == recompute_matrix(summary, classes)
 
     # Accuracy from the matrix is the best checkpoint's logged val/acc (micro accuracy).
     accuracy = sum(matrix[i][i] for i in range(3)) / val_size
-    info = json.loads((out / "inspect.json").read_text())
+    info = json.loads((out / "diagnostics.json").read_text())
     assert info["val_size"] == val_size and info["accuracy"] == pytest.approx(accuracy)
-    assert accuracy == pytest.approx(summary["val_acc"], abs=1e-6)
+    assert accuracy == pytest.approx(summary.val_acc, abs=1e-6)
 
     report = {r["class"]: r for r in csv.DictReader((out / "classification_report.csv").open())}
     for i, name in enumerate(classes):
@@ -94,13 +95,13 @@ def test_artefacts_exist_and_hold_the_numbers(run):
         assert float(p["loss"]) >= 0 and 0 < float(p["probability"]) <= 1
 
     curves = read_epoch_metrics(run_dir / "csv" / "metrics.csv")
-    assert sorted(curves["train/loss"]) == sorted(curves["val/acc"]) == list(range(summary["epochs"]))
-    assert max(curves["val/acc"].values()) == pytest.approx(summary["val_acc"], abs=1e-6)
+    assert sorted(curves["train/loss"]) == sorted(curves["val/acc"]) == list(range(summary.epochs))
+    assert max(curves["val/acc"].values()) == pytest.approx(summary.val_acc, abs=1e-6)
 
 
 def test_command_rebuilds_the_same_numbers(run, capsys):
     _, run_dir, _ = run
-    out = run_dir / INSPECT_DIR
+    out = run_dir / DIAGNOSTICS_DIR
     before = (out / "confusion_matrix.csv").read_text()
     shutil.rmtree(out)
     assert main([str(run_dir)]) == 0

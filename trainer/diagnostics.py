@@ -1,7 +1,7 @@
 """Look at a trained model: confusion matrix, most confused pairs, per-class report, curves, worst images.
 
-``inspect_run`` is called by ``trainer.train`` after the best checkpoint's validation pass and
-writes into ``<run dir>/inspect/``:
+``write_diagnostics`` is called by ``trainer.train`` after the best checkpoint's validation pass
+and writes into ``<run dir>/diagnostics/``:
 
 - ``confusion_matrix.csv`` / ``.png``: rows are true classes, columns predicted classes, counts of
   validation images (``torchmetrics`` ``MulticlassConfusionMatrix``); the PNG colours each row by
@@ -16,11 +16,11 @@ writes into ``<run dir>/inspect/``:
 - ``high_loss.png``: the validation images with the highest cross-entropy loss, each titled with
   its true label, predicted label and predicted probability.
 - ``predictions.csv``: every validation image: path, label, predicted, probability, loss.
-- ``inspect.json``: the headline numbers and the files above.
+- ``diagnostics.json``: the headline numbers and the files above.
 
 Rebuild them for a finished run (for instance after a crash, or with a moved dataset)::
 
-    python -m trainer.inspect RUN_DIR [--data-root DATASET_DIR]
+    python -m trainer.diagnostics RUN_DIR [--data-root DATASET_DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
-from inspect import signature  # the standard library's (absolute import)
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,12 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from trainer.errors import UserError, report
+from trainer.quiet import quiet_cli
+
 logger = logging.getLogger(__name__)
 
-INSPECT_DIR = "inspect"
+DIAGNOSTICS_DIR = "diagnostics"
 #: Longest class name drawn on a plot axis or image title, characters.
 _MAX_NAME = 18
 
@@ -143,7 +146,7 @@ def class_report(matrix: Tensor, classes: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def inspect_run(
+def write_diagnostics(
     run_dir: str | Path,
     net: nn.Module,
     datamodule: Any,
@@ -151,7 +154,7 @@ def inspect_run(
     classes: list[str] | None = None,
     grid_images: int = 16,
 ) -> dict[str, Path]:
-    """Write the inspection artefacts of one run into ``<run_dir>/inspect/`` (see module doc).
+    """Write the diagnostics of one run into ``<run_dir>/diagnostics/`` (see module doc).
 
     Args:
         run_dir: the run folder (its ``csv/metrics.csv``, if any, gives the curves).
@@ -164,7 +167,7 @@ def inspect_run(
     Returns:
         Artefact name -> path.
     """
-    out = Path(run_dir) / INSPECT_DIR
+    out = Path(run_dir) / DIAGNOSTICS_DIR
     out.mkdir(parents=True, exist_ok=True)
     classes = list(classes if classes is not None else datamodule.classes)
     predictions = predict_validation(net, datamodule)
@@ -192,9 +195,9 @@ def inspect_run(
         "most_confused": pairs[:10],
         "files": {name: path.name for name, path in files.items()},
     }
-    files["inspect_json"] = out / "inspect.json"
-    files["inspect_json"].write_text(json.dumps(info, indent=2) + "\n")
-    logger.info("inspection of %d validation images written to %s (accuracy %.3f)", info["val_size"], out, accuracy)
+    files["diagnostics_json"] = out / "diagnostics.json"
+    files["diagnostics_json"].write_text(json.dumps(info, indent=2) + "\n")
+    logger.info("diagnostics of %d validation images written to %s (accuracy %.3f)", info["val_size"], out, accuracy)
     return files
 
 
@@ -382,8 +385,8 @@ def _plot_high_loss(path: Path, predictions: ValPredictions, classes: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m trainer.inspect RUN_DIR``: rebuild the inspection artefacts of a finished run."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.inspect", description=__doc__.split("\n")[0])
+    """``python -m trainer.diagnostics RUN_DIR``: rebuild the diagnostics of a finished run."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.diagnostics", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (with summary.json and checkpoints/)")
     parser.add_argument("--data-root", type=Path, default=None, help="the dataset, if it moved since training")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's")
@@ -397,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run(args.run_dir)
-    except FileNotFoundError as exc:
-        logger.error("%s", exc)
-        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        return report(exc)
     hparams = {**run.data_hparams, "num_workers": args.num_workers, "persistent_workers": False, "pin_memory": False}
     if args.data_root is not None:
         hparams["root"] = str(args.data_root)
@@ -409,16 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     known = signature(ImageDataModule).parameters
     datamodule = ImageDataModule(**{k: v for k, v in hparams.items() if k in known})
     if datamodule.classes != run.classes:
-        logger.error(
-            "the dataset's classes %s differ from the run's %s; pass the dataset the run was trained on",
-            datamodule.classes, run.classes,
+        return report(
+            UserError(
+                f"the dataset's classes {datamodule.classes} differ from the run's {run.classes} "
+                "(pass the dataset the run was trained on with --data-root)"
+            )
         )
-        return 2
-    files = inspect_run(run.run_dir, run.net, datamodule, classes=run.classes, grid_images=args.grid)
+    files = write_diagnostics(run.run_dir, run.net, datamodule, classes=run.classes, grid_images=args.grid)
     for path in files.values():
         print(path)
     return 0
 
 
 if __name__ == "__main__":
+    quiet_cli()  # the command line only: tests keep every warning
     sys.exit(main())
