@@ -5,7 +5,7 @@ Usage::
     scrapy crawl gallery -a label=<category> -a start_urls=<url[,url...]> \\
         [-a query=...] [-a max_images=N] [-a max_pages=N] [-a next_selector=CSS] \\
         [-a follow_details=auto|always|never] [-a keep_chrome=1] \\
-        [-a render=1 [-a max_scrolls=N] [-a scroll_timeout=SECONDS]] \\
+        [-a render=1 [-a max_scrolls=N] [-a scroll_timeout=SECONDS] [-a more_selector=CSS]] \\
         -s DATASET_DIR=<folder> [-s JOBDIR=<folder>]
 
 On a listing whose items link to their own pages (shops, portfolios), the spider follows each
@@ -13,15 +13,16 @@ item's link and takes that detail page's main image at full size (:mod:`crawler.
 says how items, chrome and main images are recognised). The spider only parses and yields one
 ``ImageItem`` per image URL; downloading, checking and
 storing are the pipelines' jobs. With ``render=1`` the pages (never the images) are loaded in
-Chromium through scrapy-playwright and scrolled until no new ``<img>`` appears; the rendered
-HTML then goes through the same extraction rules as a static page.
+Chromium through scrapy-playwright and driven until they show no new image (scrolling, "load
+more", script-driven "next" pages, lazy loaders: :mod:`crawler.render`); the rendered HTML then
+goes through the same extraction rules as a static page, and the gallery items of the JSON the
+page loaded are taken too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import PurePosixPath
@@ -31,6 +32,17 @@ from urllib.parse import urlparse
 from scrapy.http import Request, TextResponse
 
 from crawler.errors import UserError
+from crawler.render import (
+    RenderOptions,
+    css_selector,
+    enable_rendering,
+    feed_next_url,
+    is_json,
+    log_rendered,
+    page_feed,
+    page_responses,
+    render_meta,
+)
 from crawler.resume import judged_urls
 from crawler.spiders.base import ImageSpider, positive_int
 from crawler.spiders.page_parts import (
@@ -45,12 +57,11 @@ from crawler.threads import run_in_thread
 if TYPE_CHECKING:
     from parsel import Selector
     from scrapy.crawler import Crawler
-    from scrapy.settings import Settings
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GallerySpider", "enable_rendering", "largest_srcset_candidate", "parse_srcset"]
+__all__ = ["GallerySpider", "largest_srcset_candidate", "parse_srcset"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif"}
@@ -62,32 +73,6 @@ _NEXT_TEXT = re.compile(r"^\s*(next|next page|more|older|suivant|weiter|siguient
 _NEXT_CLASS = re.compile(r"(^|[\s_-])next([\s_-]|$)", re.I)
 FOLLOW_DETAILS = ("auto", "always", "never")
 _DESCRIPTOR = re.compile(r"^(\d+(?:\.\d+)?)([wx])$", re.I)
-
-PLAYWRIGHT_HANDLER = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
-# Runs in the page (Playwright's page.evaluate): scroll to the bottom, wait up to `pauseMs` for
-# the number of <img> to grow, and stop after `idleRounds` scrolls without growth, `maxScrolls`
-# scrolls or `timeoutMs`, whichever comes first. Waiting for growth rather than a fixed sleep
-# keeps fast pages fast while still giving a slow "load more" request its time.
-SCROLL_SCRIPT = """
-async ([maxScrolls, idleRounds, pauseMs, timeoutMs]) => {
-  const count = () => document.querySelectorAll("img").length;
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-  const deadline = Date.now() + timeoutMs;
-  let scrolls = 0, idle = 0, last = count();
-  while (scrolls < maxScrolls && idle < idleRounds && Date.now() < deadline) {
-    const root = document.scrollingElement || document.documentElement;
-    window.scrollTo(0, root.scrollHeight);
-    scrolls += 1;
-    const waitUntil = Math.min(Date.now() + pauseMs, deadline);
-    while (count() <= last && Date.now() < waitUntil) await sleep(50);
-    const now = count();
-    idle = now > last ? 0 : idle + 1;
-    last = now;
-  }
-  return {scrolls: scrolls, images: last, timedOut: Date.now() >= deadline};
-}
-"""
-
 
 def parse_srcset(srcset: str) -> list[tuple[str, float, str]]:
     """Parse a ``srcset`` value into ``(url, value, unit)`` candidates (unit ``w`` or ``x``).
@@ -149,10 +134,13 @@ class GallerySpider(ImageSpider):
         max_pages: pages followed per start URL, the start page included (default 50).
         next_selector: CSS selector of the "next page" link; default: ``a[rel=next]``,
             ``link[rel=next]``, or an ``<a>`` whose text or class says "next".
-        render: ``1`` to load pages in Chromium (scrapy-playwright) and scroll them, for
-            infinite-scroll and JavaScript-built pages (default ``0``: plain HTTP).
-        max_scrolls: with ``render``, most scrolls per page (default 20).
-        scroll_timeout: with ``render``, seconds of scrolling per page at most (default 60).
+        render: ``1`` to load pages in Chromium (scrapy-playwright) and drive them, for
+            infinite-scroll, "load more" and JavaScript-built pages (default ``0``: plain HTTP).
+        max_scrolls: with ``render``, most rounds (scroll, press "load more"/"next") per page
+            (default 20).
+        scroll_timeout: with ``render``, seconds of driving per page at most (default 60).
+        more_selector: with ``render``, CSS selector of the "load more" control when the
+            search for it (by role, wording in common languages, position) misses it.
         follow_details: ``auto`` (default): on a page that lists at least
             :data:`~crawler.spiders.page_parts.MIN_CARDS` item cards of one structure, each
             linking to its own page of the site, follow those links and take each detail
@@ -164,8 +152,10 @@ class GallerySpider(ImageSpider):
             ``gallery/skipped/<reason>`` (``icon``, ``logo``, ``container``,
             ``outside_items``, ``repeated``).
 
-    Rendering scrolls to the bottom until :attr:`SCROLL_IDLE_ROUNDS` scrolls in a row add no
-    ``<img>`` (each waits up to :attr:`SCROLL_PAUSE` seconds for one). The browser is the
+    Rendering (:mod:`crawler.render.page`) stops once :attr:`SCROLL_IDLE_ROUNDS` rounds in a
+    row show no new image URL (each waits up to :attr:`SCROLL_PAUSE` seconds for one, longer
+    while the page's requests are in flight). A JSON start URL (a gallery's API) is read
+    without a browser: its gallery items, then its ``next`` link. The browser is the
     ``CHROMIUM_PATH`` setting (default ``$CHROMIUM_PATH`` or ``/usr/bin/chromium``); the
     scrapy-playwright download handlers are installed only for rendering crawls, so a plain
     crawl never loads Playwright.
@@ -190,15 +180,15 @@ class GallerySpider(ImageSpider):
     (``data-src``...) over a placeholder ``src``; ``src`` (``data:`` URIs included).
 
     Raises:
-        UserError: on a missing or unusable label, no start URL, non-integer limits, an unknown
-            argument, when DATASET_DIR is not set, or with ``render`` when the browser
-            executable is missing.
+        UserError: on a missing or unusable label, no start URL, non-integer limits, a
+            ``more_selector`` that is not CSS, an unknown argument, when DATASET_DIR is not set,
+            or with ``render`` when the browser executable is missing.
     """
 
     name = "gallery"
     arguments = (
-        "start_urls", "max_pages", "next_selector", "render", "max_scrolls", "scroll_timeout", "follow_details",
-        "keep_chrome",
+        "start_urls", "max_pages", "next_selector", "render", "max_scrolls", "scroll_timeout", "more_selector",
+        "follow_details", "keep_chrome",
     )
     MAX_PAGES = 50
     MAX_SCROLLS = 20
@@ -217,6 +207,7 @@ class GallerySpider(ImageSpider):
         render: str | bool | None = None,
         max_scrolls: str | int | None = None,
         scroll_timeout: str | float | None = None,
+        more_selector: str | None = None,
         follow_details: str | None = None,
         keep_chrome: str | bool | None = None,
         *args: Any,
@@ -233,6 +224,7 @@ class GallerySpider(ImageSpider):
         self.render = _flag("render", render)
         self.max_scrolls = positive_int("max_scrolls", max_scrolls) or self.MAX_SCROLLS
         self.scroll_timeout = _positive_float("scroll_timeout", scroll_timeout) or self.SCROLL_TIMEOUT
+        self.more_selector = css_selector("more_selector", more_selector)
         self.follow_details = (follow_details or "auto").strip().lower()
         if self.follow_details not in FOLLOW_DETAILS:
             raise ValueError(f"follow_details must be one of {', '.join(FOLLOW_DETAILS)}, got {follow_details!r}")
@@ -274,18 +266,18 @@ class GallerySpider(ImageSpider):
             self._seen_pages.add(url)
             yield self.page_request(url, page_number=1)
 
-    def page_request(self, url: str, page_number: int) -> Request:
-        """The request of a listing page; rendered and scrolled in Chromium with ``render``.
+    def page_request(self, url: str, page_number: int, render: bool | None = None) -> Request:
+        """The request of a listing page; rendered in Chromium with ``render`` (default: the
+        spider's ``render``; a JSON API page is never rendered).
 
         ``dont_filter``: a resumed job walks its pages again (see the class docstring).
         """
         meta: dict[str, Any] = {"page_number": page_number}
-        if self.render:
-            from scrapy_playwright.page import PageMethod
-
-            limits = [self.max_scrolls, self.SCROLL_IDLE_ROUNDS, int(self.SCROLL_PAUSE * 1000), int(self.scroll_timeout * 1000)]
-            meta["playwright"] = True
-            meta["playwright_page_methods"] = [PageMethod("evaluate", SCROLL_SCRIPT, limits)]
+        if self.render if render is None else render:
+            meta |= render_meta(RenderOptions(
+                max_scrolls=self.max_scrolls, timeout=self.scroll_timeout, pause=self.SCROLL_PAUSE,
+                idle_rounds=self.SCROLL_IDLE_ROUNDS, more_selector=self.more_selector,
+            ))
         return Request(url, callback=self.parse, meta=meta, dont_filter=True)
 
     def parse(self, response: Any, **kwargs: Any) -> Iterator[Any]:
@@ -295,7 +287,13 @@ class GallerySpider(ImageSpider):
             logger.warning("not an HTML page, skipped: %s", response.url)
             return
         found = details = 0
-        for url, detail in self.page_images(response):
+        # The page's own data (JSON feed items, with their own pages) first, then its HTML,
+        # including the pages a rendered page's script-driven "next" left.
+        for item in page_feed(response):
+            if self._new_image(item.url):
+                found += 1
+                yield self.image_item(item.url, item.page_url or response.url)
+        for url, detail in (entry for html in page_responses(response) for entry in self.page_images(html)):
             if detail is not None:
                 if detail in self._seen_pages or self.enough_stored():
                     continue
@@ -312,26 +310,23 @@ class GallerySpider(ImageSpider):
                 yield self.image_item(url, response.url)
         page = response.meta.get("page_number", 1)
         logger.info("page %d: %d new image URLs, %d detail pages to follow on %s", page, found, details, response.url)
-        for method in response.meta.get("playwright_page_methods") or []:
-            if isinstance(getattr(method, "result", None), dict):
-                scrolled = method.result
-                logger.info(
-                    "page %d rendered: %s scrolls, %s <img>%s",
-                    page, scrolled.get("scrolls"), scrolled.get("images"),
-                    " (scroll_timeout reached)" if scrolled.get("timedOut") else "",
-                )
+        log_rendered(response, page)
         if self.enough_stored():
             return
         if page >= self.max_pages:
             logger.info("max_pages (%d) reached at %s", self.max_pages, response.url)
             return
-        next_url = self.next_page_url(response)
+        # The next page of the page's own JSON API (read without a browser) when it has no
+        # "next" link of its own.
+        feed_next = feed_next_url(response)
+        next_url = None if is_json(response) else self.next_page_url(response)
         if next_url and urlparse(next_url).hostname not in self.hosts:
             logger.info("next page %s is on another site: not followed", next_url)
             next_url = None
+        next_url = next_url or feed_next
         if next_url and next_url not in self._seen_pages:
             self._seen_pages.add(next_url)
-            yield self.page_request(next_url, page_number=page + 1)
+            yield self.page_request(next_url, page_number=page + 1, render=False if next_url == feed_next else None)
 
     def parse_detail(self, response: Any, **kwargs: Any) -> Iterator[Any]:
         """Yield the item of a detail page's main image (its listing image when it has none)."""
@@ -493,32 +488,6 @@ def _largest_of(srcsets: list[str]) -> str | None:
         return None
     widths = [c for c in candidates if c[2] == "w"]
     return max(widths or candidates, key=lambda c: c[1])[0]
-
-
-def enable_rendering(settings: Settings) -> None:
-    """Route http(s) downloads through scrapy-playwright and point it at ``CHROMIUM_PATH``.
-
-    The handler renders only requests whose meta has ``playwright``; the others (images,
-    robots.txt) keep Scrapy's HTTP/1.1 handler. Playwright starts its driver when the engine
-    starts and Chromium on the first rendered request.
-
-    Raises:
-        UserError: the browser executable does not exist.
-    """
-    chromium = settings.get("CHROMIUM_PATH") or os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
-    options = dict(settings.getdict("PLAYWRIGHT_LAUNCH_OPTIONS"))
-    options.setdefault("executable_path", chromium)
-    if not os.access(options["executable_path"], os.X_OK):
-        raise UserError(
-            f"render=1 needs Chromium at {options['executable_path']!r} (install it: "
-            "`make browsers` or apt-get install chromium; or set -s CHROMIUM_PATH=<path>)"
-        )
-    handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
-    handlers.update({"http": PLAYWRIGHT_HANDLER, "https": PLAYWRIGHT_HANDLER})
-    settings.set("DOWNLOAD_HANDLERS", handlers, priority="spider")
-    settings.set("PLAYWRIGHT_LAUNCH_OPTIONS", options, priority="spider")
-    if not settings.get("PLAYWRIGHT_BROWSER_TYPE"):
-        settings.set("PLAYWRIGHT_BROWSER_TYPE", "chromium", priority="spider")
 
 
 def _flag(name: str, value: str | bool | None) -> bool:
