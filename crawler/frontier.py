@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
 from scrapy.http import Request, Response
@@ -85,6 +86,16 @@ local leases = redis.call('HGETALL', KEYS[1])
 for i = 1, #leases, 2 do redis.call('HSET', KEYS[2], leases[i], leases[i + 1]) end
 redis.call('DEL', KEYS[1])
 return #leases / 2
+"""
+
+# Clear the seen-set (KEYS[2]) only on an empty frontier with no other live process: one step,
+# so a process starting at the same instant either is seen alive or pushes after the clear.
+_CLEAR_IF_ALONE = """
+if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('LLEN', KEYS[3]) > 0 then return -1 end
+if #redis.call('KEYS', ARGV[1] .. ':leases:*') > 0 then return -1 end
+local alive = redis.call('KEYS', ARGV[1] .. ':alive:*')
+if #alive > 1 or (#alive == 1 and alive[1] ~= ARGV[2]) then return -1 end
+return redis.call('DEL', KEYS[2])
 """
 
 
@@ -201,6 +212,14 @@ class Frontier:
         settings = crawler.settings
         self.crawler = crawler
         self.server = get_redis_from_settings(settings)
+        try:
+            self.server.ping()
+        except redis.RedisError as exc:
+            where = settings.get("REDIS_URL") or f"{settings.get('REDIS_HOST', 'localhost')}:{settings.get('REDIS_PORT', 6379)}"
+            raise UserError(
+                f"the shared frontier cannot reach Redis at {where}: {exc} "
+                "(start redis-server there, or fix -s REDIS_URL=redis://<host>:<port>/<db>)"
+            ) from None
         self.ttl = settings.getfloat("FRONTIER_LEASE_TTL")
         if self.ttl <= 0:
             raise UserError(f"FRONTIER_LEASE_TTL must be a positive number of seconds, got {self.ttl} (e.g. 30)")
@@ -250,11 +269,10 @@ class Frontier:
         spider.frontier_worker = self.worker
         alive, _ = _keys(spider.name, self.worker)
         self.server.set(alive, "1", px=int(self.ttl * 1000))
-        others = [key for key in self.server.scan_iter(f"{self._prefix()}:alive:*") if key.decode() != alive]
-        if not others and not self._pending(include_own=True):
-            seen = self.server.delete(self._scheduler().df.key)
-            if seen:
-                logger.info("frontier: alone on an empty frontier, the old seen-set is cleared")
+        start_urls = self.start_urls_key % {"name": spider.name}
+        keys = [self._queue().key, self._scheduler().df.key, start_urls]
+        if self.server.eval(_CLEAR_IF_ALONE, len(keys), *keys, self._prefix(), alive) == 1:
+            logger.info("frontier: alone on an empty frontier, the old seen-set is cleared")
         self.take_over()
         self._beat = task.LoopingCall(self.heartbeat)
         self._beat.start(self.ttl / 3, now=False)
@@ -270,7 +288,7 @@ class Frontier:
     def spider_idle(self) -> None:
         self.pull_start_urls()
         self.take_over()
-        if self._pending(include_own=False):
+        if self._pending():
             raise DontCloseSpider
         if not self.taken:
             # Not a failed crawl ("nothing_crawled", crawler.progress): the other processes took
@@ -375,14 +393,14 @@ class Frontier:
         self._inc("pushed_urls", len(pushed))
         return len(pushed)
 
-    def _pending(self, *, include_own: bool) -> bool:
+    def _pending(self) -> bool:
         """Whether the frontier still has work: queued requests, pushed URLs, or leases held
         by another process (its entries are in flight, or will be taken over)."""
         name = self.spider.name
         if self.server.zcard(self._queue().key) or self.server.llen(self.start_urls_key % {"name": name}):
             return True
         own = _keys(name, self.worker)[1].encode()
-        return any(include_own or key != own for key in self.server.scan_iter(f"{self._prefix()}:leases:*"))
+        return any(key != own for key in self.server.scan_iter(f"{self._prefix()}:leases:*"))
 
     def _inc(self, key: str, count: int = 1) -> None:
         if self.crawler.stats is not None:

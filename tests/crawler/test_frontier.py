@@ -228,7 +228,9 @@ def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
         procs = [start_crawl("urls", dataset, *args) for _ in range(3)]
         deadline = time.monotonic() + 300
         while len(site.hits) < len(urls) // 3:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), site.hits[-5:]
+            ended = [proc for proc in procs if proc.poll() is not None]
+            assert not ended, finish(ended[0]).stdout[-3000:]
+            assert time.monotonic() < deadline, site.hits[-5:]
             time.sleep(0.05)
         victim = procs[0]
         os.kill(victim.pid, signal.SIGKILL)
@@ -254,3 +256,17 @@ def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
     sha_stored = Counter(row["sha256"] for row in rows if row["status"] == "stored")
     assert max(sha_stored.values()) == 1
     assert sum("taken over" in r.stdout or "queued again" in r.stdout for r in results) >= 1
+
+
+def test_an_unreachable_redis_is_one_line_error(tmp_path: Path) -> None:
+    url_list = tmp_path / "urls.txt"
+    url_list.write_text("http://127.0.0.1:9/a.jpg\n")
+    result = subprocess.run(
+        [*SCRAPY, "crawl", "urls", "-a", "label=x", *frontier_args("redis://127.0.0.1:1/0", url_list),
+         "-s", f"DATASET_DIR={tmp_path / 'data'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
