@@ -7,7 +7,8 @@ scrapy-redis's scheduler and dupefilter (``crawler/frontier.py``), and one fresh
 (SQLite catalog) for all of them; Redis is emptied between runs. Images/s = stored rows / wall
 time from the first process's start to the last one's exit (start-up included). The process
 counts alternate in each round (1, 2, 3, then 3, 2, 1, ...) and the median of the rounds is
-printed, because the machine is shared and its load varies.
+printed, because the machine is shared and its load varies. "0" is the baseline: one process on
+Scrapy's own scheduler, no Redis.
 
 Reproduce::
 
@@ -33,20 +34,20 @@ from redis_server import RedisServer, find_redis_server  # noqa: E402
 
 
 def run(processes: int, url_list: Path, dataset: Path, redis_url: str, concurrency: int) -> tuple[float, int]:
-    """Seconds from the first start to the last exit, and stored rows."""
-    settings = {
-        **ours_settings(concurrency, 64),
-        "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
-        "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
-        "REDIS_URL": redis_url,
-        "LOG_LEVEL": "WARNING",
-        "DATASET_DIR": dataset,
-    }
+    """Seconds from the first start to the last exit, and stored rows (``processes`` 0: one
+    process without the shared frontier)."""
+    settings: dict[str, object] = {**ours_settings(concurrency, 64), "LOG_LEVEL": "WARNING", "DATASET_DIR": dataset}
+    if processes:
+        settings |= {
+            "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
+            "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
+            "REDIS_URL": redis_url,
+        }
     command = [*SCRAPY, "crawl", "urls", "-a", f"file={url_list}", "-a", "label=bench",
                *(arg for key, value in settings.items() for arg in ("-s", f"{key}={value}"))]
     started = time.perf_counter()
     procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(processes)]
+             for _ in range(max(processes, 1))]
     codes = [proc.wait(timeout=1800) for proc in procs]
     seconds = time.perf_counter() - started
     if any(codes):
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: redis-server is not installed (apt-get install redis-server)")
     server = serve(make_images(args.count), args.latency)
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    rates: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    rates: dict[int, list[float]] = {0: [], 1: [], 2: [], 3: []}
     try:
         with RedisServer(binary) as redis_server, tempfile.TemporaryDirectory() as tmp:
             url_list = Path(tmp) / "urls.txt"
             url_list.write_text("".join(f"{base}/img/{i}.jpg\n" for i in range(args.count)))
             for round_ in range(args.rounds):
-                order = (1, 2, 3) if round_ % 2 == 0 else (3, 2, 1)
+                order = (0, 1, 2, 3) if round_ % 2 == 0 else (3, 2, 1, 0)
                 for processes in order:
                     redis_server.client().flushall()
                     dataset = Path(tmp) / f"data-{round_}-{processes}"
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.count} images, {args.latency * 1000:.0f} ms latency, {args.concurrency} concurrent "  # noqa: T201
           f"requests per process, median of {args.rounds} alternating rounds:")
     for processes, values in rates.items():
-        print(f"  {processes} process(es): {statistics.median(values):.0f} images/s "  # noqa: T201
+        what = f"{processes} process(es)" if processes else "1 process, no Redis"
+        print(f"  {what}: {statistics.median(values):.0f} images/s "  # noqa: T201
               f"(runs: {', '.join(f'{v:.0f}' for v in values)})")
     return 0
 

@@ -20,8 +20,9 @@ on an empty frontier clears the seen-set: what it holds was finished (or belongs
 dataset), and the catalog, not the seen-set, says what is done.
 
 Redis keys, besides scrapy-redis's ``<spider>:requests`` and ``<spider>:dupefilter``:
-``<spider>:frontier:alive:<worker>`` (heartbeat) and ``<spider>:frontier:leases:<worker>``
-(serialised request -> queue score).
+``<spider>:frontier:alive:<worker>`` (heartbeat), ``<spider>:frontier:leases:<worker>``
+(serialised request -> queue score) and ``<spider>:frontier:claimed:<worker>`` (leases taken
+over, for the moment of their catalog check).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
 redis.call('HSET', KEYS[2], popped[1], popped[2])
 return popped[1]
 """
-# Move every lease of a dead worker (KEYS[1]) into ours (KEYS[2]); the one who moves them owns them.
+# Move every lease of a dead worker (KEYS[1]) to our claimed hash (KEYS[2]): whoever moves them owns them.
 _TAKE_OVER = """
 local leases = redis.call('HGETALL', KEYS[1])
 for i = 1, #leases, 2 do redis.call('HSET', KEYS[2], leases[i], leases[i + 1]) end
@@ -92,7 +93,9 @@ return #leases / 2
 # so a process starting at the same instant either is seen alive or pushes after the clear.
 _CLEAR_IF_ALONE = """
 if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('LLEN', KEYS[3]) > 0 then return -1 end
-if #redis.call('KEYS', ARGV[1] .. ':leases:*') > 0 then return -1 end
+if #redis.call('KEYS', ARGV[1] .. ':leases:*') > 0 or #redis.call('KEYS', ARGV[1] .. ':claimed:*') > 0 then
+  return -1
+end
 local alive = redis.call('KEYS', ARGV[1] .. ':alive:*')
 if #alive > 1 or (#alive == 1 and alive[1] ~= ARGV[2]) then return -1 end
 return redis.call('DEL', KEYS[2])
@@ -334,16 +337,19 @@ class Frontier:
         each entry without a catalog row; returns how many were put back."""
         requeued = 0
         prefix = self._prefix()
-        for key in list(self.server.scan_iter(f"{prefix}:leases:*")):
+        # Taken leases wait under claimed:<this worker> until queued again; a taker that dies
+        # meanwhile leaves them there for the next taker.
+        claimed = f"{prefix}:claimed:{self.worker}"
+        keys = [*self.server.scan_iter(f"{prefix}:leases:*"), *self.server.scan_iter(f"{prefix}:claimed:*")]
+        for key in keys:
             worker = key.decode().rsplit(":", 1)[1]
             if worker == self.worker or self.server.exists(f"{prefix}:alive:{worker}"):
                 continue
-            mine = _keys(self.spider.name, self.worker)[1]
-            taken = self._take_over(keys=[key, mine])
+            taken = self._take_over(keys=[key, claimed])
             if not taken:
                 continue
             self._inc("taken_over", int(taken))
-            done_urls = self._requeue(mine, keep=set(self._leases.values()))
+            done_urls = self._requeue(claimed)
             requeued += done_urls
             logger.warning(
                 "frontier: worker %s stopped without finishing; %d of its %d entries had no catalog "
@@ -351,11 +357,10 @@ class Frontier:
             )
         return requeued
 
-    def _requeue(self, leases_key: str, keep: set[bytes] | None = None) -> int:
-        """Put the entries of ``leases_key`` (but ``keep``) without a catalog row back in the
-        queue and drop their leases; returns how many went back."""
-        keep = keep or set()
-        leased = {raw: score for raw, score in self.server.hgetall(leases_key).items() if raw not in keep}
+    def _requeue(self, leases_key: str) -> int:
+        """Put the entries of ``leases_key`` without a catalog row back in the queue and drop
+        their leases; returns how many went back."""
+        leased = self.server.hgetall(leases_key)
         if not leased:
             return 0
         queue = self._queue()
@@ -400,7 +405,8 @@ class Frontier:
         if self.server.zcard(self._queue().key) or self.server.llen(self.start_urls_key % {"name": name}):
             return True
         own = _keys(name, self.worker)[1].encode()
-        return any(key != own for key in self.server.scan_iter(f"{self._prefix()}:leases:*"))
+        held = [*self.server.scan_iter(f"{self._prefix()}:leases:*"), *self.server.scan_iter(f"{self._prefix()}:claimed:*")]
+        return any(key != own for key in held)
 
     def _inc(self, key: str, count: int = 1) -> None:
         if self.crawler.stats is not None:
