@@ -41,6 +41,7 @@ from scrapy.exceptions import CloseSpider, DontCloseSpider, NotConfigured, Scrap
 from scrapy.http import Request, Response
 from scrapy.utils.misc import load_object
 from scrapy_redis.connection import get_redis_from_settings
+from scrapy_redis.dupefilter import RFPDupeFilter
 from scrapy_redis.queue import PriorityQueue
 from scrapy_redis.scheduler import Scheduler as RedisScheduler
 from twisted.internet import task
@@ -81,6 +82,14 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
 redis.call('HSET', KEYS[2], popped[1], popped[2])
 return popped[1]
 """
+# Mark an entry seen (KEYS[1], the seen-set) and queue it (KEYS[2]) in one step, or neither:
+# scrapy-redis's scheduler does the two in two commands, and a kill between them left a URL
+# "seen" that no queue or lease held.
+_SEEN_THEN_QUEUE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
 # Move every lease of a dead worker (KEYS[1]) to our claimed hash (KEYS[2]): whoever moves them owns them.
 _TAKE_OVER = """
 local leases = redis.call('HGETALL', KEYS[1])
@@ -120,6 +129,12 @@ def install(settings: BaseSettings) -> None:
     warnings.filterwarnings(
         "ignore", message=".*'spider' argument to StatsCollector", category=ScrapyDeprecationWarning
     )
+    dupefilter = settings.get("DUPEFILTER_CLASS")
+    if not issubclass(load_object(dupefilter) if isinstance(dupefilter, str) else dupefilter, RFPDupeFilter):
+        raise UserError(
+            f"the shared frontier needs scrapy-redis's seen-set, not DUPEFILTER_CLASS={dupefilter} "
+            "(-s DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter)"
+        )
     queue = settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue"
     if queue == "scrapy_redis.queue.PriorityQueue":
         settings.set("SCHEDULER_QUEUE_CLASS", f"{__name__}.LeasedPriorityQueue", priority="spider")
@@ -137,10 +152,11 @@ def install(settings: BaseSettings) -> None:
     settings.set("EXTENSIONS", extensions, priority="spider")
 
 
-def entry_request(url: str, label: str | None, query: str, callback: Any, *, dont_filter: bool = False) -> Request:
+def entry_request(url: str, label: str | None, query: str, callback: Any) -> Request:
     """The queued request for one image URL: its fingerprint is the image URL's, so the shared
-    seen-set holds one fingerprint per image URL."""
-    return Request(url, callback=callback, meta={ENTRY: {"label": label, "query": query}}, dont_filter=dont_filter)
+    seen-set holds one fingerprint per image URL. ``dont_filter`` keeps the scheduler's own
+    two-step check away: :class:`LeasedPriorityQueue` checks the seen-set and queues at once."""
+    return Request(url, callback=callback, meta={ENTRY: {"label": label, "query": query}}, dont_filter=True)
 
 
 def catalogued_urls(dataset_dir: str | os.PathLike[str], urls: Iterable[str] | None = None) -> set[str]:
@@ -170,13 +186,25 @@ class LeasedPriorityQueue(PriorityQueue):
     """scrapy-redis's priority queue whose ``pop`` also leases the request to this process.
 
     The request is removed from the queue and written to the process's lease hash by one Lua
-    script, so no instant exists where a kill loses it. The worker is the spider's
+    script, so no instant exists where a kill loses it; an entry is pushed only if the seen-set
+    did not hold it, in one script too. The worker is the spider's
     :class:`Frontier`'s (``spider.frontier_worker``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pop = self.server.register_script(_POP_AND_LEASE)
+        self._seen_then_queue = self.server.register_script(_SEEN_THEN_QUEUE)
+
+    def push(self, request: Request) -> None:
+        if ENTRY not in request.meta:
+            super().push(request)
+            return
+        seen = self.spider.crawler.engine.scheduler.df
+        self._seen_then_queue(
+            keys=[seen.key, self.key],
+            args=[seen.request_fingerprint(request), -request.priority, self._encode_request(request)],
+        )
 
     def pop(self, timeout: int = 0) -> Request | None:
         worker = getattr(self.spider, "frontier_worker", None)
