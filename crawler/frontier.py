@@ -39,6 +39,7 @@ import redis
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
 from scrapy.http import Request, Response
+from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.misc import load_object
 from scrapy_redis.connection import get_redis_from_settings
 from scrapy_redis.dupefilter import RFPDupeFilter
@@ -137,7 +138,7 @@ def install(settings: BaseSettings) -> None:
         )
     queue = settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue"
     if queue == "scrapy_redis.queue.PriorityQueue":
-        settings.set("SCHEDULER_QUEUE_CLASS", f"{__name__}.LeasedPriorityQueue", priority="spider")
+        _override(settings, "SCHEDULER_QUEUE_CLASS", f"{__name__}.LeasedPriorityQueue")
     elif queue != f"{__name__}.LeasedPriorityQueue":
         raise UserError(
             f"the shared frontier needs its leased priority queue, not SCHEDULER_QUEUE_CLASS={queue} "
@@ -146,10 +147,15 @@ def install(settings: BaseSettings) -> None:
     middlewares = dict(settings.getdict("DOWNLOADER_MIDDLEWARES"))
     # Before every other middleware (OffsiteMiddleware is at 50): an entry is never downloaded.
     middlewares.setdefault(f"{__name__}.FrontierEntryMiddleware", 1)
-    settings.set("DOWNLOADER_MIDDLEWARES", middlewares, priority="spider")
+    _override(settings, "DOWNLOADER_MIDDLEWARES", middlewares)
     extensions = dict(settings.getdict("EXTENSIONS"))
     extensions.setdefault(f"{__name__}.Frontier", 600)
-    settings.set("EXTENSIONS", extensions, priority="spider")
+    _override(settings, "EXTENSIONS", extensions)
+
+
+def _override(settings: BaseSettings, name: str, value: Any) -> None:
+    """Set ``name`` even over a ``-s`` value (which the new value extends or replaces)."""
+    settings.set(name, value, priority=max(settings.getpriority(name) or 0, SETTINGS_PRIORITIES["spider"]))
 
 
 def entry_request(url: str, label: str | None, query: str, callback: Any) -> Request:

@@ -235,7 +235,6 @@ def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
         victim = procs[0]
         os.kill(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=60)
-        hits_at_kill = Counter(site.hits)
         in_flight = leased_urls(redis_server.client(), victim.pid)
         assert in_flight, "the killed process held no entry: the kill came too late to test anything"
         procs[0] = start_crawl("urls", dataset, *args)
@@ -246,9 +245,8 @@ def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
     assert set(hits) == {f"/img/{name}" for name in images}  # nothing lost
     twice = {path for path, n in hits.items() if n > 1}
     assert max(hits.values()) <= 2
-    # Only entries the killed process held were fetched again, and only those it had fetched.
+    # Only entries the killed process held (popped, no catalog row yet) were fetched again.
     assert twice <= {url.removeprefix(site.base) for url in in_flight}
-    assert twice <= {path for path in hits_at_kill}
     rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls)  # nothing stored twice
     statuses = Counter(row["status"] for row in rows)
     assert statuses["stored"] + statuses["duplicate"] == len(urls)
