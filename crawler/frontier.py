@@ -32,6 +32,7 @@ import os
 import secrets
 import socket
 import warnings
+from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +184,12 @@ def catalogued_urls(dataset_dir: str | os.PathLike[str], urls: Iterable[str] | N
         catalog.close()
 
 
+def _without_password(url: str | None) -> str | None:
+    """``url`` with its password (if any) shown as ``***``: error messages end up in logs."""
+    password = urlsplit(url).password if url else None
+    return url.replace(f":{password}@", ":***@") if url and password else url
+
+
 def _keys(spider_name: str, worker: str) -> tuple[str, str]:
     prefix = f"{spider_name}:frontier"
     return f"{prefix}:alive:{worker}", f"{prefix}:leases:{worker}"
@@ -252,7 +259,9 @@ class Frontier:
         try:
             self.server.ping()
         except redis.RedisError as exc:
-            where = settings.get("REDIS_URL") or f"{settings.get('REDIS_HOST', 'localhost')}:{settings.get('REDIS_PORT', 6379)}"
+            where = _without_password(settings.get("REDIS_URL")) or (
+                f"{settings.get('REDIS_HOST', 'localhost')}:{settings.get('REDIS_PORT', 6379)}"
+            )
             raise UserError(
                 f"the shared frontier cannot reach Redis at {where}: {exc} "
                 "(start redis-server there, or fix -s REDIS_URL=redis://<host>:<port>/<db>)"

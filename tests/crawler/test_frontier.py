@@ -260,11 +260,12 @@ def test_an_unreachable_redis_is_one_line_error(tmp_path: Path) -> None:
     url_list = tmp_path / "urls.txt"
     url_list.write_text("http://127.0.0.1:9/a.jpg\n")
     result = subprocess.run(
-        [*SCRAPY, "crawl", "urls", "-a", "label=x", *frontier_args("redis://127.0.0.1:1/0", url_list),
+        [*SCRAPY, "crawl", "urls", "-a", "label=x", *frontier_args("redis://:hunter2@127.0.0.1:1/0", url_list),
          "-s", f"DATASET_DIR={tmp_path / 'data'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in errors[0], result.stderr[-2000:]
+    assert len(errors) == 1 and "cannot reach Redis at redis://:***@127.0.0.1:1/0" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
