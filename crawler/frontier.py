@@ -50,6 +50,7 @@ from twisted.internet import task
 
 from crawler.catalog import Catalog
 from crawler.errors import UserError
+from crawler.setting_values import get_int
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -266,10 +267,10 @@ class Frontier:
                 f"the shared frontier cannot reach Redis at {where}: {exc} "
                 "(start redis-server there, or fix -s REDIS_URL=redis://<host>:<port>/<db>)"
             ) from None
-        self.ttl = settings.getfloat("FRONTIER_LEASE_TTL")
-        if self.ttl <= 0:
-            raise UserError(f"FRONTIER_LEASE_TTL must be a positive number of seconds, got {self.ttl} (e.g. 30)")
-        self.batch = settings.getint("FRONTIER_START_URLS_BATCH") or settings.getint("CONCURRENT_REQUESTS")
+        self.ttl = get_int(settings, "FRONTIER_LEASE_TTL", unit="seconds", minimum=1, example=30)
+        self.batch = get_int(settings, "FRONTIER_START_URLS_BATCH", minimum=0, example=100) or settings.getint(
+            "CONCURRENT_REQUESTS"
+        )
         self.start_urls_key = settings.get("REDIS_START_URLS_KEY") or "%(name)s:start_urls"
         self.dataset_dir = settings.get("DATASET_DIR")
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -314,7 +315,7 @@ class Frontier:
         spider = self.spider
         spider.frontier_worker = self.worker
         alive, _ = _keys(spider.name, self.worker)
-        self.server.set(alive, "1", px=int(self.ttl * 1000))
+        self.server.set(alive, "1", ex=self.ttl)
         start_urls = self.start_urls_key % {"name": spider.name}
         keys = [self._queue().key, self._scheduler().df.key, start_urls]
         if self.server.eval(_CLEAR_IF_ALONE, len(keys), *keys, self._prefix(), alive) == 1:
@@ -326,7 +327,7 @@ class Frontier:
 
     def heartbeat(self) -> None:
         alive, leases = _keys(self.spider.name, self.worker)
-        self.server.set(alive, "1", px=int(self.ttl * 1000))
+        self.server.set(alive, "1", ex=self.ttl)
         dropped, self._dropped = self._dropped, []
         if dropped:
             self.server.hdel(leases, *dropped)

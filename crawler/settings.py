@@ -114,7 +114,7 @@ STORE_FSYNC = False
 SCHEDULER_PERSIST = True
 # Seconds a crawl process that stopped answering keeps its popped entries before another takes
 # them over (queueing again those without a catalog row); longer than any stall of a live crawl.
-FRONTIER_LEASE_TTL = 30.0
+FRONTIER_LEASE_TTL = 30
 # URLs pushed to Redis (urls:start_urls) moved into the queue per idle round (0: CONCURRENT_REQUESTS).
 FRONTIER_START_URLS_BATCH = 0
 
