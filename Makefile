@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 # apt-get needs root: use sudo when not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: setup demo test test-all browsers clean
+.PHONY: setup demo test test-all browsers redis clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -32,15 +32,21 @@ setup: .venv/.synced
 browsers:
 	@[ -x "$(CHROMIUM)" ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's Redis for the shared-frontier tests (tests/crawler/test_frontier.py start their own
+# server on a free port; nothing listens on 6379 for them). Where it cannot be installed, those
+# tests skip and say so.
+redis:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; } || echo "warning: redis-server could not be installed: the shared-frontier tests will skip" >&2
+
 # The one-command job (python -m imageclf gallery <labels> ...) pointed at the local demo site;
 # IMAGES=<folder of label subfolders> serves those photos instead of generated shapes.
 demo: setup
 	$(VENV_PY) -m demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: setup browsers
+test: setup browsers redis
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup browsers
+test-all: setup browsers redis
 	$(VENV_PY) -m pytest
 
 clean:

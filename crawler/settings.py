@@ -109,6 +109,19 @@ DEDUPE_HASH = "phash"
 # (atomic renames, SQLite WAL); after a power loss, `python -m crawler.dataset check --repair`.
 STORE_FSYNC = False
 
+# Shared frontier (crawler/frontier.py, README "Past one machine"): off by default. Crawls of the
+# urls spider share one queue and one seen-set in Redis when given scrapy-redis's settings:
+#   -s SCHEDULER=scrapy_redis.scheduler.Scheduler -s DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter
+#   -s REDIS_URL=redis://host:6379/0
+# Keep the queue when a process closes: scrapy-redis's default (False) empties the shared queue
+# and seen-set when any one process closes, under the feet of the others.
+SCHEDULER_PERSIST = True
+# Seconds a crawl process that stopped answering keeps its popped entries before another takes
+# them over (queueing again those without a catalog row); longer than any stall of a live crawl.
+FRONTIER_LEASE_TTL = 30
+# URLs pushed to Redis (urls:start_urls) moved into the queue per idle round (0: CONCURRENT_REQUESTS).
+FRONTIER_START_URLS_BATCH = 0
+
 # DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
 DATASET_DIR = None
 

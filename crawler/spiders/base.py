@@ -18,6 +18,7 @@ from scrapy.exceptions import CloseSpider, IgnoreRequest
 from scrapy.http import Request
 from scrapy.spidermiddlewares.httperror import HttpError
 
+from crawler import frontier
 from crawler.errors import UserError
 from crawler.items import ImageItem
 from crawler.labels import sanitize_label
@@ -80,10 +81,15 @@ class ImageSpider(scrapy.Spider):
 
     Raises:
         UserError: on a missing or unusable label, a non-positive ``max_images``, an unknown
-            argument, or when DATASET_DIR is not set.
+            argument, when DATASET_DIR is not set, or on the shared frontier (scrapy-redis's
+            ``SCHEDULER``) for a spider without ``shares_frontier``.
     """
 
     label_required = True
+    # Whether the spider can run on the shared frontier (crawler/frontier.py): only spiders whose
+    # queued requests are frontier entries (the urls spider) can; the others' results pages are
+    # not entries, and would be neither split nor leased.
+    shares_frontier = False
     arguments: ClassVar[tuple[str, ...]] = ("label", "query", "max_images")
 
     def __init__(
@@ -133,6 +139,11 @@ class ImageSpider(scrapy.Spider):
         cls.check_arguments(kwargs)
         if not crawler.settings.get("DATASET_DIR"):
             raise UserError("DATASET_DIR is not set (run with -s DATASET_DIR=<folder>)")
+        if not cls.shares_frontier and frontier.enabled(crawler.settings):
+            raise UserError(
+                f"the {cls.name} spider cannot run on the shared frontier (scrapy-redis SCHEDULER); "
+                "only the urls spider can (crawl with Scrapy's own scheduler, or pass the image URLs to urls)"
+            )
         spider = super().from_crawler(crawler, *args, **kwargs)
         if spider.max_images is not None and not crawler.settings.frozen:
             # Settings freeze only after the spider is built, so max_images can add its gate.

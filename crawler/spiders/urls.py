@@ -8,6 +8,11 @@ Usage::
 The seeds' "export the search results' URLs from the browser, then download" workflow. The file
 is either plain text, one URL a line (``#`` starts a comment, blank lines are skipped), or a CSV
 whose header names a ``url`` column and optionally a ``label`` column.
+
+With the shared frontier on (scrapy-redis's ``SCHEDULER``, see ``crawler/frontier.py``), the
+list's entries go into the shared Redis queue and every ``urls`` crawl on it downloads a share;
+``-a file`` is then optional (a process without one only takes entries), and URLs pushed to the
+Redis list ``urls:start_urls`` (``url`` or ``url<TAB>label``) join the queue too.
 """
 
 from __future__ import annotations
@@ -17,18 +22,27 @@ import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scrapy.http import Request, Response
 
+from crawler import frontier
 from crawler.errors import UserError
+from crawler.threads import run_in_thread
 from crawler.spiders.base import ImageSpider, spider_label
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["UrlsSpider", "read_url_file"]
 
 _SCHEMES = ("http://", "https://", "data:")
+# ``file`` of a process that only takes entries from the shared frontier (no -a file given).
+_NO_FILE = object()
 
 
 def read_url_file(path: str | Path) -> list[tuple[str, str | None]]:
@@ -69,7 +83,8 @@ class UrlsSpider(ImageSpider):
     """Yield one ``ImageItem`` per URL of a URL list file (``page_url`` empty: no page).
 
     Arguments (``-a``):
-        file: the URL list (text or CSV, see ``read_url_file``); required.
+        file: the URL list (text or CSV, see ``read_url_file``); required, but with the shared
+            frontier (``crawler/frontier.py``), where a process without it takes entries only.
         label: the category; required unless every CSV row has a ``label``. A row's own label
             overrides it.
         query: recorded in the catalog (default: the label).
@@ -86,12 +101,17 @@ class UrlsSpider(ImageSpider):
 
     name = "urls"
     label_required = False
+    shares_frontier = True
     arguments = ("file",)
 
-    def __init__(self, *args: Any, file: str | None = None, query: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, file: Any = None, query: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, query=query, **kwargs)
         # Without -a query, each row's query is its own label.
         self.query_given = bool(query)
+        self.file: str | None = None
+        self.entries: list[tuple[str, str | None]] = []
+        if file is _NO_FILE:
+            return
         if not file:
             raise UserError("the urls spider needs a URL list (-a file=<urls.txt|urls.csv>)")
         try:
@@ -115,7 +135,22 @@ class UrlsSpider(ImageSpider):
         # Row labels are checked now, so a bad one fails before anything is downloaded.
         self.entries = [(url, spider_label(self.name, label) if label else None) for url, label in entries]
 
+    @classmethod
+    def update_settings(cls, settings: BaseSettings) -> None:
+        super().update_settings(settings)
+        frontier.install(settings)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        if not kwargs.get("file") and frontier.enabled(crawler.settings):
+            kwargs["file"] = _NO_FILE
+        return super().from_crawler(crawler, *args, **kwargs)
+
     async def start(self) -> AsyncIterator[Any]:
+        if frontier.enabled(self.crawler.settings):
+            async for request in self.frontier_entries():
+                yield request
+            return
         # The list is fetched through Scrapy's file:// handler so that the items come from a
         # callback, not from start(): Scrapy 2.19 never finishes closing a spider (as at
         # max_images) while items yielded by start() are still in the pipelines
@@ -140,3 +175,54 @@ class UrlsSpider(ImageSpider):
             seen.add(url)
             query = self.query if self.query_given else (label or self.query)
             yield self.image_item(url, None, label=label, query=query)
+
+    # -- the shared frontier (crawler/frontier.py) -------------------------------------------
+    async def frontier_entries(self) -> AsyncIterator[Request]:
+        """An entry request per usable entry of the list without a catalog row; the shared
+        seen-set keeps an entry queued by several processes to one."""
+        if not self.entries:
+            return
+        done = await run_in_thread(frontier.catalogued_urls, self.crawler.settings["DATASET_DIR"])
+        seen: set[str] = set()
+        for url, label in self.entries:
+            if url in done or url in seen:
+                self.inc_stat("catalogued" if url in done else "duplicate_entries")
+                seen.add(url)
+                continue
+            seen.add(url)
+            request = self.entry(url, label)
+            if request is not None:
+                yield request
+        logger.info("urls: %d entries of %s offered to the shared frontier (%d already in the catalog)",
+                    len(seen) - len(done & seen), self.file, len(done & seen))
+
+    def entry(self, url: str, label: str | None) -> Request | None:
+        """The frontier request for one entry, or ``None`` (logged) for an unusable one."""
+        if not url.startswith(_SCHEMES):
+            logger.warning("urls: not an http(s) or data: URL, skipped: %s", url[:200])
+            self.inc_stat("skipped")
+            return None
+        label = label or self.label
+        if label is None:
+            logger.warning("urls: no label for %s (push url<TAB>label, or give -a label)", url[:200])
+            self.inc_stat("skipped")
+            return None
+        query = self.query if self.query_given else label
+        return frontier.entry_request(url, label, query, self.parse_entry)
+
+    def pushed_entry(self, url: str, label: str | None) -> Request | None:
+        """The frontier request for a URL pushed to Redis (its label sanitised), or ``None``."""
+        try:
+            label = spider_label(self.name, label) if label else None
+        except UserError as exc:
+            logger.warning("urls: pushed entry %s skipped: %s", url[:200], exc)
+            self.inc_stat("skipped")
+            return None
+        return self.entry(url, label)
+
+    def parse_entry(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        """The item for one entry popped from the shared frontier (the response is empty)."""
+        if self.enough_stored():
+            return  # the entry goes back to the shared queue when this crawl closes
+        entry = response.meta[frontier.ENTRY]
+        yield self.image_item(response.url, None, label=entry["label"], query=entry["query"])
