@@ -188,8 +188,7 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
         print(f"  {note}", flush=True)  # noqa: T201
     elif code != 0:
         print(f"  dataset summary failed (exit {code}; see {logs / 'summary.log'}); training goes on", flush=True)  # noqa: T201
-    elif sheet.exists():
-        print(f"  contact sheet: {sheet}", flush=True)  # noqa: T201
+    # The summary itself names the contact sheet it wrote.
 
     _heading(f"3/3 train and compare: {', '.join(models)}")
     t1 = time.monotonic()
@@ -205,9 +204,9 @@ def run_all(args: argparse.Namespace, labels: dict[str, str], models: list[str],
         print(f"error: training failed (exit {code}; its log: {logs / 'train.log'})", file=sys.stderr)  # noqa: T201
         return EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED
 
+    # The sweep printed the table as it ended (streamed above); point at its files.
     table = runs / "comparison.md"
-    _heading(f"comparison ({table})")
-    print(table.read_text(encoding="utf-8") if table.exists() else "  (no comparison table was written)")  # noqa: T201
+    _heading(f"comparison: {table}" if table.exists() else "comparison: no table was written (see the log)")
     print(f"crawled in {t_crawl:.0f} s, trained in {time.monotonic() - t1:.0f} s\n"  # noqa: T201
           f"dataset: {dataset}\nruns:    {runs}\nlogs:    {logs}", flush=True)  # fmt: skip
     return 0

@@ -69,8 +69,10 @@ def test_category_names_to_a_comparison(repo_root, tmp_path, slow_site):
 
     with (out / "runs" / "comparison.csv").open() as fh:
         assert [row["model"] for row in csv.DictReader(fh)] == ["baseline_cnn"]
+    table = console[console.index("Model comparison") :]  # printed once, as the sweep ends
+    assert "| baseline_cnn |" in table and console.count("| baseline_cnn |") == 1
     closing = console[console.index("== comparison") :]
-    assert "| baseline_cnn |" in closing and f"runs:    {out / 'runs'}" in closing
+    assert str(out / "runs" / "comparison.md") in closing and f"runs:    {out / 'runs'}" in closing
     assert "Trainable params" in console  # the trainer's stdout reached the console
     train_log = (out / "logs" / "train.log").read_text()
     assert "Trainable params" in train_log and "Seed set to" in train_log  # stdout and stderr logged
