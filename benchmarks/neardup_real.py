@@ -20,10 +20,11 @@ links it to its own original (queried as the newer image); a false merge is a li
 different groups. Kinds marked ``-`` are not the same picture for a training set (see
 ``NOT_SAME``); recall is printed over the counted kinds and over all.
 
-Reproduce::
+``pdqhash`` (PyPI) must be installed for the PDQ self-check (the prototype's numpy PDQ against
+the reference C++). Reproduce::
 
-    .venv/bin/python -m benchmarks.neardup_real                # table + margins (~2 min)
-    taskset -c 0 .venv/bin/python -m benchmarks.neardup_real --cost   # ms per image, one core
+    .venv/bin/python -m benchmarks.neardup_real --cache /tmp/neardup.pkl   # table, margins
+    taskset -c 0 .venv/bin/python -m benchmarks.neardup_real --cost        # ms per image
 """
 
 from __future__ import annotations
@@ -349,6 +350,30 @@ def margins(datasets: dict[str, list[Sample]]) -> None:
     print(" low-quality pictures (PDQ quality < %d):" % R.MIN_QUALITY, ", ".join(f"{q} {n}" for q, n in low_quality[:20]), f"({len(low_quality)} in all)")
 
 
+def pdq_self_check() -> str:
+    """The prototype's PDQ against the reference (``pdqhash``, the C++ of ThreatExchange) on
+    the same 64x64 input, and its dihedral hashes against hashes of the turned pictures."""
+    import pdqhash
+
+    equal = total = 0
+    dihedral: list[int] = []
+    for path in sorted((NEARDUP / "pdq" / "files").iterdir())[:12] + hymenoptera_files()[::40]:
+        image = verify_image(path.read_bytes()).image
+        record = R.hash_image(image, windows=False)
+        square = np.repeat(R._square(image.convert("L"))[:, :, None], 3, axis=2)
+        bits, quality = pdqhash.compute(np.ascontiguousarray(square))
+        equal += np.packbits(bits).tobytes() == record.pdq and quality == record.quality
+        dihedral.append(max(
+            R.hamming256(R.hash_image(image if op is None else image.transpose(op), windows=False).pdq, record.dihedral[n])
+            for n, op in enumerate(R.DIHEDRAL)
+        ))
+        total += 1
+    return (
+        f"PDQ self-check: hash and quality equal to pdqhash {equal}/{total}; dihedral hashes vs hashes of the "
+        f"turned pictures: exact {dihedral.count(0)}/{total}, at most {max(dihedral)} bits off (resampling rounding)"
+    )
+
+
 # -- cost ------------------------------------------------------------------------------------
 
 
@@ -423,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                 sample.image = None
         if args.cache:
             args.cache.write_bytes(pickle.dumps(datasets))
+    print(pdq_self_check())
     started = time.perf_counter()
     evaluate(datasets, recipes(args.threshold, args.window_threshold, args.colour_bits))
     margins(datasets)

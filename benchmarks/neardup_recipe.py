@@ -10,12 +10,13 @@ bit per coefficient above their median, 256 bits; plus a quality score 0-100 (gr
 flat, near-white or tiny-object images score low and their bits are decided by noise). Here the
 input is the canonical image (``crawler.pipelines.dedupe.canonical_image``: EXIF-transposed RGB,
 longest side 160 px) squashed to 64x64, for two reasons: (1) with a 64x64 input PDQ's
-downscale is the identity, so a flipped or quarter-turned picture gives exactly the hash of the
-flipped coefficients (on the canonical 160x100 image PDQ's own dihedral hashes are 28 bits off
-for four of the eight transforms, because its box filter is not symmetric); (2) hashing a 64x64
-array costs 0.03 ms instead of 0.3 ms. The DCTs are taken here in one batched numpy product
-(``pdq_dcts``, bit-exact with ``pdqhash``, whose per-call overhead would cost more than the
-work); ``pdqhash`` is only needed to check that. The squash also makes aspect-ratio changes nearly free.
+downscale is the identity, so a flipped or quarter-turned picture gives the hash of the flipped
+coefficients to within 0-6 bits (resampling rounding; on the canonical 160x100 image PDQ's own
+dihedral hashes are 28 bits off for four of the eight transforms, because its box filter is not
+symmetric); (2) hashing a 64x64 array is cheap. The DCTs are taken here in one batched numpy
+product (``pdq_dcts``, bit-exact with ``pdqhash``'s hash and quality on the same input, whose
+per-call overhead would cost more than the work); ``pdqhash`` is only needed to check that. The
+squash also makes aspect-ratio changes nearly free.
 
 Dihedral variants. The hash of each of the 8 flips/rotations of the picture is computed from the
 one 16x16 DCT by sign changes and a transpose (a mirror in x multiplies coefficient column ``j``
