@@ -36,7 +36,7 @@ from types import ModuleType
 from crawler.catalog import CATALOG_NAME, Catalog
 from crawler.images.decode import Rejected, verify_image
 from crawler.images.files import TMP_DIR, TRASH_DIR
-from crawler.images.hashing import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe
+from crawler.images.hashing import DEFAULT_HASH, HASH_NAMES, hash_recipe
 from crawler.images.rehash import rehash_catalog
 
 logger = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     rehash_cmd = commands.add_parser("rehash", help="recompute perceptual hashes from the stored files")
     rehash_cmd.add_argument("dataset", type=Path)
     rehash_cmd.add_argument(
-        "--hash", choices=sorted(HASH_FUNCTIONS), default=None,
-        help="perceptual hash to use (default: the one the catalog records, else phash)",
+        "--hash", choices=HASH_NAMES, default=None,
+        help="perceptual hash to use (default: the one the catalog records, else pdq)",
     )
     summary_cmd = commands.add_parser("summary", help="per-label counts, formats, sizes, sources; a contact sheet")
     summary_cmd.add_argument("dataset", type=Path)
@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace, summary: ModuleType) -> int:
         _catalogued(args.dataset)
         with Catalog(args.dataset) as catalog:
             recorded = catalog.meta().get("hash")
-            hash_name = args.hash or (recorded if recorded in HASH_FUNCTIONS else DEFAULT_HASH)
+            hash_name = args.hash or (recorded if recorded in HASH_NAMES else DEFAULT_HASH)
             rehashed, skipped = rehash_catalog(catalog, hash_name)
         logger.info("rehashed %d images with %s (%d skipped)", rehashed, hash_recipe(hash_name), skipped)
         return 1 if skipped else 0
