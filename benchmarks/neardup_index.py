@@ -16,9 +16,17 @@ sample against a brute-force scan and prints build and query seconds.
   within ``radius`` bits agree on at least one word to within ``radius // 4`` bits, so the union
   of the four candidate sets holds every match; each candidate is then checked on all 256 bits.
 
+* ``--per-image``: the crawl's own lookup (``crawler.hashindex.WordsHashIndex``, as
+  ``crawler.images.PdqCatalogIndex`` asks it for each new picture): 8 dihedral hashes at
+  ``DEDUPE_MAX_DISTANCE`` (31), 10 window hashes at ``DEDUPE_VARIANT_DISTANCE`` (24) and, with
+  the second look on, the identity hash at ``DEDUPE_LOOK_DISTANCE`` (50); ms per picture with
+  the look on and off (the index is built for the widest radius asked), in alternating rounds.
+
 Reproduce (one core)::
 
     taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --size 1000000 --radius 31
+    taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --per-image --size 100000
+    taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --per-image --size 1000000
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import argparse
 import os
 import time
 
-import faiss
 import numpy as np
 
 
@@ -101,6 +108,46 @@ def words_index(hashes: np.ndarray, queries: np.ndarray, radius: int) -> None:
     )
 
 
+def per_image(size: int, pictures: int, rounds: int, seed: int) -> None:
+    """The crawl's per-picture lookup cost with ``size`` stored hashes (module docstring)."""
+    import statistics
+
+    from crawler.hashindex import WordsHashIndex
+
+    hashes = make_hashes(size, 31, seed)
+    words = hashes.view(">u8").astype(np.uint64)
+    rng = np.random.default_rng(seed + 1)
+    # Each picture: 8 dihedral hashes and 10 windows; one in ten is a copy of a stored hash.
+    queries = rng.integers(0, 256, size=(pictures, 18, 32), dtype=np.uint8)
+    queries[::10, 0] = hashes[rng.integers(0, size, size=len(queries[::10]))]
+    as_hex = [[q.tobytes().hex() for q in picture] for picture in queries]
+    results = {}
+    for look in (50, 0):
+        started = time.perf_counter()
+        index = WordsHashIndex(max(31, look), expected=size)
+        index.add_many(words, list(range(size)))
+        results[look] = {"build_s": time.perf_counter() - started, "index": index, "ms": []}
+    for _ in range(rounds):
+        for look in (50, 0):
+            index = results[look]["index"]
+            samples = []
+            for picture in as_hex:
+                started = time.perf_counter()
+                index.query_batch(picture[:8], 31)
+                index.query_batch(picture[8:], 24)
+                if look:
+                    index.query_batch(picture[:1], look)
+                samples.append((time.perf_counter() - started) * 1000)
+            results[look]["ms"].append(statistics.median(samples))
+    for look in (50, 0):
+        r = results[look]
+        print(
+            f"per picture, {size:,} stored hashes, look {'on (identity at 50 bits)' if look else 'off'}: "
+            f"median {statistics.median(r['ms']):.2f} ms (round medians {' '.join(f'{v:.2f}' for v in r['ms'])}), "
+            f"build {r['build_s']:.1f} s; load {os.getloadavg()[0]:.2f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.neardup_index", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1_000_000)
@@ -111,7 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nflip", type=int, default=1)
     parser.add_argument("--queries", type=int, default=0, help="query this many (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-image", action="store_true", help="the crawl's lookup per picture, look on and off")
+    parser.add_argument("--pictures", type=int, default=200, help="with --per-image: pictures per round")
+    parser.add_argument("--rounds", type=int, default=3, help="with --per-image: alternating rounds")
     args = parser.parse_args(argv)
+    if args.per_image:
+        per_image(args.size, args.pictures, args.rounds, args.seed)
+        return
+    import faiss
+
     faiss.omp_set_num_threads(1)
     hashes = make_hashes(args.size, args.radius, args.seed)
     queries = hashes if not args.queries else hashes[: args.queries]

@@ -12,8 +12,10 @@ the canonical image of ``crawler.pipelines.dedupe.HASH_RECIPE``):
   every distinct product or photo (any link among them is false), and their listing renditions
   (the shop's 533-px card image, the gallery's 150x125 thumbnail) as real copies.
 
-Recipes: today's (``image_hashes`` with ``MATCH_PAIRS``, the colour gate and the pipeline's
-thresholds, read-only), plain phash, PDQ alone (quality-gated), PDQ with dihedral variants,
+Recipes: the crawl's (``crawler.images.matching.pdq_pair_match`` with the ``crawler/settings.py``
+defaults: the second look on the identity orientation only, as the index asks; and without
+the look), the phash recipe (``image_hashes`` with ``MATCH_PAIRS``, the colour gate and its
+thresholds), plain phash, PDQ alone (quality-gated), PDQ with dihedral variants,
 with window hashes, imagehash's ``colorhash`` and ``crop_resistant_hash``, and the prototype
 ``benchmarks.neardup_recipe`` with its second look. A copy counts as caught when the recipe
 links it to its own original (queried as the newer image); a false merge is a linked pair of
@@ -46,8 +48,16 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import neardup_recipe as R
-from crawler.pipelines.dedupe import MATCH_PAIRS, DedupePipeline, _same_colour, image_hashes
-from crawler.pipelines.verify import Rejected, verify_image
+from crawler import settings as defaults
+from crawler.images.decode import Rejected, verify_image
+from crawler.images.hashing import hashes_of, image_hashes
+from crawler.images.matching import MATCH_PAIRS, DedupeRule, pdq_pair_match
+from crawler.images.matching import same_colour as _same_colour
+
+PHASH = defaults.DEDUPE_DEFAULTS["phash"]
+# The crawl's rule (crawler/settings.py defaults), and the same without the second look.
+RULE = DedupeRule(**{k.removeprefix("DEDUPE_").lower(): v for k, v in defaults.DEDUPE_DEFAULTS["pdq"].items()})
+RULE_NO_LOOK = DedupeRule(**{**RULE.__dict__, "look_distance": 0})
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -160,6 +170,7 @@ def featurise(sample: Sample) -> None:
     sample.features = {
         "today": image_hashes(image),
         "recipe": R.hash_image(image),
+        "core": hashes_of(image),
         "colorhash": int(str(imagehash.colorhash(image)), 16),
         "crh": crop_resistant_segments(image),
     }
@@ -173,12 +184,12 @@ def today_match(a: dict, b: dict, variants: bool = True) -> bool:
     def h(x: str) -> int:
         return int(x, 16)
 
-    if (h(a["phash"]) ^ h(b["phash"])).bit_count() <= DedupePipeline.MAX_DISTANCE:
+    if (h(a["phash"]) ^ h(b["phash"])).bit_count() <= PHASH["DEDUPE_MAX_DISTANCE"]:
         return True
     if not variants or not _same_colour(bytes.fromhex(a["colour"]), bytes.fromhex(b["colour"])):
         return False
     for x, y in {*MATCH_PAIRS, *((y, x) for x, y in MATCH_PAIRS)}:
-        if (h(a[x]) ^ h(b[y])).bit_count() <= DedupePipeline.VARIANT_DISTANCE:
+        if (h(a[x]) ^ h(b[y])).bit_count() <= PHASH["DEDUPE_VARIANT_DISTANCE"]:
             return True
     return False
 
@@ -208,6 +219,8 @@ def recipes(threshold: int, window_threshold: int, colour_bits: int) -> dict[str
         "crop_resist": lambda q, s: crh_match(q["crh"], s["crh"]),
         "pdq+dih+look": pdq(True, False, True),
         "pdq+dih+win+look (chosen)": pdq(True, True, True),
+        "crawl (core), no look": lambda q, s: pdq_pair_match(RULE_NO_LOOK, q["core"], s["core"]) is not None,
+        "crawl (core, default)": lambda q, s: pdq_pair_match(RULE, q["core"], s["core"]) is not None,
     }
 
 
@@ -353,7 +366,10 @@ def margins(datasets: dict[str, list[Sample]]) -> None:
 def pdq_self_check() -> str:
     """The prototype's PDQ against the reference (``pdqhash``, the C++ of ThreatExchange) on
     the same 64x64 input, and its dihedral hashes against hashes of the turned pictures."""
-    import pdqhash
+    try:
+        import pdqhash
+    except ImportError:
+        return "PDQ self-check skipped: pdqhash is not installed"
 
     equal = total = 0
     dihedral: list[int] = []
@@ -386,12 +402,13 @@ def cost(rounds: int = 5) -> None:
             images.append(verify_image(path.read_bytes()).image)
         except Rejected:
             pass
-    timings: dict[str, list[float]] = {"today (image_hashes)": [], "recipe (hash_image)": [], "recipe, no windows": []}
     calls = {
-        "today (image_hashes)": image_hashes,
+        "crawl (hashes_of, pdq)": hashes_of,
+        "phash recipe (image_hashes)": image_hashes,
         "recipe (hash_image)": R.hash_image,
         "recipe, no windows": lambda im: R.hash_image(im, windows=False),
     }
+    timings: dict[str, list[float]] = {k: [] for k in calls}
     per_round: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, call in calls.items():
@@ -404,7 +421,7 @@ def cost(rounds: int = 5) -> None:
             per_round[name].append(statistics.median(samples))
     print(f"hashing cost, ms per image ({len(images)} hymenoptera photos, canonical images, {rounds} alternating rounds; load {os.getloadavg()[0]:.2f})")
     for name in calls:
-        print(f"  {name:<22} median {statistics.median(timings[name]):.3f}  round medians {' '.join(f'{v:.3f}' for v in per_round[name])}")
+        print(f"  {name:<28} median {statistics.median(timings[name]):.3f}  round medians {' '.join(f'{v:.3f}' for v in per_round[name])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
             for name, fresh in load().items():
                 for old, new in zip(datasets[name], fresh, strict=True):
                     if "recipe" in old.features:
-                        old.features["recipe"] = R.hash_image(verify_image(new.body).image)
+                        image = verify_image(new.body).image
+                        old.features["recipe"] = R.hash_image(image)
+                        old.features["core"] = hashes_of(image)
             args.cache.write_bytes(pickle.dumps(datasets))
     else:
         datasets = load()

@@ -1,8 +1,9 @@
 """Near-duplicate recipe of issue 13, as pure functions (no Scrapy, no catalog): PDQ with exact
 dihedral variants and window hashes, a quality gate, and a second look at the aligned thumbnails.
 
-Prototype for the image core: ``benchmarks/neardup_real.py`` measures it beside today's recipe
-(``crawler.pipelines.dedupe``) on external ground truth; the lead moves it into the core.
+Prototype of the image core's recipe (now ``crawler.images.pdq`` and ``crawler.images.matching``,
+which ask the second look on the identity orientation only): ``benchmarks/neardup_real.py``
+measures both on external ground truth.
 
 The hash. PDQ (Facebook ThreatExchange, ``pdq/README.md``; ``pdqhash`` on PyPI wraps the C++
 reference): luma, a Jarosz box downscale to 64x64, a 2-D DCT keeping 16x16 low frequencies, one
@@ -219,10 +220,9 @@ def _dihedral_dcts(dct: np.ndarray) -> list[np.ndarray]:
 
 
 def _trim_box(grey: Image.Image) -> tuple[int, int, int, int]:
-    # Today's trim rule, read-only (moves with the image core).
-    from crawler.pipelines.dedupe import _trim_box as trim
+    from crawler.images.borders import trim_box  # the core's trim rule
 
-    return trim(np.asarray(grey))
+    return trim_box(np.asarray(grey))
 
 
 def _caption_box(grey: np.ndarray) -> tuple[int, int, int, int]:

@@ -229,7 +229,8 @@ class Catalog:
 
         Unknown keys are ignored, except ``hashes``: a ``{kind: hex}`` dict of extra perceptual
         hashes (the dedupe stage's variants) written to ``image_hashes``, and ``look`` (bytes,
-        dedupe's thumbnail) written to ``image_looks``, in the same transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
+        dedupe's thumbnail, kept for ``stored`` rows only) written to ``image_looks``, in the
+        same transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
         URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
         an open transaction; otherwise the insert is its own transaction.
         """
@@ -243,10 +244,11 @@ class Catalog:
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         sql = f"INSERT INTO images ({names}) VALUES ({marks})"  # noqa: S608 (fixed column names)
+        look = row.get("look") if values["status"] == "stored" else None
         if conn is not None:
-            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"), row.get("look"))
+            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"), look)
         with self.transaction() as tx:
-            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"), row.get("look"))
+            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"), look)
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, sql: str, values: tuple[Any, ...], hashes: Any, look: Any) -> int:

@@ -469,6 +469,29 @@ class WordsHashIndex:
         for index, word in zip(self._indexes, words, strict=True):
             index.add(word, position)
 
+    def add_many(self, words: np.ndarray, keys: list[int]) -> None:
+        """Store many hashes at once (one merge per word index): ``words`` is ``(N, bits / 64)``
+        uint64, most significant word first (``np.frombuffer(raw, ">u8")`` of the hashes'
+        bytes, as uint64).
+
+        Raises:
+            ValueError: if ``words`` and ``keys`` differ in length or shape.
+        """
+        words = np.asarray(words, dtype=np.uint64).reshape(-1, self.words)
+        if len(words) != len(keys):
+            raise ValueError(f"{len(words)} hashes but {len(keys)} keys")
+        start = len(self._keys)
+        need = start + len(words)
+        if need > len(self._values):
+            grown = np.empty((max(need, 2 * len(self._values)), self.words), dtype=np.uint64)
+            grown[:start] = self._values[:start]
+            self._values = grown
+        self._values[start:need] = words
+        self._keys.extend(keys)
+        positions = list(range(start, need))
+        for w, index in enumerate(self._indexes):
+            index.add_many(words[:, w], positions)
+
     def query_batch(self, values: list[int | str], max_distance: int | None = None) -> list[list[tuple[int, int]]]:
         """``(distance, key)`` of every stored hash within ``max_distance`` bits (default and
         at most the index's) of each of ``values``, nearest first, then by insertion.

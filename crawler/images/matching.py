@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawler.hashindex import hamming
-from crawler.images.pdq import FULL, UNCAPTIONED, aligned_thumbnails, second_look
+from crawler.images.pdq import DIHEDRAL_KINDS, FULL, UNCAPTIONED, aligned_thumbnails, second_look
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ __all__ = [
     "COLOUR_TOLERANCE",
     "DedupeRule",
     "WINDOW_PAIRS",
+    "pdq_pair_match",
     "pdq_verdict",
     "MATCH_PAIRS",
     "Match",
@@ -111,6 +112,38 @@ def pdq_verdict(
     if not looks[0] or not looks[1]:
         return False
     return second_look(*aligned_thumbnails(looks[0], looks[1], transform, kinds)) <= rule.look_difference
+
+
+def pdq_pair_match(
+    rule: DedupeRule, query: Mapping[str, Any], stored: Mapping[str, Any]
+) -> tuple[int, int, tuple[str, str]] | None:
+    """``PdqCatalogIndex.find``'s decision for one pair of pictures (``hashes_of(image,
+    "pdq")`` of each; the query is the newer one): ``(distance, transform, kinds)`` of the
+    nearest accepted candidate, or ``None``. For benchmarks and checks of a handful of pairs."""
+
+    def bits(x: str, y: str) -> int:
+        return hamming(int(x, 16), int(y, 16))
+
+    found = []
+    for transform, kind in enumerate(DIHEDRAL_KINDS):
+        distance = bits(query[kind], stored[FULL])
+        if distance <= rule.max_distance or (transform == 0 and distance <= rule.look_distance):
+            found.append((distance, transform, (FULL, FULL)))
+    if rule.variant_distance:
+        for x, y in {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}:
+            if x in query and y in stored and (distance := bits(query[x], stored[y])) <= rule.variant_distance:
+                found.append((distance, 0, (x, y)))
+    qualities = (int(query.get("pdq_quality", 0)), int(stored.get("pdq_quality", 0)))
+    looks = (query.get("look") or b"", stored.get("look") or b"")
+    looked = False  # one second look per pair, at the nearest candidate that is not sure
+    for distance, transform, kinds in sorted(found, key=lambda c: (c[0], c[1])):
+        if pdq_verdict(rule, distance, transform, kinds, qualities, None):
+            return distance, transform, kinds
+        if not looked and rule.look_distance:
+            looked = True
+            if pdq_verdict(rule, distance, transform, kinds, qualities, looks):
+                return distance, transform, kinds
+    return None
 
 
 # A variant match must also agree on colour: the mean and standard deviation of R, G and B over
