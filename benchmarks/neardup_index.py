@@ -17,16 +17,18 @@ sample against a brute-force scan and prints build and query seconds.
   of the four candidate sets holds every match; each candidate is then checked on all 256 bits.
 
 * ``--per-image``: the crawl's own lookup (``crawler.hashindex.WordsHashIndex``, as
-  ``crawler.images.PdqCatalogIndex`` asks it for each new picture): 8 dihedral hashes at
-  ``DEDUPE_MAX_DISTANCE`` (31), 10 window hashes at ``DEDUPE_VARIANT_DISTANCE`` (24) and, with
-  the second look on, the identity hash at ``DEDUPE_LOOK_DISTANCE`` (50); ms per picture with
-  the look on and off (the index is built for the widest radius asked), in alternating rounds.
+  ``crawler.images.index.PdqCatalogIndex`` asks it for each new picture): 8 dihedral hashes at
+  ``DEDUPE_MAX_DISTANCE`` (31) against the full-picture index (``--size`` stored pictures),
+  10 window hashes at ``DEDUPE_VARIANT_DISTANCE`` (24) against the index of every kind
+  (``--size`` x 11 hashes; ``--windows 0`` leaves it out) and, with the second look on, the
+  identity hash at ``DEDUPE_LOOK_DISTANCE`` (50) against the full-picture index; ms per picture
+  with the look on and off, in alternating rounds.
 
 Reproduce (one core)::
 
     taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --size 1000000 --radius 31
     taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --per-image --size 100000
-    taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --per-image --size 1000000
+    taskset -c 0 .venv/bin/python -m benchmarks.neardup_index --per-image --size 1000000 --windows 0
 """
 
 from __future__ import annotations
@@ -108,24 +110,30 @@ def words_index(hashes: np.ndarray, queries: np.ndarray, radius: int) -> None:
     )
 
 
-def per_image(size: int, pictures: int, rounds: int, seed: int) -> None:
-    """The crawl's per-picture lookup cost with ``size`` stored hashes (module docstring)."""
+def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int) -> None:
+    """The crawl's per-picture lookup cost with ``size`` stored pictures (module docstring):
+    ``size`` full-picture hashes in one index, ``size * (windows + 1)`` in the other."""
     import statistics
 
     from crawler.hashindex import WordsHashIndex
 
-    hashes = make_hashes(size, 31, seed)
-    words = hashes.view(">u8").astype(np.uint64)
+    full = make_hashes(size, 31, seed)
+    kinds = make_hashes(size * (windows + 1), 24, seed + 2) if windows else full[:0]
     rng = np.random.default_rng(seed + 1)
-    # Each picture: 8 dihedral hashes and 10 windows; one in ten is a copy of a stored hash.
-    queries = rng.integers(0, 256, size=(pictures, 18, 32), dtype=np.uint8)
-    queries[::10, 0] = hashes[rng.integers(0, size, size=len(queries[::10]))]
+    # Each picture: 8 dihedral hashes and its windows; one in ten is a copy of a stored picture.
+    queries = rng.integers(0, 256, size=(pictures, 8 + windows, 32), dtype=np.uint8)
+    queries[::10, 0] = full[rng.integers(0, size, size=len(queries[::10]))]
     as_hex = [[q.tobytes().hex() for q in picture] for picture in queries]
+    started = time.perf_counter()
+    window_index = WordsHashIndex(24, expected=len(kinds))
+    if windows:
+        window_index.add_many(kinds.view(">u8").astype(np.uint64), list(range(len(kinds))))
+    window_build = time.perf_counter() - started
     results = {}
     for look in (50, 0):
         started = time.perf_counter()
         index = WordsHashIndex(max(31, look), expected=size)
-        index.add_many(words, list(range(size)))
+        index.add_many(full.view(">u8").astype(np.uint64), list(range(size)))
         results[look] = {"build_s": time.perf_counter() - started, "index": index, "ms": []}
     for _ in range(rounds):
         for look in (50, 0):
@@ -134,7 +142,8 @@ def per_image(size: int, pictures: int, rounds: int, seed: int) -> None:
             for picture in as_hex:
                 started = time.perf_counter()
                 index.query_batch(picture[:8], 31)
-                index.query_batch(picture[8:], 24)
+                if windows:
+                    window_index.query_batch(picture[8:], 24)
                 if look:
                     index.query_batch(picture[:1], look)
                 samples.append((time.perf_counter() - started) * 1000)
@@ -142,9 +151,10 @@ def per_image(size: int, pictures: int, rounds: int, seed: int) -> None:
     for look in (50, 0):
         r = results[look]
         print(
-            f"per picture, {size:,} stored hashes, look {'on (identity at 50 bits)' if look else 'off'}: "
-            f"median {statistics.median(r['ms']):.2f} ms (round medians {' '.join(f'{v:.2f}' for v in r['ms'])}), "
-            f"build {r['build_s']:.1f} s; load {os.getloadavg()[0]:.2f}"
+            f"per picture, {size:,} stored pictures ({size:,} full hashes, {len(kinds):,} in the windows index), "
+            f"look {'on (identity at 50 bits)' if look else 'off'}: median {statistics.median(r['ms']):.2f} ms "
+            f"(round medians {' '.join(f'{v:.2f}' for v in r['ms'])}), build {r['build_s']:.1f} s "
+            f"(+ windows {window_build:.1f} s); load {os.getloadavg()[0]:.2f}"
         )
 
 
@@ -160,10 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-image", action="store_true", help="the crawl's lookup per picture, look on and off")
     parser.add_argument("--pictures", type=int, default=200, help="with --per-image: pictures per round")
+    parser.add_argument("--windows", type=int, default=10, help="with --per-image: window hashes per picture (0: none)")
     parser.add_argument("--rounds", type=int, default=3, help="with --per-image: alternating rounds")
     args = parser.parse_args(argv)
     if args.per_image:
-        per_image(args.size, args.pictures, args.rounds, args.seed)
+        per_image(args.size, args.windows, args.pictures, args.rounds, args.seed)
         return
     import faiss
 

@@ -1,5 +1,11 @@
 """The hash recipe: the canonical reduction every perceptual hash is taken from, and its windows.
 
+``hashes_of`` is what a crawl computes per image. With ``DEDUPE_HASH=pdq`` (the default since
+issue 13) that is PDQ's hashes of the canonical image (``crawler.images.pdq``: the 8 flips and
+rotations, windows, quality, thumbnail) plus its imagehash phash for the catalog's ``phash``
+column; the rest of this docstring is about the 64-bit imagehash recipe (``DEDUPE_HASH=phash``,
+``dhash``, ``average_hash``, ``whash``), whose canonical reduction PDQ shares.
+
 Pure image code (Pillow, numpy, imagehash; no Scrapy): the crawl's worker processes, the
 pipelines, ``crawler.dataset rehash`` and the benchmarks hash through this module alone.
 

@@ -168,9 +168,10 @@ def _standing_row(catalog: Catalog, row_id: int) -> Any:
 
 
 class PdqCatalogIndex:
-    """The catalog's stored PDQ hashes (full picture and windows) in one ``WordsHashIndex``
-    under ``row_id * 16 + kind``, kept up to date like ``CatalogHashIndex``, and the rule
-    (``DedupeRule``, ``pdq_verdict``) that decides a new picture against them.
+    """The catalog's stored PDQ hashes, kept up to date like ``CatalogHashIndex``, and the rule
+    (``DedupeRule``, ``pdq_verdict``) that decides a new picture against them: the full-picture
+    hashes in ``full``, and every kind (full picture and windows) in ``index``, both
+    ``WordsHashIndex`` under ``row_id * 16 + kind``.
 
     A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations), the
     windows at ``variant_distance`` (``WINDOW_PAIRS``) and, when the second look is on, the
@@ -185,9 +186,12 @@ class PdqCatalogIndex:
     def __init__(self, catalog: Catalog, rule: DedupeRule) -> None:
         self.catalog = catalog
         self.rule = rule
-        reach = max(rule.max_distance, rule.variant_distance, rule.look_distance)
-        expected = 2 * catalog.count_stored() * (len(self.KINDS) if rule.variant_distance else 1)
-        self.index = WordsHashIndex(reach, bits=PDQ_BITS, expected=expected)
+        stored = catalog.count_stored()
+        # Full-picture hashes alone for the dihedral and the wide (second look) queries: the
+        # wide radius costs the most, and the windows would make that index 11 times larger.
+        self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored)
+        # Every kind, full picture included (window pairs such as (uncap, full)).
+        self.index = WordsHashIndex(rule.variant_distance, bits=PDQ_BITS, expected=2 * stored * len(self.KINDS))
         self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
         pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
         self._partners = {
@@ -210,7 +214,9 @@ class PdqCatalogIndex:
             since = self.last_id
             for row in self.catalog.stored_since(since, deleted=True):
                 if row["pdq"]:
-                    self.index.add(row["pdq"], row["id"] * 16)
+                    self.full.add(row["pdq"], row["id"] * 16)
+                    if self.rule.variant_distance:
+                        self.index.add(row["pdq"], row["id"] * 16)
                 if row["sha256"]:
                     self.ids_of_sha256.setdefault(row["sha256"], row["id"])
                 self.stored += row["status"] == "stored"
@@ -232,9 +238,9 @@ class PdqCatalogIndex:
         dihedral = [hashes[kind] for kind in DIHEDRAL_KINDS]
         mine = {kind: hashes[kind] for kind in self.KINDS if kind in hashes}
         with self._lock:
-            turned = self.index.query_batch(dihedral, rule.max_distance)
+            turned = self.full.query_batch(dihedral, rule.max_distance)
             windows = self.index.query_batch(list(mine.values()), rule.variant_distance) if rule.variant_distance else []
-            wide = self.index.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
+            wide = self.full.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
         # (distance, transform, (query kind, stored kind), row id), nearest first.
         found = {(d, t, (FULL, FULL), key >> 4) for t, hits in enumerate(turned) for d, key in hits if key & 15 == 0}
         found.update((d, 0, (FULL, FULL), key >> 4) for d, key in wide if key & 15 == 0)
