@@ -21,7 +21,7 @@ catalog index (``crawler.images.index``) decide with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,26 +210,29 @@ def same_colour(mine: bytes, theirs: bytes) -> bool:
 
 def find_in_rows(
     rows: list[Any], sha256: str, phash: str | None, max_distance: int,
-    rule: DedupeRule | None = None, dihedral: Sequence[str] = (), quality: int = 0,
+    rule: DedupeRule | None = None, hashes: Mapping[str, Any] | None = None,
+    look_of: Callable[[int], bytes | None] | None = None,
 ) -> Match | None:
     """Like ``CatalogHashIndex.find`` over a short list of catalog rows (a linear scan, for the
     handful stored since an item's dedupe decision): the same bytes, else the nearest full
-    hash within ``max_distance`` (64-bit ``phash``), or with a pdq ``rule`` the nearest of
-    the ``dihedral`` hashes against the rows' ``pdq`` (both of ``rule.min_quality``)."""
+    hash within ``max_distance`` (64-bit ``phash``), or with a pdq ``rule`` the nearest row
+    ``pdq_pair_match`` accepts for the item's full-picture ``hashes`` (its ``DIHEDRAL_KINDS``,
+    ``pdq_quality`` and ``look``; the rows' looks come from ``look_of(row_id)``)."""
     best: Match | None = None
-    use_pdq = rule is not None and rule.pdq and bool(dihedral)
+    use_pdq = rule is not None and rule.pdq and bool(hashes)
     value = int(phash, 16) if phash and not use_pdq else None
-    queries = [int(h, 16) for h in dihedral] if use_pdq else []
     for row in rows:
         if row["sha256"] == sha256:
             return Match.of_row(row, 0, True)
         distance = None
         if use_pdq and row["pdq"]:
-            stored = int(row["pdq"], 16)
-            distance = min(hamming(q, stored) for q in queries)
-            sure = distance == 0 or min(quality, row["pdq_quality"] or 0) >= rule.min_quality  # type: ignore[union-attr]
-            if not sure or distance > rule.max_distance:  # type: ignore[union-attr]
+            stored = {FULL: row["pdq"], "pdq_quality": row["pdq_quality"] or 0}
+            if look_of is not None and rule.look_distance:  # type: ignore[union-attr]
+                stored["look"] = look_of(row["id"]) or b""
+            found = pdq_pair_match(rule, hashes or {}, stored)  # type: ignore[arg-type]
+            if found is None:
                 continue
+            distance = found[0]
         elif value is not None and row["phash"]:
             distance = hamming(value, int(row["phash"], 16))
             if distance > max_distance:

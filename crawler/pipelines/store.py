@@ -37,6 +37,7 @@ from crawler.catalog import Catalog
 from crawler.labels import sanitize_label
 from crawler.images.files import TMP_DIR, fsync_dir, image_path, move_to_trash, write_tmp
 from crawler.images.matching import DedupeRule, Match, find_in_rows, mark_duplicate, source_pixels
+from crawler.images.pdq import DIHEDRAL_KINDS
 from crawler.setting_values import dedupe_rule, get_bool
 from crawler.threads import run_in_thread, sha256_hex
 
@@ -52,13 +53,28 @@ _FULL = "max_images"
 _REPLACED = "replaced"
 
 
+def _full_picture(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The item's full-picture PDQ hashes as ``pdq_pair_match`` takes them, or ``None``
+    without pdq (the dedupe stage set ``pdq_dihedral``, ``pdq_quality`` and ``look``)."""
+    dihedral = row.get("pdq_dihedral")
+    if not dihedral:
+        return None
+    return {
+        **dict(zip(DIHEDRAL_KINDS, dihedral, strict=True)),
+        "pdq_quality": row.get("pdq_quality") or 0,
+        "look": row.get("look") or b"",
+    }
+
+
 class StorePipeline:
     """Store each surviving image once, folder by label, with a ``stored`` catalog row.
 
     Settings:
         DATASET_DIR: the dataset folder (required; created if missing).
         DEDUPE_*: shared with the dedupe stage (``dedupe_rule``), for the in-transaction
-            re-check (same bytes, or full-picture hashes within ``DEDUPE_MAX_DISTANCE``).
+            re-check (same bytes, or the full-picture rule: flips and rotations within
+            ``DEDUPE_MAX_DISTANCE``, the quality gate and the second look; windows are left to
+            the dedupe stage).
         STORE_FSYNC: durability against power loss (default off: crash-safe only): fsync
             each image and its folder before its row commits, which commits with
             ``synchronous=FULL`` (see the module docstring).
@@ -156,8 +172,8 @@ class StorePipeline:
                     return _FULL
                 newer = self.catalog.stored_since(row.get("catalog_seen_id") or 0)
                 match = find_in_rows(
-                    newer, row["sha256"], row.get("phash"), self.rule.max_distance,
-                    self.rule, row.get("pdq_dihedral") or (), row.get("pdq_quality") or 0,
+                    newer, row["sha256"], row.get("phash"), self.rule.max_distance, self.rule,
+                    _full_picture(row), self.catalog.look,
                 )
                 pixels = source_pixels(row)
                 if match is not None:
