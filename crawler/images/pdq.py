@@ -115,6 +115,9 @@ class PdqHashes:
     quality: int
     windows: dict[str, str]
     look: bytes
+    #: The full picture's 64x64 luma square the hash was taken from (uint8), for the catalog's
+    #: ``phash`` (``crawler.images.hashing.hashes_of``); not stored.
+    square: np.ndarray | None = None
 
     @property
     def pdq(self) -> str:
@@ -221,7 +224,7 @@ def pdq_hashes(image: Image.Image, *, windows: bool = True) -> PdqHashes:
     hashes = pdq_hex(np.concatenate([np.stack(_dihedral_dcts(dcts[0])), dcts[1:]]))
     thumb = image.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
     boxes = bytes(round(v * 255) for v in (*trim, *caption))
-    return PdqHashes(tuple(hashes[:8]), quality, dict(zip(kinds, hashes[8:], strict=True)), boxes + thumb)
+    return PdqHashes(tuple(hashes[:8]), quality, dict(zip(kinds, hashes[8:], strict=True)), boxes + thumb, squares[0])
 
 
 def _inside(box: tuple[float, float, float, float], outer: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
