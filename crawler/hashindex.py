@@ -341,8 +341,9 @@ class MultiIndexHashIndex:
             if not masks[i]:
                 continue  # radius -1: this substring need not be searched (d < m)
             parts = self._parts(queries, i)
-            # Sorted queries make the bucket reads of one flip mask walk memory in order.
-            by_part = np.argsort(parts, kind="stable") if queries.size > 1 else np.zeros(1, np.int64)
+            # Sorted queries make the bucket reads of one flip mask walk memory in order; a
+            # handful (one image's hashes) gain nothing from it but the call.
+            by_part = np.argsort(parts, kind="stable") if queries.size > 64 else np.arange(queries.size)
             block = max(1, _BLOCK_KEYS // masks[i])
             for start in range(0, queries.size, block):
                 chosen = by_part[start : start + block]

@@ -190,8 +190,11 @@ class PdqCatalogIndex:
         # Full-picture hashes alone for the dihedral and the wide (second look) queries: the
         # wide radius costs the most, and the windows would make that index 11 times larger.
         self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored)
-        # Every kind, full picture included (window pairs such as (uncap, full)).
-        self.index = WordsHashIndex(rule.variant_distance, bits=PDQ_BITS, expected=2 * stored * len(self.KINDS))
+        # Every kind, full picture included (window pairs such as (uncap, full)); the dihedral
+        # hashes ask it too when windows are on (one search for all of an image's hashes).
+        self.index = WordsHashIndex(
+            max(rule.variant_distance, rule.max_distance), bits=PDQ_BITS, expected=2 * stored * len(self.KINDS)
+        )
         self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
         pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
         self._partners = {
@@ -238,8 +241,13 @@ class PdqCatalogIndex:
         dihedral = [hashes[kind] for kind in DIHEDRAL_KINDS]
         mine = {kind: hashes[kind] for kind in self.KINDS if kind in hashes}
         with self._lock:
-            turned = self.full.query_batch(dihedral, rule.max_distance)
-            windows = self.index.query_batch(list(mine.values()), rule.variant_distance) if rule.variant_distance else []
+            if rule.variant_distance:
+                # One search at the wider radius, each hit kept at its own kind's distance.
+                found_all = self.index.query_batch([*dihedral, *mine.values()], max(rule.max_distance, rule.variant_distance))
+                turned = [[(d, k) for d, k in hits if k & 15 == 0 and d <= rule.max_distance] for hits in found_all[:8]]
+                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in found_all[8:]]
+            else:
+                turned, windows = self.full.query_batch(dihedral, rule.max_distance), []
             wide = self.full.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
         # (distance, transform, (query kind, stored kind), row id), nearest first.
         found = {(d, t, (FULL, FULL), key >> 4) for t, hits in enumerate(turned) for d, key in hits if key & 15 == 0}
