@@ -227,9 +227,14 @@ def find_in_rows(
         distance = None
         if use_pdq and row["pdq"]:
             stored = {FULL: row["pdq"], "pdq_quality": row["pdq_quality"] or 0}
-            if look_of is not None and rule.look_distance:  # type: ignore[union-attr]
-                stored["look"] = look_of(row["id"]) or b""
             found = pdq_pair_match(rule, hashes or {}, stored)  # type: ignore[arg-type]
+            # The thumbnail is read only for a row within the look's reach (rarely any).
+            reach = max(rule.max_distance, rule.look_distance)  # type: ignore[union-attr]
+            if found is None and look_of is not None and rule.look_distance and min(  # type: ignore[union-attr]
+                hamming(int(hashes[kind], 16), int(row["pdq"], 16)) for kind in DIHEDRAL_KINDS  # type: ignore[index]
+            ) <= reach:
+                stored["look"] = look_of(row["id"]) or b""
+                found = pdq_pair_match(rule, hashes or {}, stored)  # type: ignore[arg-type]
             if found is None:
                 continue
             distance = found[0]
