@@ -9,7 +9,8 @@ with text below, white or black), ``rotate`` (2-4 degrees either way, white fill
 * recall: share of copies matched to their own original;
 * false matches: pairs of distinct originals linked (every one is wrong).
 
-"ours" is the verify and dedupe stages themselves: every file goes through ``verify_image`` (which
+"ours (pdq)" is the crawl's default (``PdqCatalogIndex`` with the ``DEDUPE_DEFAULTS`` of pdq);
+"ours (phash...)" the phash recipe. "ours" is the verify and dedupe stages themselves: every file goes through ``verify_image`` (which
 decodes it the way the crawl does, JPEGs at reduced size) and ``image_hashes``; a catalog in a
 temporary folder gets the originals one by one through ``CatalogHashIndex`` (each checked first,
 as the pipeline does), then every copy is checked. "ours, plain phash" turns the variants off (``DEDUPE_VARIANT_DISTANCE=0``).
@@ -41,8 +42,14 @@ from PIL import Image, ImageDraw, ImageOps
 from crawler import settings as defaults
 from crawler.catalog import Catalog
 from crawler.images.decode import verify_image
-from crawler.images.hashing import HASH_FUNCTIONS, image_hashes
-from crawler.images.index import CatalogHashIndex
+from crawler.images.hashing import HASH_FUNCTIONS, hashes_of, image_hashes
+from crawler.images.index import CatalogHashIndex, PdqCatalogIndex
+from crawler.images.matching import DedupeRule
+from crawler.images.pdq import DIHEDRAL_KINDS
+
+PHASH = defaults.DEDUPE_DEFAULTS["phash"]
+# The crawl's default rule (DEDUPE_HASH=pdq and its DEDUPE_DEFAULTS).
+PDQ_RULE = DedupeRule(**{k.removeprefix("DEDUPE_").lower(): v for k, v in defaults.DEDUPE_DEFAULTS["pdq"].items()})
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "hymenoptera_data"
@@ -137,7 +144,7 @@ def ours(
     """Recall per transform and false-match pairs of the dedupe stage's own index."""
     with tempfile.TemporaryDirectory() as dataset:
         catalog = Catalog(dataset)
-        index = CatalogHashIndex(catalog, defaults.DEDUPE_MAX_DISTANCE, variant_distance)
+        index = CatalogHashIndex(catalog, PHASH["DEDUPE_MAX_DISTANCE"], variant_distance)
         false_pairs = 0
         started = time.perf_counter()
         for n, name in enumerate(originals):
@@ -159,6 +166,44 @@ def ours(
                 hashes = image_hashes(verify_image((folder / name).read_bytes()).image, hash_name)
                 phash = hashes.pop("phash")
                 match = index.find(f"copy-{kind}-{n}", phash, hashes if variant_distance else None)
+                hits += match is not None and match.path == originals[n]
+            recall[kind] = hits / len(names)
+        seconds = time.perf_counter() - started
+        catalog.close()
+    images = len(originals) * (1 + len(copies))
+    return {"recall": recall, "false": false_pairs, "ms_per_image": 1000 * seconds / images}
+
+
+def ours_pdq(folder: Path, originals: list[str], copies: dict[str, list[str]], rule: DedupeRule = PDQ_RULE) -> dict:
+    """``ours`` for the pdq rule (``PdqCatalogIndex``, as the dedupe stage asks it)."""
+
+    def row(hashes: dict, n: int, name: str, verified: object) -> dict:
+        dihedral = [hashes.pop(kind) for kind in DIHEDRAL_KINDS]
+        return {
+            "label": "x", "status": "stored", "path": name, "sha256": f"sha-{n}", "phash": hashes.pop("phash"),
+            "pdq": dihedral[0], "pdq_quality": hashes.pop("pdq_quality"), "look": hashes.pop("look"),
+            "width": verified.width, "height": verified.height, "hashes": hashes,  # type: ignore[attr-defined]
+        }
+
+    with tempfile.TemporaryDirectory() as dataset:
+        catalog = Catalog(dataset)
+        index = PdqCatalogIndex(catalog, rule)
+        false_pairs = 0
+        started = time.perf_counter()
+        for n, name in enumerate(originals):
+            verified = verify_image((folder / name).read_bytes())
+            hashes = hashes_of(verified.image)
+            index.refresh()
+            if index.find(f"sha-{n}", hashes) is not None:
+                false_pairs += 1
+            catalog.insert(row(hashes, n, name, verified))
+        index.refresh()
+        recall = {}
+        for kind, names in copies.items():
+            hits = 0
+            for n, name in enumerate(names):
+                hashes = hashes_of(verify_image((folder / name).read_bytes()).image)
+                match = index.find(f"copy-{kind}-{n}", hashes)
                 hits += match is not None and match.path == originals[n]
             recall[kind] = hits / len(names)
         seconds = time.perf_counter() - started
@@ -218,13 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         originals, copies = build_set(args.images, folder, args.seed)
         results = {
-            f"ours (phash<=6 + variants<=8)": ours(folder, originals, copies, defaults.DEDUPE_VARIANT_DISTANCE),
+            "ours (pdq, default)": ours_pdq(folder, originals, copies),
+            "ours (pdq, no second look)": ours_pdq(folder, originals, copies, DedupeRule(**{**PDQ_RULE.__dict__, "look_distance": 0})),
+            "ours (phash<=6 + variants<=8)": ours(folder, originals, copies, PHASH["DEDUPE_VARIANT_DISTANCE"]),
             "ours, plain phash (<= 6 bits)": ours(folder, originals, copies, 0),
         }
         for name in args.hash or []:
             if name != "phash":
                 results[f"ours, DEDUPE_HASH={name}"] = ours(
-                    folder, originals, copies, defaults.DEDUPE_VARIANT_DISTANCE, name
+                    folder, originals, copies, PHASH["DEDUPE_VARIANT_DISTANCE"], name
                 )
         peer_python = args.peers / "torch" / "bin" / "python"
         if peer_python.exists():

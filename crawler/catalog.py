@@ -1,7 +1,9 @@
-"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 2 (docs/dataset.md).
+"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 3 (docs/dataset.md).
 
-Version 2 added ``source_width``/``source_height``; a version 1 catalog gets them (NULL on its
-old rows) the first time it is opened.
+Version 2 added ``source_width``/``source_height``, version 3 ``pdq``/``pdq_quality`` and the
+``image_looks`` table (thumbnails for dedupe's second look); an older catalog gets them (NULL on
+its old rows) the first time it is opened, and its hashes are remade when a crawl with another
+``hash_recipe`` opens it (``crawler.images.rehash``).
 
 SQLite in WAL mode lets readers run beside one writer, and a busy timeout plus ``BEGIN IMMEDIATE``
 around each check-and-insert serialises writers, so several ``scrapy crawl`` processes can write
@@ -61,9 +63,17 @@ COLUMNS: tuple[str, ...] = (
     "source_width",
     "source_height",
     "listing_url",
+    "pdq",
+    "pdq_quality",
 )
 # Columns added after version 1, with their SQL types (appended by ALTER TABLE on old catalogs).
-_ADDED_COLUMNS = {"source_width": "INTEGER", "source_height": "INTEGER", "listing_url": "TEXT"}
+_ADDED_COLUMNS = {
+    "source_width": "INTEGER",
+    "source_height": "INTEGER",
+    "listing_url": "TEXT",
+    "pdq": "TEXT",
+    "pdq_quality": "INTEGER",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -89,7 +99,9 @@ CREATE TABLE IF NOT EXISTS images (
     author TEXT,
     source_width INTEGER,
     source_height INTEGER,
-    listing_url TEXT
+    listing_url TEXT,
+    pdq TEXT,
+    pdq_quality INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 CREATE INDEX IF NOT EXISTS images_status_id ON images (status, id);
@@ -101,6 +113,13 @@ CREATE TABLE IF NOT EXISTS image_hashes (
     hash TEXT NOT NULL,
     PRIMARY KEY (image_id, kind)
 );
+-- dedupe's second look (crawler/images/pdq.py): trim and caption boxes (8 bytes) and a 32x32
+-- RGB thumbnail (3,072 bytes) per image hashed with pdq.
+CREATE TABLE IF NOT EXISTS image_looks (
+    image_id INTEGER PRIMARY KEY REFERENCES images (id),
+    look BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_duplicate_of ON images (duplicate_of);
 -- A person's review decision per image (crawler/review.py), pending until applied_at is set.
 CREATE TABLE IF NOT EXISTS review (
     image_id INTEGER PRIMARY KEY REFERENCES images (id),
@@ -112,7 +131,7 @@ CREATE TABLE IF NOT EXISTS review (
 );
 """
 
-_META = {"schema_version": SCHEMA_VERSION, "hash": "phash", "hash_size": "8"}
+_META = {"schema_version": SCHEMA_VERSION, "hash": "pdq", "hash_size": "16"}
 
 
 class Catalog:
@@ -217,8 +236,9 @@ class Catalog:
         """Insert one ``images`` row and return its id.
 
         Unknown keys are ignored, except ``hashes``: a ``{kind: hex}`` dict of extra perceptual
-        hashes (the dedupe stage's variants) written to ``image_hashes`` in the same
-        transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
+        hashes (the dedupe stage's variants) written to ``image_hashes``, and ``look`` (bytes,
+        dedupe's thumbnail, kept for ``stored`` rows only) written to ``image_looks``, in the
+        same transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
         URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
         an open transaction; otherwise the insert is its own transaction.
         """
@@ -232,19 +252,22 @@ class Catalog:
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         sql = f"INSERT INTO images ({names}) VALUES ({marks})"  # noqa: S608 (fixed column names)
+        look = row.get("look") if values["status"] == "stored" else None
         if conn is not None:
-            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"))
+            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"), look)
         with self.transaction() as tx:
-            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"))
+            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"), look)
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, sql: str, values: tuple[Any, ...], hashes: Any) -> int:
+    def _insert(conn: sqlite3.Connection, sql: str, values: tuple[Any, ...], hashes: Any, look: Any) -> int:
         row_id = int(conn.execute(sql, values).lastrowid)
         if hashes:
             conn.executemany(
                 "INSERT OR REPLACE INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?)",
                 [(row_id, kind, value) for kind, value in hashes.items()],
             )
+        if look:
+            conn.execute("INSERT OR REPLACE INTO image_looks (image_id, look) VALUES (?, ?)", (row_id, bytes(look)))
         return row_id
 
     # -- reads -----------------------------------------------------------------------------
@@ -266,8 +289,8 @@ class Catalog:
         where, params = self._counted(deleted)
         with self._lock:
             return self._conn.execute(
-                "SELECT id, label, status, path, sha256, phash, width, height, source_width, source_height "
-                f"FROM images WHERE {where} AND id > ? ORDER BY id",  # noqa: S608 (fixed clauses)
+                "SELECT id, label, status, path, sha256, phash, pdq, pdq_quality, width, height, "
+                f"source_width, source_height FROM images WHERE {where} AND id > ? ORDER BY id",  # noqa: S608 (fixed clauses)
                 (*params, last_id),
             ).fetchall()
 
@@ -281,6 +304,24 @@ class Catalog:
                 f"WHERE {where} AND i.id > ? ORDER BY h.image_id",  # noqa: S608 (fixed clauses)
                 (*params, last_id),
             ).fetchall()
+
+    def look(self, row_id: int) -> bytes | None:
+        """The ``image_looks`` blob of row ``row_id`` (dedupe's thumbnail), or ``None``."""
+        with self._lock:
+            found = self._conn.execute("SELECT look FROM image_looks WHERE image_id = ?", (row_id,)).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def find_decided_sha256(self, sha256: str) -> sqlite3.Row | None:
+        """The ``stored`` row that an earlier ``duplicate`` row with these downloaded bytes
+        names (``duplicate_of``), with that row's ``hash_distance`` as ``decided_distance``, or
+        ``None``. So the same bytes crawled again get the same outcome whatever was stored
+        since (issue 13: a second crawl of one list stores nothing new and moves no file)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT s.*, d.hash_distance AS decided_distance FROM images d JOIN images s ON s.path = d.duplicate_of AND s.status = 'stored' "
+                "WHERE d.sha256 = ? AND d.status = 'duplicate' ORDER BY d.id LIMIT 1",
+                (sha256,),
+            ).fetchone()
 
     def version(self) -> tuple[int, int]:
         """A token that changes whenever anything commits to the catalog: SQLite's

@@ -10,12 +10,20 @@ Usage::
 ``check`` finds: stored rows whose file is missing (``missing_file``), image files under a
 label folder with no stored row (``orphan_file``), files whose SHA-256 is not their name
 (``hash_mismatch``), files Pillow cannot fully decode (``undecodable``), and stored files in the
-wrong label folder (``wrong_label``). Leftovers of killed crawls in ``.tmp/`` are reported but are
+wrong label folder (``wrong_label``); and dedupe's promises (issue 13): a ``duplicate`` row whose
+``duplicate_of`` names no stored image (``dangling_duplicate``), a stored file that is also
+under ``.trash/`` (``stored_and_trashed``), and two stored images within the duplicate
+threshold of each other (``near_duplicate_stored``: full-picture hashes within the recorded
+hash's ``DEDUPE_MAX_DISTANCE`` default, both of PDQ quality ``DEDUPE_MIN_QUALITY`` or more;
+the dihedral variants are not stored, so only the identity orientation is compared). Leftovers of killed crawls in ``.tmp/`` are reported but are
 not inconsistencies: no reader looks there.
 
 ``--repair`` fixes what it safely can, never deleting an image: bad or orphan files are moved to
 ``.trash/`` (keeping their relative path); rows of missing or trashed files become ``rejected``
-with reason ``missing_file``/``hash_mismatch``/``undecodable``; ``.tmp/`` is emptied.
+with reason ``missing_file``/``hash_mismatch``/``undecodable``; a dangling ``duplicate_of`` is
+re-pointed to the stored image its target was replaced by, when the catalog still tells which;
+``.tmp/`` is emptied. ``stored_and_trashed`` and ``near_duplicate_stored`` are only reported:
+which copy to keep is a person's call (``python -m crawler.review``).
 
 ``rehash [--hash NAME]`` recomputes every stored image's perceptual hashes with the current
 recipe (``crawler.images.hashing.hash_recipe``), with the hash the catalog records or NAME. A crawl does this by itself when it opens a dataset
@@ -36,7 +44,7 @@ from types import ModuleType
 from crawler.catalog import CATALOG_NAME, Catalog
 from crawler.images.decode import Rejected, verify_image
 from crawler.images.files import TMP_DIR, TRASH_DIR
-from crawler.images.hashing import DEFAULT_HASH, HASH_FUNCTIONS, hash_recipe
+from crawler.images.hashing import DEFAULT_HASH, HASH_NAMES, hash_recipe
 from crawler.images.rehash import rehash_catalog
 
 logger = logging.getLogger(__name__)
@@ -107,9 +115,70 @@ def check(root: Path) -> tuple[list[Problem], list[str]]:
             verify_image(data, **_NO_LIMITS)
         except Rejected as exc:
             problems.append(Problem("undecodable", path, str(exc), row_id))
+    if has_catalog:
+        problems += _dedupe_problems(root, stored)
     tmp_dir = root / TMP_DIR
     stale = sorted(p.relative_to(root).as_posix() for p in tmp_dir.iterdir()) if tmp_dir.is_dir() else []
     return problems, stale
+
+
+def _dedupe_problems(root: Path, stored: dict[str, tuple[int, str]]) -> list[Problem]:
+    """``dangling_duplicate``, ``stored_and_trashed`` and ``near_duplicate_stored`` (module
+    docstring) of the catalogued dataset at ``root``; ``stored`` maps stored paths to rows."""
+    from crawler import settings as defaults
+    from crawler.catalog import REVIEW_DELETE
+    from crawler.hashindex import MultiIndexHashIndex, WordsHashIndex
+    from crawler.images.hashing import PDQ
+
+    problems = []
+    with Catalog(root) as catalog:
+        deleted = {row["path"] for row in catalog.rows("status = 'rejected' AND reason = ?", (REVIEW_DELETE,))}
+        for row in catalog.rows("status = 'duplicate'"):
+            target = row["duplicate_of"]
+            if target not in stored and target not in deleted:
+                problems.append(Problem("dangling_duplicate", target or "", "duplicate_of names no stored image", row["id"]))
+        for path, (row_id, _) in sorted(stored.items()):
+            if (root / TRASH_DIR / path).is_file():
+                problems.append(Problem("stored_and_trashed", path, f"also in {TRASH_DIR}/", row_id))
+        hash_name = catalog.meta().get("hash", PDQ)
+        rule = defaults.DEDUPE_DEFAULTS.get(hash_name, defaults.DEDUPE_DEFAULTS[PDQ])
+        limit = rule["DEDUPE_MAX_DISTANCE"]
+        rows = catalog.rows("status = 'stored'")
+    column, bits = ("pdq", 256) if hash_name == PDQ else ("phash", 64)
+    usable = [
+        row for row in rows
+        if row[column] and (column != "pdq" or (row["pdq_quality"] or 0) >= rule["DEDUPE_MIN_QUALITY"])
+    ]
+    index: WordsHashIndex | MultiIndexHashIndex
+    if bits == 256:
+        index = WordsHashIndex(limit, expected=len(usable))
+    else:
+        index = MultiIndexHashIndex.for_size(limit, len(usable))
+    for n, row in enumerate(usable):
+        index.add(int(row[column], 16), n)
+    found = index.query_batch([int(row[column], 16) for row in usable], limit)
+    for n, hits in enumerate(found):
+        for distance, other in hits:
+            if other < n:  # each pair once, reported on the later row
+                problems.append(Problem(
+                    "near_duplicate_stored", usable[n]["path"],
+                    f"{distance} bits ({hash_name}) from {usable[other]['path']}", usable[n]["id"],
+                ))
+    return problems
+
+
+def _repoint(catalog: Catalog, problem: Problem) -> bool:
+    """Re-point a ``dangling_duplicate`` row to the image its target was replaced by: the
+    demoted row whose bytes named the target's file (``<label>/<sha256>.<ext>``). Returns
+    whether the row now names a stored image."""
+    sha = Path(problem.path).stem
+    for row in catalog.rows("status = 'duplicate' AND path IS NULL AND sha256 = ?", (sha,)):
+        target = catalog.find_stored_path(row["duplicate_of"] or "")
+        if target is not None:
+            with catalog.transaction() as tx:
+                tx.execute("UPDATE images SET duplicate_of = ? WHERE id = ?", (target["path"], problem.row_id))
+            return True
+    return False
 
 
 def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
@@ -121,6 +190,13 @@ def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
     catalog = Catalog(root) if (root / CATALOG_NAME).exists() else None
     try:
         for problem in problems:
+            if problem.kind in ("stored_and_trashed", "near_duplicate_stored"):
+                continue  # reported only: a person's call
+            if problem.kind == "dangling_duplicate":
+                if catalog is not None and _repoint(catalog, problem):
+                    fixed += 1
+                    logger.info("repaired %s: row %s", problem.kind, problem.row_id)
+                continue
             if problem.kind in ("orphan_file", "hash_mismatch", "undecodable", "wrong_label"):
                 target = root / TRASH_DIR / problem.path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     rehash_cmd = commands.add_parser("rehash", help="recompute perceptual hashes from the stored files")
     rehash_cmd.add_argument("dataset", type=Path)
     rehash_cmd.add_argument(
-        "--hash", choices=sorted(HASH_FUNCTIONS), default=None,
-        help="perceptual hash to use (default: the one the catalog records, else phash)",
+        "--hash", choices=HASH_NAMES, default=None,
+        help="perceptual hash to use (default: the one the catalog records, else pdq)",
     )
     summary_cmd = commands.add_parser("summary", help="per-label counts, formats, sizes, sources; a contact sheet")
     summary_cmd.add_argument("dataset", type=Path)
@@ -202,7 +278,7 @@ def _run(args: argparse.Namespace, summary: ModuleType) -> int:
         _catalogued(args.dataset)
         with Catalog(args.dataset) as catalog:
             recorded = catalog.meta().get("hash")
-            hash_name = args.hash or (recorded if recorded in HASH_FUNCTIONS else DEFAULT_HASH)
+            hash_name = args.hash or (recorded if recorded in HASH_NAMES else DEFAULT_HASH)
             rehashed, skipped = rehash_catalog(catalog, hash_name)
         logger.info("rehashed %d images with %s (%d skipped)", rehashed, hash_recipe(hash_name), skipped)
         return 1 if skipped else 0

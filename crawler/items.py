@@ -7,7 +7,7 @@ import scrapy
 __all__ = ["ImageItem"]
 
 # Fields too big to log: the downloaded bytes and the hashes.
-_HEAVY = frozenset({"body", "image_hashes", "file_urls", "files"})
+_HEAVY = frozenset({"body", "image_hashes", "file_urls", "files", "look", "pdq_dihedral"})
 
 
 class ImageItem(scrapy.Item):
@@ -26,7 +26,9 @@ class ImageItem(scrapy.Item):
     stored image, after EXIF orientation and any ``VERIFY_MAX_SIDE`` resize), ``source_width`` and ``source_height`` (pixels of the
     downloaded image, after EXIF orientation), ``format`` (Pillow name of the stored bytes),
     ``ext``, ``phash`` (16 hex chars), ``hashes`` (``{kind: hex}``, the extra perceptual hashes
-    of dedupe's variants, catalogued in ``image_hashes``), ``catalog_seen_id`` (last catalog id dedupe compared
+    of dedupe's variants, catalogued in ``image_hashes``), with ``DEDUPE_HASH=pdq`` ``pdq`` (64
+    hex chars), ``pdq_quality`` (0-100), ``pdq_dihedral`` (its 8 flips and rotations, for the
+    store's re-check) and ``look`` (the second look's thumbnail, bytes), ``catalog_seen_id`` (last catalog id dedupe compared
     against), and the outcome: ``status`` (``stored``/``duplicate``/``rejected``), ``reason``,
     ``path``, ``duplicate_of``, ``hash_distance`` (bits); ``replaces`` (``[(path, distance)]`` of
     smaller stored copies this item supersedes).
@@ -55,6 +57,10 @@ class ImageItem(scrapy.Item):
     ext = scrapy.Field()
     phash = scrapy.Field()
     hashes = scrapy.Field()
+    pdq = scrapy.Field()
+    pdq_quality = scrapy.Field()
+    pdq_dihedral = scrapy.Field()
+    look = scrapy.Field()
     catalog_seen_id = scrapy.Field()
     status = scrapy.Field()
     reason = scrapy.Field()

@@ -16,7 +16,7 @@ from typing import Any
 from crawler import settings as defaults
 from crawler.errors import UserError
 
-__all__ = ["dedupe_hash", "get_bool", "get_choice", "get_int", "get_list", "get_raw"]
+__all__ = ["dedupe_hash", "dedupe_rule", "get_bool", "get_choice", "get_int", "get_list", "get_raw"]
 
 
 def get_raw(settings: Any, name: str) -> Any:
@@ -106,7 +106,7 @@ def get_choice(settings: Any, name: str, choices: Iterable[str]) -> str:
 
 
 def dedupe_hash(settings: Any) -> str:
-    """``DEDUPE_HASH``, one of ``crawler.images.hashing.HASH_FUNCTIONS`` (every stage that
+    """``DEDUPE_HASH``, one of ``crawler.images.hashing.HASH_NAMES`` (every stage that
     hashes or compares reads it here, the same way).
 
     Raises:
@@ -114,6 +114,57 @@ def dedupe_hash(settings: Any) -> str:
     """
     # Here, not at the top: spiders read their settings through this module, and every scrapy
     # command loads every spider; the image libraries would add 0.3 s to each.
-    from crawler.images.hashing import HASH_FUNCTIONS
+    from crawler.images.hashing import HASH_NAMES
 
-    return get_choice(settings, "DEDUPE_HASH", HASH_FUNCTIONS)
+    return get_choice(settings, "DEDUPE_HASH", HASH_NAMES)
+
+
+def dedupe_rule(settings: Any) -> Any:
+    """The match rule (``crawler.images.matching.DedupeRule``) of ``DEDUPE_HASH`` and the
+    ``DEDUPE_*`` thresholds; a threshold left at ``None`` takes the hash's value from
+    ``DEDUPE_DEFAULTS`` (``crawler/settings.py``).
+
+    Raises:
+        UserError: an unknown hash, a distance outside 0 to the hash's bits - 1, a quality
+            outside 0-100, a look difference that is not a number >= 0, or a second look asked
+            of a hash without thumbnails (only ``pdq`` has them).
+    """
+    from crawler.images.hashing import HASH_BITS, PDQ
+    from crawler.images.matching import DedupeRule
+    from crawler.images.pdq import PDQ_BITS
+
+    name = dedupe_hash(settings)
+    per_hash = dict(get_raw(settings, "DEDUPE_DEFAULTS") or defaults.DEDUPE_DEFAULTS).get(name, {})
+    top = (PDQ_BITS if name == PDQ else HASH_BITS) - 1
+
+    class _Merged:
+        def get(self, key: str) -> Any:
+            value = settings.get(key)
+            return per_hash.get(key) if value is None else value
+
+    merged = _Merged()
+
+    def bits(key: str, example: int, note: str = "") -> int:
+        return get_int(merged, key, unit="bits", minimum=0, maximum=top, example=example, note=note)
+
+    raw = merged.get("DEDUPE_LOOK_DIFFERENCE")
+    try:
+        difference = float(raw)
+    except (TypeError, ValueError):
+        difference = -1.0
+    if not difference >= 0:
+        raise _fail("DEDUPE_LOOK_DIFFERENCE", "a number >= 0", raw, 0.1)
+    rule = DedupeRule(
+        hash_name=name,
+        max_distance=bits("DEDUPE_MAX_DISTANCE", 31 if name == PDQ else 6),
+        variant_distance=bits("DEDUPE_VARIANT_DISTANCE", 24 if name == PDQ else 8, "0: no windows"),
+        min_quality=get_int(merged, "DEDUPE_MIN_QUALITY", minimum=0, maximum=100, example=50),
+        look_distance=bits("DEDUPE_LOOK_DISTANCE", 50, "0: no second look"),
+        look_difference=difference,
+    )
+    if rule.look_distance and name != PDQ:
+        raise UserError(
+            f"DEDUPE_LOOK_DISTANCE needs DEDUPE_HASH=pdq, got DEDUPE_HASH={name} "
+            "(e.g. -s DEDUPE_LOOK_DISTANCE=0, or -s DEDUPE_HASH=pdq)"
+        )
+    return rule

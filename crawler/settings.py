@@ -97,13 +97,46 @@ VERIFY_FORMATS = [
 VERIFY_MAX_SIDE = 0
 # Quality (1-95, Pillow's scale) of resized JPEG sources.
 VERIFY_JPEG_QUALITY = 90
-# Dedupe (crawler/pipelines/dedupe.py, where the figures behind these two are given): largest
-# Hamming distance in bits between full 64-bit hashes, and between a pair of window hashes (0:
-# no windows), that still count as the same picture.
-DEDUPE_MAX_DISTANCE = 6
-DEDUPE_VARIANT_DISTANCE = 8
-# imagehash hash for dedupe: phash (default), dhash, average_hash or whash.
-DEDUPE_HASH = "phash"
+# Dedupe (crawler/pipelines/dedupe.py gives the figures behind these; README "Near-duplicate
+# quality"). DEDUPE_HASH: pdq (256 bits, default), or imagehash's 64-bit phash, dhash,
+# average_hash or whash. The thresholds depend on the hash: left at None, each takes its hash's
+# value from DEDUPE_DEFAULTS; set one (-s DEDUPE_MAX_DISTANCE=...) to override it.
+DEDUPE_HASH = "pdq"
+# Largest Hamming distance in bits between full-picture hashes (best of the 8 flips and
+# rotations with pdq) that counts as the same picture.
+DEDUPE_MAX_DISTANCE = None
+# Largest distance between a pair of window hashes (crop, caption, frame); 0: no windows.
+DEDUPE_VARIANT_DISTANCE = None
+# pdq only: hashes of a lower quality (0-100; flat, near-white, tiny objects) match only
+# through the second look.
+DEDUPE_MIN_QUALITY = None
+# pdq only: full-picture candidates up to this distance get a second look at 32x32 thumbnails
+# (0: off; README says which to use at which scale), and are the same picture when the look's
+# median difference is at most DEDUPE_LOOK_DIFFERENCE (standardised grey levels).
+DEDUPE_LOOK_DISTANCE = None
+DEDUPE_LOOK_DIFFERENCE = None
+DEDUPE_DEFAULTS = {
+    # ThreatExchange's default 31 of 256 bits; measured margins: copies <= 14 (full), <= 16
+    # (windows), distinct photos >= 50 and >= 34; overlays look <= 0.086, burst frames >= 0.141.
+    "pdq": {
+        "DEDUPE_MAX_DISTANCE": 31,
+        "DEDUPE_VARIANT_DISTANCE": 24,
+        "DEDUPE_MIN_QUALITY": 50,
+        "DEDUPE_LOOK_DISTANCE": 50,
+        "DEDUPE_LOOK_DIFFERENCE": 0.10,
+    },
+    # 64-bit imagehash hashes: no quality score, no second look.
+    **{
+        name: {
+            "DEDUPE_MAX_DISTANCE": 6,
+            "DEDUPE_VARIANT_DISTANCE": 8,
+            "DEDUPE_MIN_QUALITY": 0,
+            "DEDUPE_LOOK_DISTANCE": 0,
+            "DEDUPE_LOOK_DIFFERENCE": 0.0,
+        }
+        for name in ("phash", "dhash", "average_hash", "whash")
+    },
+}
 # Durability against power loss: fsync each image and its folder before its catalog row, and
 # commit that row with synchronous=FULL. Off, the dataset is still safe against killed crawls
 # (atomic renames, SQLite WAL); after a power loss, `python -m crawler.dataset check --repair`.

@@ -22,8 +22,9 @@ the gallery spider skips before download as site chrome).
 
 By default the images are generated: three categories of drawn shapes (``circle``, ``square``,
 ``triangle``) over random gradient backgrounds, deterministic from ``seed`` and pairwise at
-least ``MIN_GENERATED_DISTANCE`` bits apart in perceptual hash, so no correct near-duplicate
-filter can merge two of them. Given ``images_dir`` (a folder of label subfolders, e.g.
+least ``MIN_GENERATED_DISTANCE`` bits apart in phash and well outside the crawl's PDQ rule
+(``_pdq_apart``: flips and rotations included; a centred blob on a plain gradient is otherwise
+"the same picture recoloured"), so no correct near-duplicate filter can merge two of them. Given ``images_dir`` (a folder of label subfolders, e.g.
 ``hymenoptera_data/train``), it serves those files instead, one category per subfolder.
 """
 
@@ -136,6 +137,7 @@ def generate_categories(per_label: int = 60, seed: int = 0) -> list[Category]:
     """
     rng = random.Random(seed)
     hashes: list[imagehash.ImageHash] = []
+    pdqs: list[dict] = []
     categories = []
     for label in GENERATED_LABELS:
         images = []
@@ -144,7 +146,11 @@ def generate_categories(per_label: int = 60, seed: int = 0) -> list[Category]:
             h = imagehash.phash(img)
             if any(h - other < MIN_GENERATED_DISTANCE for other in hashes):
                 continue
+            pdq = _pdq_hashes(img)
+            if not all(_pdq_apart(pdq, other) for other in pdqs):
+                continue
             hashes.append(h)
+            pdqs.append(pdq)
             i = len(images)
             if i % 4 == 3:
                 images.append(SiteImage(f"{label}-{i:03d}.png", _encode(img, "PNG"), "image/png"))
@@ -152,6 +158,33 @@ def generate_categories(per_label: int = 60, seed: int = 0) -> list[Category]:
                 images.append(SiteImage(f"{label}-{i:03d}.jpg", _encode(img, "JPEG", quality=90), "image/jpeg"))
         categories.append(Category(label, images))
     return categories
+
+
+# Margins past the crawl's PDQ thresholds (crawler/settings.py DEDUPE_DEFAULTS: 31, 24, 50 bits).
+_PDQ_APART_BITS = (40, 32, 60)
+
+
+def _pdq_hashes(img: Image.Image) -> dict:
+    from crawler.images.hashing import canonical_image, hashes_of  # the crawl's own recipe
+
+    return hashes_of(canonical_image(img))
+
+
+def _pdq_apart(a: dict, b: dict) -> bool:
+    """Two generated pictures far outside every way the crawl's PDQ rule could link them."""
+    from crawler.images.matching import WINDOW_PAIRS
+    from crawler.images.pdq import DIHEDRAL_KINDS, FULL, aligned_thumbnails, second_look
+
+    def bits(x: str, y: str) -> int:
+        return (int(x, 16) ^ int(y, 16)).bit_count()
+
+    full, windows, wide = _PDQ_APART_BITS
+    if min(bits(a[kind], b[FULL]) for kind in DIHEDRAL_KINDS) <= full:
+        return False
+    pairs = {*WINDOW_PAIRS, *((y, x) for x, y in WINDOW_PAIRS)}
+    if any(x in a and y in b and bits(a[x], b[y]) <= windows for x, y in pairs):
+        return False
+    return bits(a[FULL], b[FULL]) > wide or second_look(*aligned_thumbnails(a["look"], b["look"])) > 0.2
 
 
 def load_categories(images_dir: Path) -> list[Category]:

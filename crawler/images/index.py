@@ -10,13 +10,41 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from crawler.catalog import REVIEW_DELETE, Catalog
-from crawler.hashindex import MultiIndexHashIndex
+from crawler.hashindex import MultiIndexHashIndex, WordsHashIndex
 from crawler.images.hashing import COLOUR_KIND, HASH_BITS, VARIANTS
-from crawler.images.matching import MATCH_PAIRS, Match, same_colour
+from crawler.images.matching import MATCH_PAIRS, WINDOW_PAIRS, DedupeRule, Match, pdq_verdict, same_colour
+from crawler.images.pdq import DIHEDRAL_KINDS, FULL, PDQ_BITS, UNCAPTIONED, WINDOWS
 
-__all__ = ["CatalogHashIndex"]
+__all__ = ["CatalogHashIndex", "PdqCatalogIndex", "catalog_index"]
+
+# At most this many candidates of one image get the second look (nearest first): a flat or
+# near-white picture can be within reach of many stored ones, each look a catalog read.
+MAX_LOOKS = 16
+
+
+def catalog_index(catalog: Catalog, rule: DedupeRule) -> CatalogHashIndex | PdqCatalogIndex:
+    """The index for ``rule``'s hash: ``PdqCatalogIndex`` for pdq, else ``CatalogHashIndex``."""
+    if rule.pdq:
+        return PdqCatalogIndex(catalog, rule)
+    return CatalogHashIndex(catalog, rule.max_distance, rule.variant_distance)
+
+
+def _exact(catalog: Catalog, known: dict[str, int], sha256: str) -> Match | None:
+    """The stored image with these downloaded bytes, or the one an earlier duplicate with
+    these bytes was judged a copy of (so a re-crawl decides as the first crawl did)."""
+    # Most items are new: the in-memory map answers them without a query; a hit is
+    # confirmed in the catalog (the row may have been replaced or reviewed away since).
+    if sha256 in known:
+        exact = catalog.find_stored_sha256(sha256, deleted=True)
+        if exact is not None:
+            return Match.of_row(exact, 0, True)
+    decided = catalog.find_decided_sha256(sha256)
+    if decided is not None:
+        return Match.of_row(decided, decided["decided_distance"] or 0, False)
+    return None
 
 
 class CatalogHashIndex:
@@ -88,12 +116,9 @@ class CatalogHashIndex:
     def find(self, sha256: str, phash: str, hashes: Mapping[str, str] | None = None) -> Match | None:
         """The stored image this one duplicates: exact match first, else the nearest by full
         phash, else the nearest by a pair of variant hashes (``MATCH_PAIRS``)."""
-        # Most items are new: the in-memory map answers them without a query; a hit is
-        # confirmed in the catalog (the row may have been replaced or reviewed away since).
-        if sha256 in self.ids_of_sha256:
-            exact = self.catalog.find_stored_sha256(sha256, deleted=True)
-            if exact is not None:
-                return Match.of_row(exact, 0, True)
+        exact = _exact(self.catalog, self.ids_of_sha256, sha256)
+        if exact is not None:
+            return exact
         variants = self.variant_distance and hashes
         values = {"phash": phash}
         if variants:
@@ -126,4 +151,127 @@ class CatalogHashIndex:
                 row = self.catalog.find_stored_path(row["duplicate_of"])
             if row is not None and (row["status"] == "stored" or row["reason"] == REVIEW_DELETE):
                 return Match.of_row(row, distance, False)
+        return None
+
+
+def _standing_row(catalog: Catalog, row_id: int) -> Any:
+    """The row that stands for hashed row ``row_id``: itself while stored (or deleted in
+    review), else the stored image it was replaced by (``duplicate_of``); ``None`` when gone."""
+    row = catalog.get(row_id)
+    # A row replaced by a larger copy is now a duplicate: its hash still counts, and the image
+    # that stands for it is the one it points to.
+    if row is not None and row["status"] != "stored" and row["duplicate_of"]:
+        row = catalog.find_stored_path(row["duplicate_of"])
+    if row is not None and (row["status"] == "stored" or row["reason"] == REVIEW_DELETE):
+        return row
+    return None
+
+
+class PdqCatalogIndex:
+    """The catalog's stored PDQ hashes, kept up to date like ``CatalogHashIndex``, and the rule
+    (``DedupeRule``, ``pdq_verdict``) that decides a new picture against them: the full-picture
+    hashes in ``full``, and every kind (full picture and windows) in ``index``, both
+    ``WordsHashIndex`` under ``row_id * 16 + kind``.
+
+    A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations), the
+    windows at ``variant_distance`` (``WINDOW_PAIRS``) and, when the second look is on, the
+    identity hash alone at ``look_distance``: one wide query, not eight (the wide radius costs
+    the most; README "Near-duplicate quality" gives the figures). Thumbnails for the second
+    look are read from the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per
+    picture. Thread-safe: ``refresh`` and ``find`` may run in worker threads.
+    """
+
+    KINDS: tuple[str, ...] = (FULL, *WINDOWS, UNCAPTIONED)  # a kind's code is its position here
+
+    def __init__(self, catalog: Catalog, rule: DedupeRule) -> None:
+        self.catalog = catalog
+        self.rule = rule
+        stored = catalog.count_stored()
+        # Full-picture hashes alone for the dihedral and the wide (second look) queries: the
+        # wide radius costs the most, and the windows would make that index 11 times larger.
+        self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored)
+        # Every kind, full picture included (window pairs such as (uncap, full)); the dihedral
+        # hashes ask it too when windows are on (one search for all of an image's hashes).
+        self.index = WordsHashIndex(
+            max(rule.variant_distance, rule.max_distance), bits=PDQ_BITS, expected=2 * stored * len(self.KINDS)
+        )
+        self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
+        pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
+        self._partners = {
+            mine: frozenset(self._codes[theirs] for m, theirs in pairs if m == mine) for mine in self.KINDS
+        }
+        self.ids_of_sha256: dict[str, int] = {}
+        self.stored = 0
+        self.last_id = 0
+        self._version: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> int:
+        """Add ``stored`` rows with id above the last seen; return the new last id. Reads no
+        table when nothing was committed since the last call (``Catalog.version``)."""
+        with self._lock:
+            version = self.catalog.version()
+            if version == self._version:
+                return self.last_id
+            self._version = version
+            since = self.last_id
+            for row in self.catalog.stored_since(since, deleted=True):
+                if row["pdq"]:
+                    self.full.add(row["pdq"], row["id"] * 16)
+                    if self.rule.variant_distance:
+                        self.index.add(row["pdq"], row["id"] * 16)
+                if row["sha256"]:
+                    self.ids_of_sha256.setdefault(row["sha256"], row["id"])
+                self.stored += row["status"] == "stored"
+                self.last_id = row["id"]
+            if self.rule.variant_distance and self.last_id > since:
+                for row in self.catalog.hashes_since(since, deleted=True):
+                    code = self._codes.get(row["kind"])
+                    if code and row["image_id"] <= self.last_id:
+                        self.index.add(row["hash"], row["image_id"] * 16 + code)
+            return self.last_id
+
+    def find(self, sha256: str, hashes: Mapping[str, Any]) -> Match | None:
+        """The stored image this picture duplicates: the same bytes first, else the nearest
+        PDQ candidate ``pdq_verdict`` accepts. ``hashes`` is ``hashes_of(image, "pdq")``."""
+        exact = _exact(self.catalog, self.ids_of_sha256, sha256)
+        if exact is not None:
+            return exact
+        rule = self.rule
+        dihedral = [hashes[kind] for kind in DIHEDRAL_KINDS]
+        mine = {kind: hashes[kind] for kind in self.KINDS if kind in hashes}
+        with self._lock:
+            if rule.variant_distance:
+                # One search at the wider radius, each hit kept at its own kind's distance.
+                found_all = self.index.query_batch([*dihedral, *mine.values()], max(rule.max_distance, rule.variant_distance))
+                turned = [[(d, k) for d, k in hits if k & 15 == 0 and d <= rule.max_distance] for hits in found_all[:8]]
+                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in found_all[8:]]
+            else:
+                turned, windows = self.full.query_batch(dihedral, rule.max_distance), []
+            wide = self.full.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
+        # (distance, transform, (query kind, stored kind), row id), nearest first.
+        found = {(d, t, (FULL, FULL), key >> 4) for t, hits in enumerate(turned) for d, key in hits if key & 15 == 0}
+        found.update((d, 0, (FULL, FULL), key >> 4) for d, key in wide if key & 15 == 0)
+        for kind, hits in zip(mine, windows, strict=True):
+            partners = self._partners[kind]
+            found.update((d, 0, (kind, self.KINDS[key & 15]), key >> 4) for d, key in hits if key & 15 in partners)
+        quality = int(hashes.get("pdq_quality", 0))
+        looks = 0
+        decided: set[int] = set()
+        for distance, transform, kinds, row_id in sorted(found, key=lambda c: (c[0], c[1])):
+            row = self.catalog.get(row_id)
+            if row is None:
+                continue
+            sure = pdq_verdict(rule, distance, transform, kinds, (quality, row["pdq_quality"] or 0), None)
+            if not sure:
+                if row_id in decided or looks >= MAX_LOOKS or not rule.look_distance:
+                    continue
+                looks += 1
+                decided.add(row_id)
+                pair = (hashes.get("look") or b"", self.catalog.look(row_id) or b"")
+                if not pdq_verdict(rule, distance, transform, kinds, (quality, row["pdq_quality"] or 0), pair):
+                    continue
+            standing = _standing_row(self.catalog, row_id)
+            if standing is not None:
+                return Match.of_row(standing, distance, False)
         return None

@@ -1,6 +1,15 @@
 """The match policy: when a new image duplicates a stored one, and which of the two stays.
 
-Two images are near duplicates when their full perceptual hashes are within
+PDQ (``DEDUPE_HASH=pdq``, the default; ``DedupeRule``, ``pdq_verdict``): two pictures are the
+same when the best of the new one's 8 dihedral hashes is within ``DEDUPE_MAX_DISTANCE`` (31 of
+256 bits) of the stored one's, or a ``WINDOW_PAIRS`` pair of window hashes is within
+``DEDUPE_VARIANT_DISTANCE`` (24), both hashes of quality ``DEDUPE_MIN_QUALITY`` (50) or more;
+a candidate that is not that sure (further, up to ``DEDUPE_LOOK_DISTANCE`` = 50 bits, identity
+orientation only, or of low quality) is the same picture when the second look at the aligned
+thumbnails (``crawler.images.pdq.second_look``) differs by at most ``DEDUPE_LOOK_DIFFERENCE``.
+Colour is not compared: a copy recoloured as a whole is the same picture (issue 13).
+
+64-bit imagehash hashes (``phash`` etc.): two images are near duplicates when their full perceptual hashes are within
 ``DEDUPE_MAX_DISTANCE`` bits, or one of the ``MATCH_PAIRS`` of windows (``crawler.images.hashing``
 ``VARIANTS``) is within ``DEDUPE_VARIANT_DISTANCE`` bits and their colour signatures agree
 (``same_colour``). Exact duplicates have the same SHA-256. A larger copy (more pixels as
@@ -12,15 +21,21 @@ catalog index (``crawler.images.index``) decide with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from crawler.hashindex import hamming
+from crawler.images.pdq import DIHEDRAL_KINDS, FULL, UNCAPTIONED, aligned_thumbnails, second_look
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "COLOUR_TOLERANCE",
+    "DedupeRule",
+    "WINDOW_PAIRS",
+    "pdq_pair_match",
+    "pdq_verdict",
     "MATCH_PAIRS",
     "Match",
     "duplicate_reason",
@@ -41,7 +56,96 @@ MATCH_PAIRS: tuple[tuple[str, str], ...] = (
     ("c80", "bl90"),
     ("c80", "br90"),
 )
-# trim_borders: a row or column belongs to a border when this share of its pixels is within
+# PDQ: (window of one picture, window of the other) compared at DEDUPE_VARIANT_DISTANCE; both
+# orders count. Chosen on ../shared/real/neardup and hymenoptera (benchmarks/neardup_real).
+WINDOW_PAIRS: tuple[tuple[str, str], ...] = (
+    (UNCAPTIONED, FULL),  # a caption bar (text on a plain band) on either side
+    (UNCAPTIONED, UNCAPTIONED),
+    ("trim90", "trim90"),  # letterbox, pad, frame, small rotation
+    (FULL, "top85"),  # caption bar below
+    (FULL, "bot85"),  # caption bar on top
+    ("c80", "c90"),  # frame, symmetric crop, small rotation
+    (FULL, "c90"),  # crop
+    ("c80", "tl90"),  # crop keeping one corner
+    ("c80", "tr90"),
+    ("c80", "bl90"),
+    ("c80", "br90"),
+)
+
+
+@dataclass(frozen=True)
+class DedupeRule:
+    """The thresholds of one hash (``crawler.setting_values.dedupe_rule`` reads them):
+    distances in bits, ``min_quality`` 0-100 (pdq only), ``look_distance`` bits (0: no second
+    look), ``look_difference`` in standard deviations of grey level."""
+
+    hash_name: str = "pdq"
+    max_distance: int = 31
+    variant_distance: int = 24
+    min_quality: int = 50
+    look_distance: int = 50
+    look_difference: float = 0.10
+
+    @property
+    def pdq(self) -> bool:
+        return self.hash_name == "pdq"
+
+
+def pdq_verdict(
+    rule: DedupeRule,
+    distance: int,
+    transform: int,
+    kinds: tuple[str, str],
+    qualities: tuple[int, int],
+    looks: tuple[bytes, bytes] | None,
+) -> bool:
+    """Is a PDQ hash candidate (``distance`` bits between the query's hash of ``kinds[0]``
+    turned by ``DIHEDRAL[transform]`` and the stored one's of ``kinds[1]``) the same picture?
+    Sure within the kind's distance when both ``qualities`` reach ``min_quality`` (or at 0
+    bits); otherwise, within ``look_distance`` and with ``looks`` (query's, stored one's look
+    blobs), when the second look differs by at most ``look_difference``."""
+    limit = rule.max_distance if kinds == (FULL, FULL) else rule.variant_distance
+    if distance == 0 or (distance <= limit and min(qualities) >= rule.min_quality):
+        return True
+    if not rule.look_distance or distance > max(rule.look_distance, limit) or looks is None:
+        return False
+    if not looks[0] or not looks[1]:
+        return False
+    return second_look(*aligned_thumbnails(looks[0], looks[1], transform, kinds)) <= rule.look_difference
+
+
+def pdq_pair_match(
+    rule: DedupeRule, query: Mapping[str, Any], stored: Mapping[str, Any]
+) -> tuple[int, int, tuple[str, str]] | None:
+    """``PdqCatalogIndex.find``'s decision for one pair of pictures (``hashes_of(image,
+    "pdq")`` of each; the query is the newer one): ``(distance, transform, kinds)`` of the
+    nearest accepted candidate, or ``None``. For benchmarks and checks of a handful of pairs."""
+
+    def bits(x: str, y: str) -> int:
+        return hamming(int(x, 16), int(y, 16))
+
+    found = []
+    for transform, kind in enumerate(DIHEDRAL_KINDS):
+        distance = bits(query[kind], stored[FULL])
+        if distance <= rule.max_distance or (transform == 0 and distance <= rule.look_distance):
+            found.append((distance, transform, (FULL, FULL)))
+    if rule.variant_distance:
+        for x, y in {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}:
+            if x in query and y in stored and (distance := bits(query[x], stored[y])) <= rule.variant_distance:
+                found.append((distance, 0, (x, y)))
+    qualities = (int(query.get("pdq_quality", 0)), int(stored.get("pdq_quality", 0)))
+    looks = (query.get("look") or b"", stored.get("look") or b"")
+    looked = False  # one second look per pair, at the nearest candidate that is not sure
+    for distance, transform, kinds in sorted(found, key=lambda c: (c[0], c[1])):
+        if pdq_verdict(rule, distance, transform, kinds, qualities, None):
+            return distance, transform, kinds
+        if not looked and rule.look_distance:
+            looked = True
+            if pdq_verdict(rule, distance, transform, kinds, qualities, looks):
+                return distance, transform, kinds
+    return None
+
+
 # A variant match must also agree on colour: the mean and standard deviation of R, G and B over
 # the central 80% of the trimmed image, within this many levels each. Smooth low-detail pictures
 # (gradients, studio backgrounds) have windows with alike phashes; their colours tell them apart.
@@ -105,19 +209,41 @@ def same_colour(mine: bytes, theirs: bytes) -> bool:
 
 
 def find_in_rows(
-    rows: list[Any], sha256: str, phash: str | None, max_distance: int
+    rows: list[Any], sha256: str, phash: str | None, max_distance: int,
+    rule: DedupeRule | None = None, hashes: Mapping[str, Any] | None = None,
+    look_of: Callable[[int], bytes | None] | None = None,
 ) -> Match | None:
     """Like ``CatalogHashIndex.find`` over a short list of catalog rows (a linear scan, for the
-    handful stored since an item's dedupe decision)."""
+    handful stored since an item's dedupe decision): the same bytes, else the nearest full
+    hash within ``max_distance`` (64-bit ``phash``), or with a pdq ``rule`` the nearest row
+    ``pdq_pair_match`` accepts for the item's full-picture ``hashes`` (its ``DIHEDRAL_KINDS``,
+    ``pdq_quality`` and ``look``; the rows' looks come from ``look_of(row_id)``)."""
     best: Match | None = None
-    value = int(phash, 16) if phash else None
+    use_pdq = rule is not None and rule.pdq and bool(hashes)
+    value = int(phash, 16) if phash and not use_pdq else None
     for row in rows:
         if row["sha256"] == sha256:
             return Match.of_row(row, 0, True)
-        if value is not None and row["phash"]:
+        distance = None
+        if use_pdq and row["pdq"]:
+            stored = {FULL: row["pdq"], "pdq_quality": row["pdq_quality"] or 0}
+            found = pdq_pair_match(rule, hashes or {}, stored)  # type: ignore[arg-type]
+            # The thumbnail is read only for a row within the look's reach (rarely any).
+            reach = max(rule.max_distance, rule.look_distance)  # type: ignore[union-attr]
+            if found is None and look_of is not None and rule.look_distance and min(  # type: ignore[union-attr]
+                hamming(int(hashes[kind], 16), int(row["pdq"], 16)) for kind in DIHEDRAL_KINDS  # type: ignore[index]
+            ) <= reach:
+                stored["look"] = look_of(row["id"]) or b""
+                found = pdq_pair_match(rule, hashes or {}, stored)  # type: ignore[arg-type]
+            if found is None:
+                continue
+            distance = found[0]
+        elif value is not None and row["phash"]:
             distance = hamming(value, int(row["phash"], 16))
-            if distance <= max_distance and (best is None or distance < best.distance):
-                best = Match.of_row(row, distance, False)
+            if distance > max_distance:
+                continue
+        if distance is not None and (best is None or distance < best.distance):
+            best = Match.of_row(row, distance, False)
     return best
 
 

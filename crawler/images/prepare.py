@@ -40,7 +40,7 @@ class PreparedImage:
     format: str
     reencoded: bool
     resized: bool
-    hashes: dict[str, str]
+    hashes: dict[str, Any]
     staged: str | None = None
     sha256: str | None = None
     body: bytes | None = None

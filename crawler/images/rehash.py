@@ -12,7 +12,8 @@ import logging
 
 from crawler.catalog import Catalog
 from crawler.images.decode import Rejected, verify_image
-from crawler.images.hashing import DEFAULT_HASH, hash_recipe, image_hashes
+from crawler.images.hashing import DEFAULT_HASH, PDQ, hash_recipe, hashes_of
+from crawler.images.pdq import DIHEDRAL_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +21,9 @@ __all__ = ["ensure_hash_recipe", "rehash_catalog"]
 
 
 def rehash_catalog(catalog: Catalog, hash_name: str = DEFAULT_HASH, *, batch: int = 256) -> tuple[int, int]:
-    """Recompute ``phash`` and the ``image_hashes`` of every ``stored`` image from its file,
-    with ``hash_recipe(hash_name)``, then record the recipe and the hash in the catalog's
+    """Recompute ``phash``, ``pdq``, ``pdq_quality``, the ``image_hashes`` and the
+    ``image_looks`` of every ``stored`` image from its file, with ``hash_recipe(hash_name)``
+    (the pdq columns and looks are cleared for a 64-bit hash), then record the recipe and the hash in the catalog's
     ``meta`` (``hash_recipe``, ``hash``).
 
     For catalogs made before the recipe was recorded, or with another one: their hashes would
@@ -47,11 +49,22 @@ def rehash_catalog(catalog: Catalog, hash_name: str = DEFAULT_HASH, *, batch: in
                 logger.warning("rehash: skipped %s: %s", path, exc)
                 skipped += 1
                 continue
-            updates.append((row_id, image_hashes(image, hash_name)))
+            updates.append((row_id, hashes_of(image, hash_name)))
         with catalog.transaction() as tx:
             for row_id, hashes in updates:
-                tx.execute("UPDATE images SET phash = ? WHERE id = ?", (hashes.pop("phash"), row_id))
+                look = hashes.pop("look", None)
+                quality = hashes.pop("pdq_quality", None)
+                pdq = hashes.get(PDQ)
+                for kind in DIHEDRAL_KINDS:  # query-only hashes, never stored
+                    hashes.pop(kind, None)
+                tx.execute(
+                    "UPDATE images SET phash = ?, pdq = ?, pdq_quality = ? WHERE id = ?",
+                    (hashes.pop("phash"), pdq, quality, row_id),
+                )
                 tx.execute("DELETE FROM image_hashes WHERE image_id = ?", (row_id,))
+                tx.execute("DELETE FROM image_looks WHERE image_id = ?", (row_id,))
+                if look:
+                    tx.execute("INSERT INTO image_looks (image_id, look) VALUES (?, ?)", (row_id, look))
                 tx.executemany(
                     "INSERT INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?)",
                     [(row_id, kind, value) for kind, value in hashes.items()],
@@ -67,6 +80,7 @@ def _record_recipe(catalog: Catalog, hash_name: str) -> None:
     with catalog.transaction() as tx:
         catalog.set_meta("hash_recipe", hash_recipe(hash_name), conn=tx)
         catalog.set_meta("hash", hash_name, conn=tx)
+        catalog.set_meta("hash_size", "16" if hash_name == PDQ else "8", conn=tx)
 
 
 def ensure_hash_recipe(catalog: Catalog, hash_name: str = DEFAULT_HASH) -> None:

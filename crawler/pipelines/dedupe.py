@@ -1,8 +1,9 @@
 """Dedupe stage: drop exact and near duplicates of images already in the dataset, any label.
 
-Exact duplicates are found by the SHA-256 of the downloaded bytes (an indexed catalog lookup);
-near duplicates by the Hamming distance between perceptual hashes (imagehash ``phash``,
-``hash_size=8``: 64 bits) in a ``MultiIndexHashIndex``. The index is filled from the catalog's
+Exact duplicates are found by the SHA-256 of the downloaded bytes (an indexed catalog lookup;
+bytes an earlier crawl judged a duplicate get the same verdict again); near duplicates by the
+Hamming distance between perceptual hashes (PDQ, 256 bits, by default; or a 64-bit imagehash
+hash) in a multi-index hashing index, with the match rule of ``crawler.images.matching``. The index is filled from the catalog's
 ``stored`` rows and topped up with rows whose id is above the last one seen before every
 decision, so images stored by earlier crawls or by other processes writing the same dataset count.
 Images stored by items still in flight are caught by the store stage, which repeats this check
@@ -23,10 +24,12 @@ from itemadapter import ItemAdapter
 from scrapy.exceptions import DropItem, NotConfigured
 
 from crawler.catalog import REVIEW_DELETE, Catalog
-from crawler.images.index import CatalogHashIndex
-from crawler.images.matching import Match, mark_duplicate, source_pixels
+from crawler.images.index import CatalogHashIndex, PdqCatalogIndex, catalog_index
+from crawler.images.matching import DedupeRule, Match, mark_duplicate, source_pixels
+from crawler.images.pdq import DIHEDRAL_KINDS
 from crawler.images.rehash import ensure_hash_recipe
-from crawler.setting_values import dedupe_hash, get_int
+from crawler.setting_values import dedupe_rule
+from crawler.threads import run_in_thread
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -42,26 +45,26 @@ class DedupePipeline:
 
     Settings:
         DATASET_DIR: the dataset folder holding ``catalog.sqlite`` (required).
-        DEDUPE_MAX_DISTANCE: largest Hamming distance between 64-bit phashes, in bits, that
-            still counts as the same picture. The default (6, ``crawler/settings.py``) was
-            measured on the 396 hymenoptera photos in ../shared: a half-size JPEG q60 copy moves phash by 0-4 bits, while the
-            closest two distinct photos are 14 bits apart; for unrelated hashes, distance <= 6
-            has probability ~4.5e-12 per pair (binomial tail of 64 fair bits), i.e. about two
-            chance matches among a million images.
-        DEDUPE_VARIANT_DISTANCE: largest Hamming distance, in bits, between the variant hashes
-            of a ``MATCH_PAIRS`` pair (0 turns variants off). At 8 bits, the default, the copies
-            of ``benchmarks/dedupe_quality`` are caught 91% of the time with no false match
-            among the 78,606 pairs of distinct hymenoptera photos. Each image is compared
-            through 16 pairs, so the chance rate for unrelated hashes is ~16 x 3.0e-10 per
-            pair of images (see README for the figures).
-        DEDUPE_HASH: the imagehash hash (``HASH_FUNCTIONS``: ``phash``, the default, ``dhash``,
-            ``average_hash`` or ``whash``), 64 bits, for the image and its windows. The
-            distances above were measured for phash. Changing it on an existing dataset
+        DEDUPE_HASH: ``pdq`` (the default: PDQ, 256 bits, with its 8 flips and rotations,
+            window hashes, a quality score and a second look; ``crawler.images.pdq``), or one
+            of imagehash's 64-bit ``phash``, ``dhash``, ``average_hash``, ``whash`` (windows
+            and a colour gate; no flips or rotations). Changing it on an existing dataset
             rehashes its stored images when the crawl opens it (hashes of two kinds are never
             compared); crawls writing one dataset at the same time must use the same hash.
+        DEDUPE_MAX_DISTANCE, DEDUPE_VARIANT_DISTANCE, DEDUPE_MIN_QUALITY, DEDUPE_LOOK_DISTANCE,
+            DEDUPE_LOOK_DIFFERENCE: the match rule's thresholds (``crawler.images.matching``);
+            unset, each takes the hash's default (``DEDUPE_DEFAULTS`` in
+            ``crawler/settings.py``). pdq: 31 and 24 bits of 256, quality 50, second look up
+            to 50 bits at a median difference of 0.10. On ``../shared/real/neardup`` copies
+            were <= 14 bits away (full picture) and <= 16 (windows), distinct pictures >= 50
+            and >= 34; 0 false merges among the 78,606 pairs of hymenoptera photos and the
+            shop mirrors' distinct products (README "Near-duplicate quality"). phash: 6 and
+            8 bits of 64 (the 396 hymenoptera photos: a half-size JPEG q60 copy moves phash by
+            0-4 bits, the closest two distinct photos are 14 apart; ``benchmarks/dedupe_quality``).
 
     Takes the hashes the prepare stage computed (``image_hashes``). Sets ``phash``, ``hashes`` (the
-    variants, for the catalog's ``image_hashes``) and ``catalog_seen_id`` on unique items. A
+    windows, for the catalog's ``image_hashes``), with pdq ``pdq``, ``pdq_quality``,
+    ``pdq_dihedral`` (for the store's re-check) and ``look``, and ``catalog_seen_id`` on unique items. A
     larger copy (more pixels, same label) of a stored image passes with ``replaces`` set: the
     store stage swaps it in and turns the smaller one's row into its duplicate. A duplicate
     gets ``status = "duplicate"``, ``reason`` (``exact``, ``near`` or ``label_conflict``),
@@ -72,8 +75,8 @@ class DedupePipeline:
 
     Raises:
         NotConfigured: without DATASET_DIR.
-        UserError: on a distance outside 0-63 bits or an unknown ``DEDUPE_HASH`` (the crawl
-            does not start).
+        UserError: on a threshold out of range or an unknown ``DEDUPE_HASH``
+            (``crawler.setting_values.dedupe_rule``; the crawl does not start).
         DropItem: with the duplicate reason.
     """
 
@@ -82,16 +85,13 @@ class DedupePipeline:
         crawler: Crawler,
         *,
         dataset_dir: Path,
-        max_distance: int,
-        variant_distance: int,
-        hash_name: str,
+        rule: DedupeRule,
     ) -> None:
         self.crawler = crawler
         self.dataset_dir = dataset_dir
-        self.max_distance = max_distance
-        self.variant_distance = variant_distance
-        self.hash_name = hash_name
-        self.hashes: CatalogHashIndex | None = None
+        self.rule = rule
+        self.hash_name = rule.hash_name
+        self.hashes: CatalogHashIndex | PdqCatalogIndex | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -99,29 +99,14 @@ class DedupePipeline:
         dataset_dir = settings.get("DATASET_DIR")
         if not dataset_dir:
             raise NotConfigured("DATASET_DIR is not set (the dataset folder to dedupe against)")
-        return cls(
-            crawler,
-            dataset_dir=Path(dataset_dir),
-            max_distance=get_int(settings, "DEDUPE_MAX_DISTANCE", unit="bits", minimum=0, maximum=63, example=6),
-            variant_distance=get_int(
-                settings, "DEDUPE_VARIANT_DISTANCE", unit="bits", minimum=0, maximum=63, example=8,
-                note="0: no variants",
-            ),
-            hash_name=dedupe_hash(settings),
-        )
+        return cls(crawler, dataset_dir=Path(dataset_dir), rule=dedupe_rule(settings))
 
     def open_spider(self) -> None:
         catalog = Catalog(self.dataset_dir)
         ensure_hash_recipe(catalog, self.hash_name)
-        self.hashes = CatalogHashIndex(catalog, self.max_distance, self.variant_distance)
+        self.hashes = catalog_index(catalog, self.rule)
         self.hashes.refresh()
-        logger.info(
-            "dedupe index: %d stored images, %s, max distance %d bits (variants %d bits)",
-            self.hashes.stored,
-            self.hash_name,
-            self.max_distance,
-            self.variant_distance,
-        )
+        logger.info("dedupe index: %d stored images, %s", self.hashes.stored, self.rule)
 
     def close_spider(self) -> None:
         if self.hashes is not None:
@@ -135,12 +120,21 @@ class DedupePipeline:
         if hashes is None:
             raise DropItem("not_verified")  # the prepare stage must run first; a configuration error
         hashes = dict(hashes)
-        # On the reactor, not in a thread: the lookup is in memory (0.2-0.3 ms) plus at most two
-        # small indexed reads of rows committed since, which a WAL reader never waits for; a trip
-        # to a thread and back cost the reactor more than that.
-        seen_id, match = self._decide(hashes, adapter["sha256"])
+        # phash: on the reactor, not in a thread: the lookup is in memory (0.2-0.3 ms) plus at
+        # most two small indexed reads of rows committed since, which a WAL reader never waits
+        # for; a trip to a thread and back cost the reactor more than that. pdq's lookup (an
+        # image's 19 hashes against 256-bit indexes, 1-2 ms) goes to a thread.
+        if self.rule.pdq:
+            seen_id, match = await run_in_thread(self._decide, hashes, adapter["sha256"])
+        else:
+            seen_id, match = self._decide(hashes, adapter["sha256"])
         adapter["phash"] = hashes.pop("phash")
-        if self.variant_distance:
+        if self.rule.pdq:
+            adapter["pdq_dihedral"] = tuple(hashes.pop(kind) for kind in DIHEDRAL_KINDS)
+            adapter["pdq"] = adapter["pdq_dihedral"][0]
+            adapter["pdq_quality"] = hashes.pop("pdq_quality")
+            adapter["look"] = hashes.pop("look")
+        if self.rule.variant_distance:
             adapter["hashes"] = hashes
         adapter["catalog_seen_id"] = seen_id
         if match is None:
@@ -166,6 +160,8 @@ class DedupePipeline:
         """Top up the index and look the image up (reads the catalog's new rows, if any)."""
         assert self.hashes is not None
         seen_id = self.hashes.refresh()
+        if isinstance(self.hashes, PdqCatalogIndex):
+            return seen_id, self.hashes.find(sha256, hashes)
         variants = {kind: value for kind, value in hashes.items() if kind != "phash"}
         return seen_id, self.hashes.find(sha256, hashes["phash"], variants)
 

@@ -21,7 +21,7 @@ from crawler.errors import UserError
 from crawler.images.decode import EXTENSIONS, FORMATS, Rejected
 from crawler.images.files import TMP_DIR, discard
 from crawler.images.prepare import PreparedImage, prepare_image
-from crawler.setting_values import dedupe_hash, get_bool, get_int, get_list, get_raw
+from crawler.setting_values import dedupe_rule, get_bool, get_int, get_list, get_raw
 from crawler.threads import run_in_thread
 from crawler.workers import WorkerCrashed, WorkerPool, acquire_pool, default_process_count, release_pool
 
@@ -116,7 +116,7 @@ class PreparePipeline:
             ),
             "jpeg_quality": get_int(settings, "VERIFY_JPEG_QUALITY", minimum=1, maximum=95, example=90),
         }
-        variants = get_int(settings, "DEDUPE_VARIANT_DISTANCE", unit="bits", minimum=0, maximum=63, example=8) > 0
+        rule = dedupe_rule(settings)
         processes = get_raw(settings, "PIPELINE_PROCESSES")
         if processes not in (None, ""):
             processes = get_int(
@@ -126,8 +126,8 @@ class PreparePipeline:
         return cls(
             crawler,
             limits=limits,
-            hash_name=dedupe_hash(settings),
-            variants=variants,
+            hash_name=rule.hash_name,
+            variants=rule.variant_distance > 0,
             tmp_dir=Path(dataset_dir) / TMP_DIR if dataset_dir else None,
             fsync=get_bool(settings, "STORE_FSYNC"),
             processes=default_process_count(processes),

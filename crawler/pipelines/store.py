@@ -36,8 +36,9 @@ from scrapy.utils.defer import deferred_from_coro
 from crawler.catalog import Catalog
 from crawler.labels import sanitize_label
 from crawler.images.files import TMP_DIR, fsync_dir, image_path, move_to_trash, write_tmp
-from crawler.images.matching import Match, find_in_rows, mark_duplicate, source_pixels
-from crawler.setting_values import get_bool, get_int
+from crawler.images.matching import DedupeRule, Match, find_in_rows, mark_duplicate, source_pixels
+from crawler.images.pdq import DIHEDRAL_KINDS
+from crawler.setting_values import dedupe_rule, get_bool
 from crawler.threads import run_in_thread, sha256_hex
 
 if TYPE_CHECKING:
@@ -52,12 +53,28 @@ _FULL = "max_images"
 _REPLACED = "replaced"
 
 
+def _full_picture(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The item's full-picture PDQ hashes as ``pdq_pair_match`` takes them, or ``None``
+    without pdq (the dedupe stage set ``pdq_dihedral``, ``pdq_quality`` and ``look``)."""
+    dihedral = row.get("pdq_dihedral")
+    if not dihedral:
+        return None
+    return {
+        **dict(zip(DIHEDRAL_KINDS, dihedral, strict=True)),
+        "pdq_quality": row.get("pdq_quality") or 0,
+        "look": row.get("look") or b"",
+    }
+
+
 class StorePipeline:
     """Store each surviving image once, folder by label, with a ``stored`` catalog row.
 
     Settings:
         DATASET_DIR: the dataset folder (required; created if missing).
-        DEDUPE_MAX_DISTANCE: shared with the dedupe stage, for the in-transaction re-check.
+        DEDUPE_*: shared with the dedupe stage (``dedupe_rule``), for the in-transaction
+            re-check (same bytes, or the full-picture rule: flips and rotations within
+            ``DEDUPE_MAX_DISTANCE``, the quality gate and the second look; windows are left to
+            the dedupe stage).
         STORE_FSYNC: durability against power loss (default off: crash-safe only): fsync
             each image and its folder before its row commits, which commits with
             ``synchronous=FULL`` (see the module docstring).
@@ -75,11 +92,11 @@ class StorePipeline:
             ``max_images`` once the cap is reached.
     """
 
-    def __init__(self, crawler: Crawler, *, dataset_dir: Path, max_distance: int, fsync: bool) -> None:
+    def __init__(self, crawler: Crawler, *, dataset_dir: Path, rule: DedupeRule, fsync: bool) -> None:
         self.crawler = crawler
         self.dataset_dir = dataset_dir
         self.tmp_dir = dataset_dir / TMP_DIR
-        self.max_distance = max_distance
+        self.rule = rule
         self.fsync = fsync
         self.catalog: Catalog | None = None
         self.stored = 0
@@ -91,9 +108,8 @@ class StorePipeline:
         dataset_dir = settings.get("DATASET_DIR")
         if not dataset_dir:
             raise NotConfigured("DATASET_DIR is not set (the dataset folder to store images in)")
-        max_distance = get_int(settings, "DEDUPE_MAX_DISTANCE", unit="bits", minimum=0, maximum=63, example=6)
         fsync = get_bool(settings, "STORE_FSYNC")
-        return cls(crawler, dataset_dir=Path(dataset_dir), max_distance=max_distance, fsync=fsync)
+        return cls(crawler, dataset_dir=Path(dataset_dir), rule=dedupe_rule(settings), fsync=fsync)
 
     def open_spider(self) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +171,10 @@ class StorePipeline:
                 if max_images is not None and self.stored >= max_images:
                     return _FULL
                 newer = self.catalog.stored_since(row.get("catalog_seen_id") or 0)
-                match = find_in_rows(newer, row["sha256"], row["phash"], self.max_distance)
+                match = find_in_rows(
+                    newer, row["sha256"], row.get("phash"), self.rule.max_distance, self.rule,
+                    _full_picture(row), self.catalog.look,
+                )
                 pixels = source_pixels(row)
                 if match is not None:
                     if not match.upgraded_by(row["label"], pixels):
@@ -184,9 +203,15 @@ class StorePipeline:
         return _REPLACED if demoted else None
 
     def _demote(self, tx: Any, old_path: str, distance: int, *, new_path: str) -> bool:
-        """Turn the stored row of ``old_path`` into a duplicate of ``new_path`` and move its
-        file to ``.trash/`` (inside the caller's transaction). Returns whether a stored row was
-        demoted (``False`` if it is gone already)."""
+        """Turn the stored row of ``old_path`` into a duplicate of ``new_path`` and re-point the
+        rows that named it (inside the caller's transaction; the file moves to ``.trash/``
+        after the commit). Returns whether a stored row was demoted (``False`` if it is gone
+        already).
+
+        Re-pointing, rather than keeping the first copy and recording the larger one as a
+        duplicate, keeps the dataset's promise that the largest copy is the one stored (search
+        results and shops serve thumbnails first), while ``duplicate_of`` still always names a
+        stored image (issue 13)."""
         if old_path == new_path:
             return False
         updated = tx.execute(
@@ -194,6 +219,11 @@ class StorePipeline:
             "hash_distance = ?, path = NULL WHERE path = ? AND status = 'stored'",
             (new_path, distance, old_path),
         ).rowcount
+        if updated:
+            tx.execute(
+                "UPDATE images SET duplicate_of = ? WHERE duplicate_of = ? AND status = 'duplicate'",
+                (new_path, old_path),
+            )
         if updated:
             assert self.crawler.stats is not None
             self.crawler.stats.inc_value("store/replaced")

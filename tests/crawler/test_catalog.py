@@ -21,7 +21,7 @@ def test_schema_matches_the_documented_columns(tmp_path: Path) -> None:
     with Catalog(tmp_path) as catalog:
         names = [row[1] for row in catalog._conn.execute("PRAGMA table_info(images)")]
         assert tuple(names) == COLUMNS
-        assert catalog.meta() == {"schema_version": "3", "hash": "phash", "hash_size": "8"}
+        assert catalog.meta() == {"schema_version": "3", "hash": "pdq", "hash_size": "16"}
     documented = DOC.read_text(encoding="utf-8")
     for column in COLUMNS:
         assert f"| {column}" in documented or f", {column}" in documented or f"{column}, " in documented

@@ -231,9 +231,26 @@ def test_dataset_dir_is_required(build, cls) -> None:
         build(cls, get_crawler(settings_dict={}))
 
 
-def test_max_distance_must_fit_the_hash(make_crawler, build) -> None:
-    with pytest.raises(UserError, match="DEDUPE_MAX_DISTANCE"):
-        build(DedupePipeline, make_crawler(DEDUPE_MAX_DISTANCE=64))
+@pytest.mark.parametrize(("hash_name", "bits"), [("pdq", 256), ("phash", 64)])
+def test_max_distance_must_fit_the_hash(make_crawler, build, hash_name: str, bits: int) -> None:
+    with pytest.raises(UserError, match=f"DEDUPE_MAX_DISTANCE must be a whole number of bits in 0-{bits - 1}"):
+        build(DedupePipeline, make_crawler(DEDUPE_HASH=hash_name, DEDUPE_MAX_DISTANCE=bits))
+    build(DedupePipeline, make_crawler(DEDUPE_HASH=hash_name, DEDUPE_MAX_DISTANCE=bits - 1))
+
+
+def test_thresholds_default_per_hash(make_crawler, build) -> None:
+    """Unset thresholds take the hash's own defaults (crawler/settings.py DEDUPE_DEFAULTS);
+    a set one overrides it; a second look needs pdq's thumbnails."""
+    pdq = build(DedupePipeline, make_crawler()).rule
+    assert (pdq.hash_name, pdq.max_distance, pdq.variant_distance, pdq.min_quality, pdq.look_distance) == ("pdq", 31, 24, 50, 50)
+    assert pdq.look_difference == pytest.approx(0.10)
+    phash = build(DedupePipeline, make_crawler(DEDUPE_HASH="phash")).rule
+    assert (phash.max_distance, phash.variant_distance, phash.look_distance) == (6, 8, 0)
+    assert build(DedupePipeline, make_crawler(DEDUPE_LOOK_DISTANCE=0)).rule.look_distance == 0
+    with pytest.raises(UserError, match="DEDUPE_LOOK_DISTANCE needs DEDUPE_HASH=pdq"):
+        build(DedupePipeline, make_crawler(DEDUPE_HASH="phash", DEDUPE_LOOK_DISTANCE=40))
+    with pytest.raises(UserError, match="DEDUPE_LOOK_DIFFERENCE must be a number >= 0, got 'x'"):
+        build(DedupePipeline, make_crawler(DEDUPE_LOOK_DIFFERENCE="x"))
 
 
 def test_recorder_writes_rows_for_dropped_items_only(make_crawler, build, dataset_dir: Path) -> None:

@@ -146,3 +146,30 @@ def test_add_many_checks_its_arguments() -> None:
         index.add_many([1 << 20])
     with pytest.raises(ValueError, match="16 bits"):
         index.add(1 << 20, "a")
+
+
+def test_words_index_finds_what_brute_force_finds_at_every_radius() -> None:
+    """256-bit hashes (PDQ's) in one multi-index per 64-bit word: the results of a query at the
+    index's radius, and at smaller ones (fewer flip masks), equal a linear scan."""
+    from crawler.hashindex import WordsHashIndex
+
+    rng = random.Random(5)
+    stored = [rng.getrandbits(256) for _ in range(3000)]
+
+    def near(value: int, bits: int) -> int:
+        for bit in rng.sample(range(256), bits):
+            value ^= 1 << bit
+        return value
+
+    index = WordsHashIndex(50, expected=len(stored))
+    index.add_many(np.array([[(v >> s) & (2**64 - 1) for s in (192, 128, 64, 0)] for v in stored[:2000]], dtype=np.uint64), list(range(2000)))
+    for key, value in enumerate(stored[2000:], start=2000):
+        index.add(f"{value:064x}", key)  # hex, as the catalog keeps them
+    queries = [near(stored[n], bits) for n, bits in [(1, 0), (2, 12), (2500, 31), (4, 40), (2999, 50), (6, 51)]]
+    for radius in (24, 31, 50):
+        found = index.query_batch(queries, radius)
+        for query, hits in zip(queries, found, strict=True):
+            expected = sorted(((query ^ v).bit_count(), k) for k, v in enumerate(stored) if (query ^ v).bit_count() <= radius)
+            assert hits == expected
+    with pytest.raises(ValueError, match="at most 50 bits"):
+        index.query_batch(queries, 51)

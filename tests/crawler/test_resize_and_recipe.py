@@ -27,8 +27,10 @@ from crawler.images.hashing import (
     canonical_size,
     decode_canonical_jpeg,
     hash_recipe,
+    hashes_of,
     image_hashes,
 )
+from crawler.images.pdq import UNCAPTIONED, WINDOWS
 from crawler.pipelines.dedupe import DedupePipeline
 from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
@@ -207,7 +209,8 @@ def test_a_version_1_catalog_gets_the_new_columns_and_keeps_its_rows(tmp_path: P
         assert catalog.meta()["schema_version"] == SCHEMA_VERSION == "3"
         (row,) = catalog.rows()
         assert tuple(row.keys()) == COLUMNS
-        assert (row["width"], row["source_width"]) == (300, None)
+        assert (row["width"], row["source_width"], row["pdq"]) == (300, None, None)
+        assert catalog.look(row["id"]) is None
     with Catalog(tmp_path / "old") as catalog:  # opening again changes nothing
         assert len(catalog.rows()) == 1
 
@@ -220,10 +223,13 @@ def test_a_crawl_rehashes_a_dataset_made_with_another_recipe(make_crawler, build
         with Catalog(dataset_dir) as catalog:
             assert catalog.meta()["hash_recipe"] == HASH_RECIPE
             rows = catalog.rows("status = 'stored'")
-            kinds = catalog._conn.execute("SELECT COUNT(DISTINCT kind) FROM image_hashes").fetchone()[0]
+            kinds = {row[0] for row in catalog._conn.execute("SELECT DISTINCT kind FROM image_hashes")}
+            looks = [catalog.look(row["id"]) for row in rows]
         for row, body in zip(rows, bodies, strict=True):
-            assert row["phash"] == image_hashes(verify_image(body).image)["phash"]
-        assert kinds == 9  # 8 windows and the colour signature
+            hashes = hashes_of(verify_image(body).image)  # pdq, the default
+            assert (row["phash"], row["pdq"], row["pdq_quality"]) == (hashes["phash"], hashes["pdq"], hashes["pdq_quality"])
+        assert set(WINDOWS) <= kinds <= {*WINDOWS, UNCAPTIONED}  # the windows, no colour signature
+        assert all(look is not None and len(look) == 3080 for look in looks)
         # The old images are found again: a recompressed copy is a near duplicate.
         copy = encode(Image.open(io.BytesIO(bodies[1])).convert("RGB").resize((150, 100)), "JPEG", quality=60)
         with pytest.raises(DropItem, match="near"):
@@ -242,8 +248,17 @@ def test_rehash_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "rehashed 1 images" in done.stderr
+    with Catalog(root) as catalog:  # the hash the catalog records (phash), today's recipe
+        assert catalog.meta()["hash_recipe"] == hash_recipe("phash")
+    done = subprocess.run(
+        [sys.executable, "-m", "crawler.dataset", "rehash", str(root), "--hash", "pdq"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
     with Catalog(root) as catalog:
         assert catalog.meta()["hash_recipe"] == HASH_RECIPE
+        (row,) = catalog.rows("status = 'stored'")
+        assert len(row["pdq"]) == 64 and len(catalog.look(row["id"]) or b"") == 3080
 
 
 # -- DEDUPE_HASH -------------------------------------------------------------------------------
@@ -251,7 +266,7 @@ def test_rehash_command(tmp_path: Path) -> None:
 
 def test_dedupe_hash_is_configurable_and_a_switch_rehashes(make_crawler, build, dataset_dir: Path) -> None:
     bodies = [encode(picture(seed, (300, 200)), "JPEG", quality=90) for seed in (16, 17)]
-    stages = stored_chain(make_crawler(), build)  # phash, the default
+    stages = stored_chain(make_crawler(), build)  # pdq, the default
     try:
         for body in bodies:
             feed(stages, body)
@@ -277,5 +292,5 @@ def test_dedupe_hash_is_configurable_and_a_switch_rehashes(make_crawler, build, 
 @pytest.mark.parametrize("stage", [PreparePipeline, DedupePipeline])
 def test_an_unknown_dedupe_hash_stops_the_crawl(make_crawler, build, stage) -> None:
     """DEDUPE_HASH is read one way: every stage that hashes or compares refuses the same value."""
-    with pytest.raises(UserError, match="DEDUPE_HASH must be one of phash, dhash, average_hash, whash, got 'md5'"):
+    with pytest.raises(UserError, match="DEDUPE_HASH must be one of pdq, phash, dhash, average_hash, whash, got 'md5'"):
         build(stage, make_crawler(DEDUPE_HASH="md5"))
