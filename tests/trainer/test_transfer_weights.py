@@ -39,3 +39,18 @@ def test_transfer_experiment_trains_from_a_local_torchvision_state_dict(
     assert f"loaded {model} weights from {weights}; head replaced (1000 -> 3 classes)" in caplog.text
     assert summary.weights == str(weights) and summary.finetune == cfg.model.finetune
     assert summary.num_classes == 3 and 0.0 <= summary.metrics["val/acc"] <= 1.0
+
+
+def test_a_weights_file_in_torch_home_serves_the_weights_name_offline(tmp_path, monkeypatch):
+    """README: files copied into ``$TORCH_HOME/hub/checkpoints/`` keep the names working offline."""
+    from trainer.models import build_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights("resnet18")["IMAGENET1K_V1"].url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, cached)
+    net = build_model("resnet18", num_classes=2, weights="IMAGENET1K_V1")
+    assert torch.equal(net.state_dict()["conv1.weight"], state["conv1.weight"])
+    assert net.fc.out_features == 2
