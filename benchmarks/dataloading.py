@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     # Interleaved --repeats times, so that a change in the machine's load hits all alike.
     loaders = {
         "plain ImageFolder + PIL transforms": lambda: plain_loader(args.root / "train", args.size, args.batch_size),
-        "ImageDataModule (draft decode)": lambda: datamodule_loader(args.root, args.size, args.batch_size),
+        "ImageDataModule (crop folded into decode)": lambda: datamodule_loader(args.root, args.size, args.batch_size),
         "ImageDataModule, cache_images=true": lambda: datamodule_loader(args.root, args.size, args.batch_size, True),
     }
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
