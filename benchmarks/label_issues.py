@@ -1,7 +1,8 @@
 """Benchmark: out-of-sample label issues (``trainer.label_issues``) against the in-sample ranking.
 
-Data: hymenoptera's training photos (``../shared/data/hymenoptera_data/train``, ants 124 and bees
-121), copied into a temporary ImageFolder dataset; ``--flip`` (10 %) of them, drawn with
+Data: hymenoptera's training photos (``../shared/data/hymenoptera_data/train``, its 243 ``.jpg``
+files; its ``formica.jpeg`` and ``imageNotFound.gif``, a placeholder, are left out), copied into a
+temporary ImageFolder dataset; ``--flip`` (10 %) of them, drawn with
 ``--seed``, are filed under the other label, and ``--ood`` (15) photos that are neither ants nor
 bees are added, each under a label drawn with the same seed: full-size product photos (office,
 healthcare and school furniture) of the mirrored Shopify shop ``../shared/real/sites/bid``
