@@ -225,8 +225,8 @@ def label_issues(cfg: DictConfig) -> Path:
     """Run the k folds and write ``label_issues.csv`` in ``cfg.paths.output_dir``; return its path.
 
     Raises:
-        UserError: no ``data.root``, no such folder, no images, fewer than 2 classes or folds, or
-            fewer images of some class than folds.
+        UserError: no ``data.root``, no such folder, no images, fewer than 2 classes or folds,
+            fewer images of some class than folds, or a multi-process (ddp) trainer preset.
     """
     command = "python -m trainer.label_issues"
     try:
@@ -234,6 +234,8 @@ def label_issues(cfg: DictConfig) -> Path:
         records = scan_dataset(cfg.data.root)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    if "ddp" in str(cfg.trainer.get("strategy") or ""):
+        raise UserError(f"{command} trains each fold on one device (use trainer=cpu or trainer=gpu, not a ddp preset)")
     k = int(cfg.folds)
     if k < 2:
         raise UserError(f"folds={k}: cross-validation needs at least 2 folds (e.g. folds=5)")
