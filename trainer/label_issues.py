@@ -5,7 +5,9 @@ label. So every image here is judged by a model that never saw it (k-fold cross-
 the setting of Northcutt et al. 2021, "Confident Learning: Estimating Uncertainty in Dataset
 Labels"): the dataset is cut into k folds (stratified by label; near-duplicate groups stay in one
 fold, as in ``trainer.split``), k models are trained as ``python -m trainer`` would train them
-(same config groups, a held-out fold as validation), and each predicts its held-out fold.
+(same config groups, a held-out fold as validation), and each predicts its held-out fold. The
+held-out fold also picks the checkpoint and stops training early: one number (accuracy) chosen
+on it, a small optimism that leaves each image's own prediction out of sample.
 On those out-of-sample predictions:
 
 - ``cleanlab.filter.find_label_issues`` (confident learning) flags the mislabelled images;

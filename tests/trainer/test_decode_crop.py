@@ -3,7 +3,6 @@ reduces JPEG decoding only as far as the crop allows."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
