@@ -9,25 +9,28 @@ figure is per core; workers multiply both alike.
 
 * plain: ``ImageFolder(root, transform=T.Compose([T.RandomResizedCrop, T.RandomHorizontalFlip,
   T.ToTensor, T.Normalize]))`` (torchvision.transforms v1, PIL), ``DataLoader(shuffle=True)``.
-* datamodule: ``trainer.data.ImageDataModule(augment="light")``'s ``train_dataloader()``: JPEGs
-  decoded at reduced scale (PIL ``draft``, 1/2 to 1/8 of the pixels, never below ``--size``),
-  transforms v2 on tensors.
+* datamodule: ``trainer.data.ImageDataModule(augment="light")``'s ``train_dataloader()``: the
+  random resized crop folded into decoding (crop drawn first, JPEG decoded at the largest
+  ``draft`` reduction that keeps the crop at least ``--size``, one PIL resize with a box), then
+  flip, float and normalisation (transforms v2) on the small uint8 tensor.
 * datamodule, cached: the same with ``cache_images=True``: the warm-up pass decodes every
   image once and keeps it (uint8, at the reduced scale); the measured passes only transform.
 
-Each loader runs ``--epochs`` passes after one warm-up pass (page cache, imports); the figure
-is images over the wall time of the measured passes. The machine is shared: ``uptime`` load is
-printed with the figures.
+Each loader runs ``--epochs`` passes after one warm-up pass (page cache, imports), and the
+loaders take turns ``--repeats`` times; printed: each run's images per wall second, and the
+medians of images per wall second and per CPU second (``time.process_time``, which a shared
+machine's load disturbs much less). The load average is printed with the figures.
 
 Reproduce::
 
-    .venv/bin/python -m benchmarks.dataloading [--root DIR] [--size 128] [--epochs 3]
+    .venv/bin/python -m benchmarks.dataloading [--root DIR] [--size 128] [--epochs 3] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -63,14 +66,19 @@ def datamodule_loader(root: Path, size: int, batch_size: int, cache: bool = Fals
     return dm.train_dataloader()
 
 
-def images_per_second(loader: DataLoader, epochs: int) -> float:
+def images_per_second(loader: DataLoader, epochs: int) -> tuple[float, float]:
+    """``(images per wall second, images per CPU second)`` over ``epochs`` passes after a warm-up one.
+
+    CPU seconds are ``time.process_time`` (this process, all threads; one here): on a shared
+    machine they move much less with other processes' load than wall time does.
+    """
     for _ in loader:  # warm-up pass
         pass
-    images, start = 0, time.perf_counter()
+    images, start, cpu = 0, time.perf_counter(), time.process_time()
     for _ in range(epochs):
         for batch, _targets in loader:
             images += len(batch)
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), images / (time.process_time() - cpu)
 
 
 def load_average() -> str:
@@ -83,31 +91,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128, help="network input side, pixels")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="measured passes per loader")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of every loader")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core each; the loaders' transforms would otherwise spread
     torch.manual_seed(0)
 
     print(f"training images of {args.root}, {args.size} px, batch {args.batch_size}, 1 thread, num_workers=0")
     print(f"load average before: {load_average()} ({os.cpu_count()} cores)")
-    # Interleaved twice, so that a change in the machine's load hits both.
+    # Interleaved --repeats times, so that a change in the machine's load hits all alike.
     loaders = {
         "plain ImageFolder + PIL transforms": lambda: plain_loader(args.root / "train", args.size, args.batch_size),
-        "ImageDataModule (draft decode)": lambda: datamodule_loader(args.root, args.size, args.batch_size),
+        "ImageDataModule (crop folded into decode)": lambda: datamodule_loader(args.root, args.size, args.batch_size),
         "ImageDataModule, cache_images=true": lambda: datamodule_loader(args.root, args.size, args.batch_size, True),
     }
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(2):
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
+    for _ in range(args.repeats):
         for name, make in loaders.items():
             rates[name].append(images_per_second(make(), args.epochs))
     print(f"load average after: {load_average()}")
     print()
-    print("| loader | images/s per core (runs) | best |")
-    print("|---|---:|---:|")
+    print("| loader | images/s per core, wall (runs) | median wall | median per CPU second |")
+    print("|---|---:|---:|---:|")
+    medians = {}
     for name, values in rates.items():
-        print(f"| {name} | {' / '.join(f'{v:.0f}' for v in values)} | {max(values):.0f} |")
-    plain, *ours = (max(v) for v in rates.values())
-    print(f"\nspeed-up over plain (best of each): {ours[0] / plain:.2f}x decoding every epoch, {ours[1] / plain:.2f}x cached")
-
+        medians[name] = (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+        print(f"| {name} | {' / '.join(f'{v[0]:.0f}' for v in values)} | {medians[name][0]:.0f} | {medians[name][1]:.0f} |")
+    (plain_wall, plain_cpu), *ours = medians.values()
+    print(
+        f"\nspeed-up over plain (medians): {ours[0][0] / plain_wall:.2f}x wall, {ours[0][1] / plain_cpu:.2f}x CPU decoding "
+        f"every epoch; {ours[1][0] / plain_wall:.2f}x wall, {ours[1][1] / plain_cpu:.2f}x CPU cached"
+    )
 
 if __name__ == "__main__":
     main()

@@ -21,11 +21,13 @@ framework reports the best checkpoint's), wall and CPU seconds (``time.process_t
 threads of this process; on a shared machine it moves much less with other processes' load than
 wall time), and the framework/plain ratio of each. Accuracy from scratch on 244
 photos in a few epochs is noisy (a few images of 153 either way); the two runs also differ in
-shuffling order and decode, so compare the differences against that noise.
+shuffling order and decode, so compare the differences against that noise: with ``--seeds N``
+(default 3) each side runs N times (seeds 42, 43, ...: weights, batches, augmentation) and the
+table gives the mean +- sample std of the best val accuracy per model and side.
 
 Reproduce::
 
-    .venv/bin/python -m benchmarks.train_accuracy [--models baseline_cnn resnet18] [--epochs 5]
+    .venv/bin/python -m benchmarks.train_accuracy [--models baseline_cnn resnet18] [--epochs 5] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "hymenoptera_data"
 
 
-def compose_config(model: str, root: Path, size: int, epochs: int, batch_size: int, run_dir: Path) -> DictConfig:
+def compose_config(model: str, root: Path, size: int, epochs: int, batch_size: int, run_dir: Path, seed: int = 42) -> DictConfig:
     """The real config, as ``python -m trainer experiment=<model> ...`` composes it."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -66,7 +68,7 @@ def compose_config(model: str, root: Path, size: int, epochs: int, batch_size: i
             config_name="train",
             return_hydra_config=True,
             overrides=[
-                f"experiment={model}", f"data.root={root}", f"data.image_size={size}", f"data.batch_size={batch_size}",
+                f"experiment={model}", f"seed={seed}", f"data.root={root}", f"data.image_size={size}", f"data.batch_size={batch_size}",
                 "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
                 f"trainer.max_epochs={epochs}", "~callbacks.early_stopping", "~callbacks.progress_bar",
                 "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--size", type=int, default=128, help="input side, pixels")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=3, help="runs per model and side, seeds --seed, --seed + 1, ...")
+    parser.add_argument("--seed", type=int, default=42, help="first seed (the config's default)")
     args = parser.parse_args(argv)
     if not (args.root / "train").is_dir():
         parser.error(f"no train/ folder in {args.root}")
@@ -152,35 +156,42 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("pytorch_lightning", "lightning_fabric", "trainer"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    seeds = [args.seed + i for i in range(args.seeds)]
     print(
         f"{args.root.name}: from scratch, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, CPU, "
-        f"{torch.get_num_threads()} threads, num_workers=0"
+        f"{torch.get_num_threads()} threads, num_workers=0, seeds {', '.join(map(str, seeds))}"
     )
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
-    results = []
+    results: dict[str, list[tuple[dict, dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="train_accuracy_") as tmp:
         for model in args.models:
-            cfg = compose_config(model, args.root.resolve(), args.size, args.epochs, args.batch_size, Path(tmp) / model)
-            warm_up(cfg)
-            plain = run_plain(cfg, args.root.resolve())
-            ours = run_framework(cfg)
-            results.append((model, ours, plain))
-            print(f"  {model}: framework {ours}, plain {plain}", flush=True)
+            for seed in seeds:
+                run_dir = Path(tmp) / f"{model}_{seed}"
+                cfg = compose_config(model, args.root.resolve(), args.size, args.epochs, args.batch_size, run_dir, seed)
+                warm_up(cfg)
+                plain = run_plain(cfg, args.root.resolve())
+                ours = run_framework(cfg)
+                results.setdefault(model, []).append((ours, plain))
+                print(f"  {model} seed {seed}: framework {ours}, plain {plain}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(
-        "| model | val acc last (framework / plain) | val acc best (framework / plain) | best diff "
-        "| wall s (framework / plain) | wall ratio | CPU s (framework / plain) | CPU ratio |"
+        f"| model | val acc best, mean +- std over {len(seeds)} seeds (framework / plain) | best diff | "
+        "val acc last (framework / plain) | wall s (framework / plain) | CPU s (framework / plain) | CPU ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for model, ours, plain in results:
-        print(
-            f"| {model} | {ours['last']:.3f} / {plain['last']:.3f} | {ours['best']:.3f} / {plain['best']:.3f} | "
-            f"{ours['best'] - plain['best']:+.3f} | {ours['seconds']:.0f} / {plain['seconds']:.0f} | "
-            f"{ours['seconds'] / plain['seconds']:.2f} | {ours['cpu']:.0f} / {plain['cpu']:.0f} | "
-            f"{ours['cpu'] / plain['cpu']:.2f} |"
-        )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for model, runs in results.items():
+        def stat(side: int, key: str) -> np.ndarray:
+            return np.array([run[side][key] for run in runs])
 
+        best_ours, best_plain = stat(0, "best"), stat(1, "best")
+        std = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
+        print(
+            f"| {model} | {best_ours.mean():.3f} +- {std(best_ours):.3f} / {best_plain.mean():.3f} +- {std(best_plain):.3f} | "
+            f"{best_ours.mean() - best_plain.mean():+.3f} | {stat(0, 'last').mean():.3f} / {stat(1, 'last').mean():.3f} | "
+            f"{stat(0, 'seconds').mean():.0f} / {stat(1, 'seconds').mean():.0f} | {stat(0, 'cpu').mean():.0f} / "
+            f"{stat(1, 'cpu').mean():.0f} | {stat(0, 'cpu').sum() / stat(1, 'cpu').sum():.2f} |"
+        )
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import sqlite3
 from collections import Counter
@@ -29,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from trainer.errors import UserError
@@ -185,6 +187,14 @@ class ImageListDataset(Dataset):
     pixels per side, which is several times faster for large photos. With ``cache``, each image
     is decoded once and kept as a ``(3, H, W)`` uint8 tensor at that reduced scale (about
     ``3 * H * W`` bytes each, per dataloader worker); ``transform`` then gets the tensor.
+
+    A ``transform`` that starts ``ToImage, RandomResizedCrop`` (the ``light`` training preset)
+    is folded into decoding when not caching: the crop is drawn first (the transform's own
+    ``make_params``, so the same distribution), the JPEG is decoded at the largest reduction
+    that keeps the crop at least the output size (``draft``), and one PIL resize with a ``box``
+    crops and scales (bilinear with antialiasing, as torchvision's tensor resize); the rest of
+    the transform gets the ``(3, size, size)`` uint8 tensor. This skips the full-size tensor and
+    its separate crop and resize passes.
     """
 
     def __init__(
@@ -200,6 +210,7 @@ class ImageListDataset(Dataset):
         self.transform = transform
         self.draft_size = draft_size
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self._crop, self._after_crop = _leading_resized_crop(transform) if not cache else (None, None)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -210,7 +221,28 @@ class ImageListDataset(Dataset):
                 image.draft("RGB", (self.draft_size, self.draft_size))
             return image.convert("RGB")
 
+    def _decode_crop(self, index: int) -> torch.Tensor:
+        """Decode image ``index`` straight to a random resized crop: ``(3, h, w)`` uint8."""
+        crop = self._crop
+        out_h, out_w = crop.size
+        with Image.open(self.paths[index]) as image:
+            full_w, full_h = image.size
+            p = crop.make_params([image])
+            # draft keeps the decoded image at least this big, so the crop at least (out_w, out_h).
+            image.draft("RGB", (math.ceil(out_w * full_w / p["width"]), math.ceil(out_h * full_h / p["height"])))
+            fx, fy = image.size[0] / full_w, image.size[1] / full_h
+            image = image.convert("RGB") if image.mode != "RGB" else image
+            box = (
+                p["left"] * fx,
+                p["top"] * fy,
+                min((p["left"] + p["width"]) * fx, image.size[0]),
+                min((p["top"] + p["height"]) * fy, image.size[1]),
+            )
+            return pil_to_tensor(image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
+
     def __getitem__(self, index: int):
+        if self._crop is not None:
+            return self._after_crop(self._decode_crop(index)), self.targets[index]
         if self.cache is None:
             image = self._decode(index)
         else:
@@ -220,6 +252,24 @@ class ImageListDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+def _leading_resized_crop(transform: Callable | None) -> tuple[v2.RandomResizedCrop | None, Callable | None]:
+    """``(crop, rest)`` when ``transform`` is a ``v2.Compose`` starting ``ToImage,
+    RandomResizedCrop`` (bilinear, antialiased), so that the crop can be done while decoding;
+    else ``(None, None)``."""
+    steps = getattr(transform, "transforms", None)
+    if (
+        isinstance(transform, v2.Compose)
+        and len(steps) >= 2
+        and isinstance(steps[0], v2.ToImage)
+        and isinstance(steps[1], v2.RandomResizedCrop)
+        and getattr(steps[1].interpolation, "value", steps[1].interpolation) == "bilinear"  # enum or its name
+        and steps[1].antialias
+        and len(steps[1].size) == 2
+    ):
+        return steps[1], v2.Compose(steps[2:])
+    return None, None
 
 
 class ImageDataModule(pl.LightningDataModule):

@@ -84,6 +84,27 @@ def _check_finetune(cfg: DictConfig) -> None:
         logger.warning("model.finetune=%s without model.net.weights: the backbone is random", strategy)
 
 
+def require_data_root(cfg: DictConfig, command: str = "python -m trainer") -> None:
+    """Raise :class:`UserError` when ``data.root`` is not set (``???`` in config)."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise UserError(
+            f"data.root is not set (pass the dataset folder, e.g. `{command} data.root=DATASET_DIR`: "
+            "label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
+        )
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+    """Instantiate ``cfg.model`` for ``datamodule``'s classes (count, names, loss weights)."""
+    # Learnt from the data (class count, class weights), so passed here and never in YAML.
+    return hydra.utils.instantiate(
+        cfg.model,
+        net={"num_classes": datamodule.num_classes},
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.classes,
+        class_weights=datamodule.loss_weights,
+    )
+
+
 def train(cfg: DictConfig) -> RunSummary:
     """Train and evaluate one model as ``cfg`` says; return the run summary (also written to disk).
 
@@ -91,11 +112,7 @@ def train(cfg: DictConfig) -> RunSummary:
         UserError: ``data.root`` is not set or unusable, pretrained weights with
             ``model.finetune=scratch``, or ``resume`` without a checkpoint.
     """
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise UserError(
-            "data.root is not set (pass the dataset folder, e.g. `python -m trainer data.root=DATASET_DIR`: "
-            "label subfolders of images, optionally with catalog.sqlite; see docs/dataset.md)"
-        )
+    require_data_root(cfg)
     _check_finetune(cfg)
     ckpt_path = resume_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -106,17 +123,7 @@ def train(cfg: DictConfig) -> RunSummary:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     num_classes, classes = datamodule.num_classes, datamodule.classes
 
-    def build_model() -> pl.LightningModule:
-        # Learnt from the data (class count, class weights), so passed here and never in YAML.
-        return hydra.utils.instantiate(
-            cfg.model,
-            net={"num_classes": num_classes},
-            num_classes=num_classes,
-            class_names=classes,
-            class_weights=datamodule.loss_weights,
-        )
-
-    model = build_model()
+    model = build_model(cfg, datamodule)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     throughput = Throughput()
     loggers = instantiate_dict(cfg.get("logger"))
@@ -126,7 +133,7 @@ def train(cfg: DictConfig) -> RunSummary:
         if lr is not None:
             # Rebuilt from config: the optimiser and the one-cycle peak (${model.optimizer.lr}) take it.
             cfg.model.optimizer.lr = lr
-            model = build_model()
+            model = build_model(cfg, datamodule)
     for run_logger in loggers:
         run_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
