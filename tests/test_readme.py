@@ -517,6 +517,29 @@ def one_command_job(labels: tuple[str, ...], per_label: int) -> Callable[[Outcom
     return check
 
 
+def label_issues_found(model: str) -> Callable[[Outcome], dict[str, str]]:
+    """Check: a new ``runs/<date>_<time>_label_issues_<model>/label_issues.csv`` with one row per
+    stored image of the dataset, its columns as documented."""
+
+    def check(outcome: Outcome) -> dict[str, str]:
+        made = outcome.new(f"runs/*_label_issues_{model}/label_issues.csv")
+        assert len(made) == 1, made
+        rows = csv_rows(made[0])
+        assert len(rows) == len(stored(outcome.cwd / "data" / "insects")), len(rows)
+        assert {"path", "label", "suggested", "label_quality", "issue", "loss"} <= set(rows[0]), rows[0]
+        date, time_, _ = made[0].parent.name.split("_", 2)
+        return {"<date>": date, "<time>": time_}
+
+    return check
+
+
+def label_issues_reviewed(outcome: Outcome) -> None:
+    """Check: the review page ranks the ants by the label-issue CSV's loss, highest first."""
+    answer = json.loads(outcome.response)
+    losses = [image["loss"] for image in answer["images"]]
+    assert answer["total"] == 12 and None not in losses and losses == sorted(losses, reverse=True), answer
+
+
 def comparison(models: int) -> Callable[[Outcome], dict[str, str]]:
     """Check: a new sweep folder under runs/multirun/ with one summary and table row per model."""
 
@@ -791,6 +814,14 @@ CASES: list[Case] = [
          lambda s: ["--port", str(s.server_port)], needs=("scores",), mode="server",
          probe="/api/images?label=ants&page=1", visit=delete_worst, provides="review"),
     Case(r"-m crawler\.review restore data/insects$", restored, in_chain, needs=("review",)),
+    # Label issues out of sample: 2 folds of one epoch; the GPU preset runs on the CPU preset here.
+    Case(r"-m trainer\.label_issues data\.root=data/insects$", label_issues_found("baseline_cnn"), in_chain,
+         lambda s: ["folds=2", *FAST_TRAIN], provides="label_issues"),
+    Case(r"-m trainer\.label_issues data\.root=data/insects experiment=resnet18 folds=3 trainer=gpu$",
+         label_issues_found("resnet18"), in_chain, lambda s: ["trainer=cpu", *FAST_TRAIN], slow=True),
+    Case(r"-m crawler\.review data/insects --scores runs/<date>_<time>_label_issues_baseline_cnn/label_issues\.csv$",
+         label_issues_reviewed, in_chain, lambda s: ["--port", str(s.server_port)], needs=("label_issues",),
+         mode="server", probe="/api/images?label=ants&page=1"),
     Case(r"-m trainer\.serve exports/insects --port \d+$", serving, in_chain,
          lambda s: ["--port", str(s.server_port)], needs=("export",), mode="server", probe="/info"),
 ]
