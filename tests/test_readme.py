@@ -330,6 +330,8 @@ def build_argv(command: Command, case: Case, session: Session, values: dict[str,
         argv[0] = f".venv/bin/{argv[0]}"
     for key, value in values.items():
         argv = [word.replace(key, value) for word in argv]
+    for key, value in case.rewrite(session.chain).items():
+        argv = [word.replace(key, value) for word in argv]
     left = [word for word in argv if re.search(r"<\w[^>]*>", word)]
     assert not left, f"no value for the placeholders in {left} (a case needs= the command that makes it)"
     more = case.append(session)
@@ -515,6 +517,30 @@ def one_command_job(labels: tuple[str, ...], per_label: int) -> Callable[[Outcom
         assert sorted(r["model"] for r in table) == ["baseline_cnn", "resnet18"], table
 
     return check
+
+
+def transfer_weights(session: Session, command: Command) -> Path:
+    """The chain, plus ``models/<torchvision file name>``: the state dict of a freshly built
+    network of the command's architecture, saved as torchvision's weights API would save it
+    (ImageNet weights cannot be downloaded here)."""
+    import torch
+    import torchvision
+
+    cwd = session.chain
+    name = re.search(r"/models/([a-z0-9]+)-[\w-]+\.pth", command.text)
+    arch, path = name.group(1), cwd / "models" / name.group(0).split("/models/")[1]
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists():
+        torch.save(torchvision.models.get_model(arch, weights=None).state_dict(), path)
+    return cwd
+
+
+def transferred(outcome: Outcome) -> None:
+    """Check: one new run that loaded the weights file (its summary names it) and replaced the head."""
+    made = [p for p in outcome.new("runs/**/summary.json") if "multirun" not in p.parts]
+    assert len(made) == 1, made
+    summary = json.loads(made[0].read_text())
+    assert str(summary["weights"]).endswith(".pth") and summary["num_classes"] == 2, summary
 
 
 def label_issues_found(model: str) -> Callable[[Outcome], dict[str, str]]:
@@ -737,6 +763,8 @@ class Case:
     probe: str = "/"
     visit: Callable[[str, bytes], dict[str, Any]] | None = None  # a server case's clicks after its probe
     skip: Callable[[], str | None] = lambda: None
+    # Absolute example paths of the README (``/models/...``) -> where the test put those files.
+    rewrite: Callable[[Path], dict[str, str]] = lambda chain: {}
 
 
 def gallery(session: Session, *more: str) -> list[str]:
@@ -814,6 +842,11 @@ CASES: list[Case] = [
          lambda s: ["--port", str(s.server_port)], needs=("scores",), mode="server",
          probe="/api/images?label=ants&page=1", visit=delete_worst, provides="review"),
     Case(r"-m crawler\.review restore data/insects$", restored, in_chain, needs=("review",)),
+    # Transfer from local weights files: state dicts saved here stand in for torchvision's downloads.
+    Case(r"-m trainer experiment=(vgg16_transfer|alexnet_transfer|resnet50_finetune) data\.root=data/insects "
+         r"model\.net\.weights=/models/\S+\.pth$", transferred, transfer_weights,
+         lambda s: ["debug=fdr", "data.image_size=64"], slow=True,
+         rewrite=lambda chain: {"/models/": f"{chain}/models/"}),
     # Label issues out of sample: 2 folds of one epoch; the GPU preset runs on the CPU preset here.
     Case(r"-m trainer\.label_issues data\.root=data/insects$", label_issues_found("baseline_cnn"), in_chain,
          lambda s: ["folds=2", *FAST_TRAIN], provides="label_issues"),

@@ -133,7 +133,7 @@ def test_two_fold_run_writes_a_ranked_csv_that_crawler_review_reads(tmp_path, la
         ([], "data.root is not set"),
         (["data.root={root}", "folds=1"], "at least 2 folds"),
         (["data.root={root}", "folds=9"], "fewer images than folds=9"),
-        (["data.root={root}/nowhere"], "dataset folder not found"),
+        (["data.root={root}/nowhere"], "does not exist"),
         (["data.root={root}", "trainer=ddp_cpu"], "one device"),
     ],
 )
