@@ -24,11 +24,10 @@ from imageclf.cli import main as imageclf_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".demo-output"
-# 2-core CPU, 2026-11-28: the crawl takes 11-14 s; training took 14 min on a quiet machine
-# (issue 11); the whole `python -m demo` took 49.5 min (crawl 14 s, training 2940 s) at load
-# average 12-19 (four other jobs running), where an epoch cost 27 s (baseline_cnn) and 114 s
-# (resnet18).
-USUAL_DURATION = "about 15 minutes on a 2-core CPU, nearly all of it training; longer on a busy machine"
+# 2-core CPU, 2026-11-28: `make demo` from a fresh clone on an idle machine took crawl 8 s and
+# training 77 s (resnet18 about 2 s an epoch at 64 px); the same run at load average 12-19
+# (other jobs running) took 49.5 min, an epoch costing 27 s (baseline_cnn) and 114 s (resnet18).
+USUAL_DURATION = "about 2 minutes on an idle 2-core CPU (crawl 8 s, training 77 s measured), several times that on a busy machine"
 
 
 def _prepare_out(out: Path) -> None:
