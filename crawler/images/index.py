@@ -47,7 +47,39 @@ def _exact(catalog: Catalog, known: dict[str, int], sha256: str) -> Match | None
     return None
 
 
-class CatalogHashIndex:
+class _RefreshingIndex:
+    """What both catalog indexes share: follow the catalog's ``stored`` rows (and their extra
+    hashes) by id, reading nothing when no commit happened since the last look.
+
+    Subclasses set ``catalog``, ``ids_of_sha256``, ``stored``, ``last_id``, ``_version`` and
+    ``_lock`` in ``__init__`` and say what a row adds (``_add_row``), whether the extra hashes
+    are read (``_reads_hashes``) and what one of them adds (``_add_hash``).
+    """
+
+    def refresh(self) -> int:
+        """Add ``stored`` rows with id above the last seen; return the new last id. Reads no
+        table when nothing was committed since the last call (``Catalog.version``)."""
+        with self._lock:
+            version = self.catalog.version()
+            if version == self._version:
+                return self.last_id
+            self._version = version
+            since = self.last_id
+            # Images deleted in review stay in the index, so their copies are rejected.
+            for row in self.catalog.stored_since(since, deleted=True):
+                self._add_row(row)
+                if row["sha256"]:
+                    self.ids_of_sha256.setdefault(row["sha256"], row["id"])
+                self.stored += row["status"] == "stored"
+                self.last_id = row["id"]
+            if self._reads_hashes() and self.last_id > since:
+                for row in self.catalog.hashes_since(since, deleted=True):
+                    if row["image_id"] <= self.last_id:
+                        self._add_hash(row)
+            return self.last_id
+
+
+class CatalogHashIndex(_RefreshingIndex):
     """The catalog's stored perceptual hashes, every kind (``phash`` and the ``VARIANTS``) in
     one ``MultiIndexHashIndex`` under the key ``row_id * 16 + kind``, kept up to date.
 
@@ -85,33 +117,19 @@ class CatalogHashIndex:
         self._version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
-    def refresh(self) -> int:
-        """Add ``stored`` rows with id above the last seen; return the new last id. Reads no
-        table when nothing was committed since the last call (``Catalog.version``)."""
-        with self._lock:
-            version = self.catalog.version()
-            if version == self._version:
-                return self.last_id
-            self._version = version
-            since = self.last_id
-            # Images deleted in review stay in the index, so their copies are rejected.
-            for row in self.catalog.stored_since(since, deleted=True):
-                if row["phash"]:
-                    self.index.add(int(row["phash"], 16), row["id"] * 16)
-                if row["sha256"]:
-                    self.ids_of_sha256.setdefault(row["sha256"], row["id"])
-                self.stored += row["status"] == "stored"
-                self.last_id = row["id"]
-            if self.variant_distance and self.last_id > since:
-                for row in self.catalog.hashes_since(since, deleted=True):
-                    if row["image_id"] > self.last_id:
-                        continue
-                    code = self._codes.get(row["kind"])
-                    if code:  # a variant (0 is phash, which lives in the images table)
-                        self.index.add(int(row["hash"], 16), row["image_id"] * 16 + code)
-                    elif row["kind"] == COLOUR_KIND:
-                        self.colours[row["image_id"]] = bytes.fromhex(row["hash"])
-            return self.last_id
+    def _add_row(self, row: Any) -> None:
+        if row["phash"]:
+            self.index.add(int(row["phash"], 16), row["id"] * 16)
+
+    def _reads_hashes(self) -> bool:
+        return bool(self.variant_distance)
+
+    def _add_hash(self, row: Any) -> None:
+        code = self._codes.get(row["kind"])
+        if code:  # a variant (0 is phash, which lives in the images table)
+            self.index.add(int(row["hash"], 16), row["image_id"] * 16 + code)
+        elif row["kind"] == COLOUR_KIND:
+            self.colours[row["image_id"]] = bytes.fromhex(row["hash"])
 
     def find(self, sha256: str, phash: str, hashes: Mapping[str, str] | None = None) -> Match | None:
         """The stored image this one duplicates: exact match first, else the nearest by full
@@ -167,7 +185,7 @@ def _standing_row(catalog: Catalog, row_id: int) -> Any:
     return None
 
 
-class PdqCatalogIndex:
+class PdqCatalogIndex(_RefreshingIndex):
     """The catalog's stored PDQ hashes, kept up to date like ``CatalogHashIndex``, and the rule
     (``DedupeRule``, ``pdq_verdict``) that decides a new picture against them: the full-picture
     hashes in ``full``, and every kind (full picture and windows) in ``index``, both
@@ -206,30 +224,19 @@ class PdqCatalogIndex:
         self._version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
-    def refresh(self) -> int:
-        """Add ``stored`` rows with id above the last seen; return the new last id. Reads no
-        table when nothing was committed since the last call (``Catalog.version``)."""
-        with self._lock:
-            version = self.catalog.version()
-            if version == self._version:
-                return self.last_id
-            self._version = version
-            since = self.last_id
-            for row in self.catalog.stored_since(since, deleted=True):
-                if row["pdq"]:
-                    self.full.add(row["pdq"], row["id"] * 16)
-                    if self.rule.variant_distance:
-                        self.index.add(row["pdq"], row["id"] * 16)
-                if row["sha256"]:
-                    self.ids_of_sha256.setdefault(row["sha256"], row["id"])
-                self.stored += row["status"] == "stored"
-                self.last_id = row["id"]
-            if self.rule.variant_distance and self.last_id > since:
-                for row in self.catalog.hashes_since(since, deleted=True):
-                    code = self._codes.get(row["kind"])
-                    if code and row["image_id"] <= self.last_id:
-                        self.index.add(row["hash"], row["image_id"] * 16 + code)
-            return self.last_id
+    def _add_row(self, row: Any) -> None:
+        if row["pdq"]:
+            self.full.add(row["pdq"], row["id"] * 16)
+            if self.rule.variant_distance:
+                self.index.add(row["pdq"], row["id"] * 16)
+
+    def _reads_hashes(self) -> bool:
+        return bool(self.rule.variant_distance)
+
+    def _add_hash(self, row: Any) -> None:
+        code = self._codes.get(row["kind"])
+        if code:
+            self.index.add(row["hash"], row["image_id"] * 16 + code)
 
     def find(self, sha256: str, hashes: Mapping[str, Any]) -> Match | None:
         """The stored image this picture duplicates: the same bytes first, else the nearest
