@@ -409,27 +409,56 @@ def _flip_masks(width: int, radius: int) -> list[int]:
     return masks
 
 
+def _gather(starts: np.ndarray, lengths: np.ndarray, entries: np.ndarray, per_query: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query number, entry) of every entry in the buckets ``entries[start:start + length]``
+    of a flat probe array holding ``per_query`` probes per query, in one indexing."""
+    hit = np.flatnonzero(lengths)
+    lengths, starts = lengths[hit], starts[hit]
+    firsts = np.cumsum(lengths) - lengths
+    gather = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(hit // per_query, lengths), entries[gather].astype(np.int64)
+
+
 class WordsHashIndex:
     """Find every stored hash within a Hamming radius, for hashes longer than 64 bits (PDQ's
-    256): one ``MultiIndexHashIndex`` per 64-bit word.
+    256): multi-index hashing (Norouzi et al. 2012, as above) on 16-bit substrings, every table
+    in one directly addressed bucket array, so a batch of queries is one pass of whole-array
+    numpy operations whatever its size.
 
-    Two hashes within ``d`` bits agree on at least one of their ``w`` words to within
-    ``d // w`` bits (pigeonhole), so the union of the words' candidates at that radius holds
-    every match; each candidate is then checked on all bits. At a million random 256-bit hashes
-    and ``d = 31`` (7 bits a word) a build took 2.5 s and a million queries 52 s of one core
-    (``benchmarks/neardup_index``); faiss's ``IndexBinaryMultiHash`` was slower there and
-    ``IndexBinaryHNSW`` missed copies.
+    Two hashes within ``d`` bits agree on at least one of their ``bits / 16`` substrings to
+    within ``d // (bits / 16)`` bits (pigeonhole: 31 bits of 256 leave one substring within 1
+    bit, 17 keys to look up per substring; 50 bits, 3 bits and 697 keys). The candidates of all
+    queries and tables are gathered at once, each checked on all bits. Why one array and not an
+    index per 64-bit word: a crawl asks about 20 hashes per new picture (8 flips and rotations,
+    windows) against an index that is small for most of the crawl, so the fixed cost of a query
+    (numpy calls, not candidates) decides the crawl's CPU. Measured by
+    ``benchmarks/neardup_index --per-image``; at a million random hashes and ``d = 31`` a build
+    takes a few seconds and queries are checked against brute force there.
+
+    Past ``SMALL_LIMIT`` hashes a 16-bit bucket holds more than half a hash on average and the
+    candidates, not the calls, cost: the index then moves to one ``MultiIndexHashIndex`` per
+    64-bit word (substrings sized for the index by ``for_size``), queried at ``d // words`` bits
+    each. At a million hashes and ``d = 31`` that build took 2.5 s and a million queries 52 s of
+    one core; faiss's ``IndexBinaryMultiHash`` was slower there and ``IndexBinaryHNSW`` missed
+    copies (``benchmarks/neardup_index``).
 
     Args:
         max_distance: the largest radius a query accepts, in bits.
         bits: hash length, a multiple of 64.
-        expected: about how many hashes will be stored (sizes the word indexes).
+        expected: about how many hashes will be stored (sizes the first arrays).
 
     Keys are ints (e.g. ``row_id * 16 + kind``). Hashes are given as ints or hex strings.
+
+    Memory: 8 bytes per 64 bits of each stored hash, 4 bytes per substring entry (``bits / 16``
+    per hash) and a fixed ``bits / 16 * 65,536 + 1`` int64 offsets (8 MiB at 256 bits).
 
     Raises:
         ValueError: on a negative distance or ``bits`` not a multiple of 64.
     """
+
+    SUBSTRING_BITS = 16
+    SMALL_LIMIT = 1 << 15  # hashes; the crossover measured with ``neardup_index --per-image``
+    TAIL = 256  # hashes scanned by every query before they are merged into the tables
 
     def __init__(self, max_distance: int, *, bits: int = 256, expected: int = 0) -> None:
         if bits % 64 or bits <= 0:
@@ -439,12 +468,20 @@ class WordsHashIndex:
         self.max_distance = max_distance
         self.bits = bits
         self.words = bits // 64
-        self._indexes = [
-            MultiIndexHashIndex.for_size(max_distance // self.words, expected) for _ in range(self.words)
-        ]
-        self._values = np.empty((256, self.words), dtype=np.uint64)  # by insertion position
+        self.tables = bits // self.SUBSTRING_BITS
+        buckets = 1 << self.SUBSTRING_BITS
+        # Table t's keys live at t * 65536 + key: one offsets array for every table.
+        self._base = np.arange(self.tables, dtype=np.int64) * buckets
+        self._offsets = np.zeros(self.tables * buckets + 1, dtype=np.int32)
+        self._entries = np.empty(0, dtype=np.int32)  # positions sorted by (table, key), then position
+        self._values = np.empty((max(256, expected), self.words), dtype=np.uint64)  # by position
         self._keys: list[int] = []
+        self._indexed = 0  # positions below this are in the tables
+        self._masks: dict[int, np.ndarray] = {}
+        self._word_indexes: list[MultiIndexHashIndex] | None = None  # past SMALL_LIMIT
         self.last_checked = 0
+        if expected > self.SMALL_LIMIT:
+            self._to_word_indexes(expected)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -455,25 +492,38 @@ class WordsHashIndex:
             raise ValueError(f"hash does not fit in {self.bits} bits")
         return [(number >> (64 * (self.words - 1 - w))) & 0xFFFF_FFFF_FFFF_FFFF for w in range(self.words)]
 
+    def _substrings(self, words: np.ndarray) -> np.ndarray:
+        """``(N, tables)`` int64 bucket numbers (table base added) of ``(N, words)`` uint64."""
+        return words.astype(">u8").view(">u2").astype(np.int64) + self._base
+
+    def _grow(self, need: int) -> None:
+        if need > len(self._values):
+            grown = np.empty((max(need, 2 * len(self._values)), self.words), dtype=np.uint64)
+            grown[: len(self._keys)] = self._values[: len(self._keys)]
+            self._values = grown
+
     def add(self, value: int | str, key: int) -> None:
-        """Store ``key`` under the hash ``value``; amortised O(1).
+        """Store ``key`` under the hash ``value``; amortised O(1) (merged into the tables in
+        batches, scanned until then).
 
         Raises:
             ValueError: if the hash does not fit in ``bits``.
         """
         words = self._split(value)
         position = len(self._keys)
-        if position == len(self._values):
-            self._values = np.concatenate([self._values, np.empty_like(self._values)])
+        self._grow(position + 1)
         self._values[position] = words
         self._keys.append(key)
-        for index, word in zip(self._indexes, words, strict=True):
-            index.add(word, position)
+        if self._word_indexes is not None:
+            for index, word in zip(self._word_indexes, words, strict=True):
+                index.add(word, position)
+            self._indexed = position + 1
+        elif position >= self.SMALL_LIMIT:
+            self._to_word_indexes(position + 1)
 
     def add_many(self, words: np.ndarray, keys: list[int]) -> None:
-        """Store many hashes at once (one merge per word index): ``words`` is ``(N, bits / 64)``
-        uint64, most significant word first (``np.frombuffer(raw, ">u8")`` of the hashes'
-        bytes, as uint64).
+        """Store many hashes at once: ``words`` is ``(N, bits / 64)`` uint64, most significant
+        word first (``np.frombuffer(raw, ">u8")`` of the hashes' bytes, as uint64).
 
         Raises:
             ValueError: if ``words`` and ``keys`` differ in length or shape.
@@ -482,16 +532,66 @@ class WordsHashIndex:
         if len(words) != len(keys):
             raise ValueError(f"{len(words)} hashes but {len(keys)} keys")
         start = len(self._keys)
-        need = start + len(words)
-        if need > len(self._values):
-            grown = np.empty((max(need, 2 * len(self._values)), self.words), dtype=np.uint64)
-            grown[:start] = self._values[:start]
-            self._values = grown
-        self._values[start:need] = words
+        self._grow(start + len(words))
+        self._values[start : start + len(words)] = words
         self._keys.extend(keys)
-        positions = list(range(start, need))
-        for w, index in enumerate(self._indexes):
-            index.add_many(words[:, w], positions)
+        if self._word_indexes is not None:
+            positions = list(range(start, start + len(words)))
+            for w, index in enumerate(self._word_indexes):
+                index.add_many(words[:, w], positions)
+            self._indexed = len(self._keys)
+        elif len(self._keys) > self.SMALL_LIMIT:
+            self._to_word_indexes(len(self._keys))
+        else:
+            self._merge()
+
+    def _to_word_indexes(self, expected: int) -> None:
+        """Leave the 16-bit tables for one ``MultiIndexHashIndex`` per word (class docstring)."""
+        count = len(self._keys)
+        self._word_indexes = [MultiIndexHashIndex.for_size(self.max_distance // self.words, 2 * expected) for _ in range(self.words)]
+        if count:
+            for w, index in enumerate(self._word_indexes):
+                index.add_many(self._values[:count, w], list(range(count)))
+        self._indexed = count
+        self._entries = np.empty(0, dtype=np.int32)
+        self._offsets = np.zeros(1, dtype=np.int32)
+
+    def _merge(self) -> None:
+        """Move the scanned tail into the tables: each new position goes at the end of its
+        buckets, one ``np.insert`` for all, and the offsets shift by a cumulative count."""
+        start, stop = self._indexed, len(self._keys)
+        buckets = self._substrings(self._values[start:stop]).ravel()
+        positions = np.repeat(np.arange(start, stop, dtype=np.int32), self.tables)
+        order = np.argsort(buckets, kind="stable")
+        buckets, positions = buckets[order], positions[order]
+        self._entries = np.insert(self._entries, self._offsets[buckets + 1], positions)
+        self._offsets[1:] += np.cumsum(np.bincount(buckets, minlength=len(self._offsets) - 1), dtype=np.int32)
+        self._indexed = stop
+
+    def _flip_masks(self, radius: int) -> np.ndarray:
+        if radius not in self._masks:
+            self._masks[radius] = np.array(_flip_masks(self.SUBSTRING_BITS, radius), dtype=np.int64)
+        return self._masks[radius]
+
+    def _candidates(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query number, position) of every merged hash sharing a bucket within the substring
+        radius with a query, repeats included: every key within that radius, in every table,
+        for every query, gathered in one indexing."""
+        probes = (self._substrings(queries)[:, :, None] ^ self._flip_masks(radius // self.tables)).reshape(len(queries), -1)
+        starts = self._offsets[probes].ravel()
+        lengths = self._offsets[probes + 1].ravel() - starts
+        which, where = _gather(starts, lengths, self._entries, probes.shape[1])
+        return which, where
+
+    def _word_candidates(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """As ``_candidates``, from the per-word indexes (each at ``radius // words`` bits)."""
+        which: list[int] = []
+        where: list[int] = []
+        for w, index in enumerate(self._word_indexes or ()):
+            for n, hits in enumerate(index.query_batch(queries[:, w].tolist(), radius // self.words)):
+                which.extend([n] * len(hits))
+                where.extend(position for _, position in hits)
+        return np.array(which, dtype=np.int64), np.array(where, dtype=np.int64)
 
     def query_batch(self, values: list[int | str], max_distance: int | None = None) -> list[list[tuple[int, int]]]:
         """``(distance, key)`` of every stored hash within ``max_distance`` bits (default and
@@ -503,22 +603,36 @@ class WordsHashIndex:
         radius = self.max_distance if max_distance is None else max_distance
         if radius > self.max_distance:
             raise ValueError(f"index built for at most {self.max_distance} bits, asked for {radius}")
+        if not values:
+            return []
+        # Every query scans the unmerged tail (a crawl asks ~20 hashes per picture and adds
+        # ~11); a merge costs a pass over the offsets (1 M int32 at 256 bits).
+        if self._word_indexes is None and len(self._keys) - self._indexed > self.TAIL:
+            self._merge()
         queries = np.array([self._split(v) for v in values], dtype=np.uint64).reshape(len(values), self.words)
-        found: list[set[int]] = [set() for _ in values]
-        checked = 0
-        for w, index in enumerate(self._indexes):
-            for n, hits in enumerate(index.query_batch(queries[:, w].tolist(), radius // self.words)):
-                found[n].update(position for _, position in hits)
-            checked += index.last_checked
-        self.last_checked = checked
-        result = []
-        for n, positions in enumerate(found):
-            if not positions:
-                result.append([])
-                continue
-            where = np.fromiter(positions, dtype=np.int64, count=len(positions))
-            distance = np.bitwise_count(self._values[where] ^ queries[n]).sum(axis=1)
-            close = np.flatnonzero(distance <= radius)
-            hits = sorted((int(distance[c]), int(where[c])) for c in close)
-            result.append([(d, self._keys[p]) for d, p in hits])
-        return result
+        count = len(values)
+        total = len(self._keys)
+        which, where = self._candidates(queries, radius) if self._word_indexes is None else self._word_candidates(queries, radius)
+        if self._indexed < total:  # the unmerged tail, against every query
+            tail = total - self._indexed
+            which = np.concatenate([which, np.repeat(np.arange(count), tail)])
+            where = np.concatenate([where, np.tile(np.arange(self._indexed, total), count)])
+        self.last_checked = len(where)
+        # Check every candidate, then drop the repeats (a match is found in several tables):
+        # cheaper than deduplicating the many candidates that fail.
+        counts = np.bitwise_count(self._values[where] ^ queries[which]).astype(np.int16)
+        distance = counts[:, 0]
+        for w in range(1, self.words):
+            distance = distance + counts[:, w]
+        close = np.flatnonzero(distance <= radius)
+        span = max(total, 1)
+        pairs, first = np.unique(which[close] * span + where[close], return_index=True)
+        which, where, distance = pairs // span, pairs % span, distance[close[first]]
+        order = np.lexsort((where, distance, which))
+        which, where, distance = which[order], where[order], distance[order]
+        bounds = np.searchsorted(which, np.arange(count + 1))
+        keys = self._keys
+        return [
+            [(d, keys[p]) for d, p in zip(distance[a:b].tolist(), where[a:b].tolist(), strict=True)]
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+        ]

@@ -148,9 +148,11 @@ def test_add_many_checks_its_arguments() -> None:
         index.add(1 << 20, "a")
 
 
-def test_words_index_finds_what_brute_force_finds_at_every_radius() -> None:
-    """256-bit hashes (PDQ's) in one multi-index per 64-bit word: the results of a query at the
-    index's radius, and at smaller ones (fewer flip masks), equal a linear scan."""
+@pytest.mark.parametrize("small_limit", [1 << 15, 1000, 2500], ids=["16-bit tables", "per-word from add_many", "per-word from add"])
+def test_words_index_finds_what_brute_force_finds_at_every_radius(small_limit: int) -> None:
+    """256-bit hashes (PDQ's), in the 16-bit tables of a small index and in the per-word
+    indexes it moves to past ``SMALL_LIMIT`` (during ``add_many`` or ``add``): the results of
+    a query at the index's radius, and at smaller ones (fewer flip masks), equal a linear scan."""
     from crawler.hashindex import WordsHashIndex
 
     rng = random.Random(5)
@@ -161,10 +163,14 @@ def test_words_index_finds_what_brute_force_finds_at_every_radius() -> None:
             value ^= 1 << bit
         return value
 
-    index = WordsHashIndex(50, expected=len(stored))
+    index = WordsHashIndex(50)
+    index.SMALL_LIMIT = small_limit
     index.add_many(np.array([[(v >> s) & (2**64 - 1) for s in (192, 128, 64, 0)] for v in stored[:2000]], dtype=np.uint64), list(range(2000)))
     for key, value in enumerate(stored[2000:], start=2000):
         index.add(f"{value:064x}", key)  # hex, as the catalog keeps them
+        if key == 2100:  # a query between adds leaves an unmerged tail behind
+            assert index.query_batch([value], 0) == [[(0, key)]]
+    assert (index._word_indexes is not None) == (small_limit < len(stored))
     queries = [near(stored[n], bits) for n, bits in [(1, 0), (2, 12), (2500, 31), (4, 40), (2999, 50), (6, 51)]]
     for radius in (24, 31, 50):
         found = index.query_batch(queries, radius)
