@@ -24,10 +24,18 @@ list in the same run:
   (up to 64 downloads at once), files output, no resize.
 * fastai ``download_images(..., n_workers=32)`` (its venv, with torch).
 
+``--rounds N`` runs every tool N times, alternating (ours, img2dataset, fastai, ours, ...), and
+prints each round's rows, the median images/s and CPU s per tool, and the median of the rounds'
+ratios ours / img2dataset (a ratio is only read within one round: the machine drifts).
+``--images DIR`` serves the JPEGs under DIR (e.g. the 397 hymenoptera photos, 500x375 and
+larger) instead of the generated ones; ``--img2dataset-resize 256`` makes img2dataset resize
+(``--resize_mode keep_ratio --image_size 256``, re-encoding each image) as its users run it.
+
 Reproduce::
 
     bash benchmarks/peers.sh            # once
-    .venv/bin/python -m benchmarks.pipeline_throughput [--count 2000] [--latency 0.05] [--floor]
+    .venv/bin/python -m benchmarks.pipeline_throughput [--count 2000] [--latency 0.05] [--floor] [--rounds 3]
+    .venv/bin/python -m benchmarks.pipeline_throughput --images ../shared/data/hymenoptera_data --img2dataset-resize 256 --only ours --only img2dataset --rounds 3
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -264,13 +273,24 @@ def run_ours(base: str, tmp: Path, settings: dict[str, object]) -> tuple[float, 
     return seconds, stored, info
 
 
-def run_img2dataset(python: Path, urls: Path, tmp: Path) -> tuple[float, int, dict]:
-    out = tmp / "img2dataset"
+def read_images(folder: Path) -> list[bytes]:
+    """The bytes of every JPEG under ``folder`` (by magic number, sorted by path)."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        body = path.read_bytes()
+        if body[:3] == b"\xff\xd8\xff":
+            found.append(body)
+    return found
+
+
+def run_img2dataset(python: Path, urls: Path, tmp: Path, resize: int = 0) -> tuple[float, int, dict]:
+    out = tmp / f"img2dataset-{len(list(tmp.glob('img2dataset*')))}"
+    how = ["--resize_mode", "keep_ratio", "--image_size", str(resize)] if resize else ["--resize_mode", "no", "--disable_all_reencoding", "True"]
     started = time.perf_counter()
     subprocess.run(
         [str(python.with_name("img2dataset")), "--url_list", str(urls), "--output_folder", str(out),
-         "--thread_count", "32", "--processes_count", "2", "--resize_mode", "no",
-         "--output_format", "files", "--input_format", "txt", "--disable_all_reencoding", "True"],
+         "--thread_count", "32", "--processes_count", "2", *how,
+         "--output_format", "files", "--input_format", "txt"],
         check=True, timeout=1800, capture_output=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
     seconds = time.perf_counter() - started
@@ -286,11 +306,46 @@ download_images(Path(sys.argv[2]), url_file=Path(sys.argv[1]), max_pics=10**9, n
 
 
 def run_fastai(python: Path, urls: Path, tmp: Path) -> tuple[float, int, dict]:
-    out = tmp / "fastai"
+    out = tmp / f"fastai-{len(list(tmp.glob('fastai*')))}"
     started = time.perf_counter()
     subprocess.run([str(python), "-c", FASTAI, str(urls), str(out)], check=True, timeout=1800, capture_output=True)
     seconds = time.perf_counter() - started
     return seconds, len([p for p in out.iterdir() if p.is_file()]), {}
+
+
+def measure(run: Any) -> tuple[tuple[str, ...], float, dict]:
+    """Run one tool: its table cells (images, seconds, images/s, CPU s, server CPU s, lag,
+    load), its images/s (0 when it failed) and what it reported."""
+    load = os.getloadavg()[0]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        seconds, done, extra = run()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return ("-", "-", f"not measured: {type(exc).__name__}", "-", "-", "-", f"{load:.2f}"), 0.0, {}
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    served = resource.getrusage(resource.RUSAGE_SELF)
+    server_s = served.ru_utime + served.ru_stime - server.ru_utime - server.ru_stime
+    lag = f"{extra['max_lag'] * 1000:.0f} (p99 {extra['p99_lag'] * 1000:.0f})" if "max_lag" in extra else "-"
+    cells = (f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{cpu_s:.1f}", f"{server_s:.1f}", lag, f"{load:.2f}")
+    return cells, done / seconds, extra
+
+
+def summary(rates: dict[str, list[tuple[int, float, float]]]) -> list[str]:
+    """Median images/s and CPU s per tool over the rounds, and the median of each round's ratio
+    of every other tool to img2dataset (a ratio is read within one round)."""
+    lines = ["medians over the rounds:"]
+    peer = next((label for label in rates if label.startswith("img2dataset")), None)
+    for label, runs in rates.items():
+        line = f"  {label}: {statistics.median(r for _, r, _ in runs):.0f} images/s, {statistics.median(c for _, _, c in runs):.1f} CPU s"
+        if peer and label != peer:
+            theirs = {round_: rate for round_, rate, _ in rates[peer]}
+            ratios = [rate / theirs[round_] for round_, rate, _ in runs if round_ in theirs]
+            if ratios:
+                line += f"; x img2dataset per round {' '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}"
+        lines.append(line)
+    return lines
 
 
 def describe(label: str, info: dict[str, Any]) -> str:
@@ -324,13 +379,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run ours with the download stage only (Scrapy's own cost: no verify, dedupe or store)")
     parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="folder made by benchmarks/peers.sh")
     parser.add_argument("--only", choices=["ours", "img2dataset", "fastai"], action="append")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of every tool (default 1)")
+    parser.add_argument("--images", type=Path, help="serve the JPEGs under this folder instead of generated ones")
+    parser.add_argument("--img2dataset-resize", type=int, default=0, metavar="SIDE",
+                        help="img2dataset resizes to this shorter side (keep_ratio) instead of keeping the bytes")
     args = parser.parse_args(argv)
     ours = ours_settings(args.concurrency, args.items)
-    images = make_images(args.count)
+    images = read_images(args.images) if args.images else make_images(args.count)
+    args.count = len(images)
     httpd = serve(images, args.latency)
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     rows = []
     details: list[str] = []
+    rates: dict[str, list[tuple[int, float, float]]] = {}  # label: (round, images/s, CPU s)
     try:
         with tempfile.TemporaryDirectory() as name:
             tmp = Path(name)
@@ -338,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             urls.write_text("".join(f"{base}/img/{n}.jpg\n" for n in range(args.count)))
             runners = {
                 "ours (verify+dedupe+catalog)": ("ours", lambda: run_ours(base, tmp, ours)),
-                "img2dataset (32 threads x 2)": ("img2dataset", lambda: run_img2dataset(args.peers / "img2dataset" / "bin" / "python", urls, tmp)),
+                f"img2dataset (32 threads x 2{f', resize {args.img2dataset_resize}' if args.img2dataset_resize else ''})": (
+                    "img2dataset",
+                    lambda: run_img2dataset(args.peers / "img2dataset" / "bin" / "python", urls, tmp, args.img2dataset_resize),
+                ),
                 "fastai download_images (32)": ("fastai", lambda: run_fastai(args.peers / "torch" / "bin" / "python", urls, tmp)),
             }
             if args.floor:
@@ -347,28 +411,18 @@ def main(argv: list[str] | None = None) -> int:
             for variant in args.variant:
                 changed = dict(pair.split("=", 1) for pair in variant.split(","))
                 runners[f"ours, {variant}"] = ("ours", lambda changed=changed: run_ours(base, tmp, {**ours, **changed}))
-            for label, (key, run) in runners.items():
-                if args.only and key not in args.only:
-                    continue
-                load = os.getloadavg()[0]
-                cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-                server = resource.getrusage(resource.RUSAGE_SELF)
-                try:
-                    seconds, done, extra = run()
-                    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-                    served = resource.getrusage(resource.RUSAGE_SELF)
-                    server_s = served.ru_utime + served.ru_stime - server.ru_utime - server.ru_stime
-                    lag = f"{extra['max_lag'] * 1000:.0f} (p99 {extra['p99_lag'] * 1000:.0f})" if "max_lag" in extra else "-"
-                    rows.append((label, f"{done}", f"{seconds:.1f}", f"{done / seconds:.0f}", f"{cpu_s:.1f}",
-                                 f"{server_s:.1f}", lag, f"{load:.2f}"))
+            chosen = [(label, run) for label, (key, run) in runners.items() if not args.only or key in args.only]
+            for round_ in range(1, args.rounds + 1):
+                for label, run in chosen:
+                    row, rate, extra = measure(run)
+                    rows.append((label, str(round_), *row))
+                    if rate:
+                        rates.setdefault(label, []).append((round_, rate, float(row[3])))
                     if "phases" in extra:
-                        details.append(describe(label, extra))
-                except (OSError, subprocess.SubprocessError) as exc:
-                    rows.append((label, "-", "-", f"not measured: {type(exc).__name__}", "-", "-", "-", f"{load:.2f}"))
+                        details.append(describe(f"{label}, round {round_}", extra))
     finally:
         httpd.shutdown()
-    header = ("tool", "images", "seconds", "images/s", "CPU s", "server CPU s", "reactor lag ms", "load (1 min)")
+    header = ("tool", "round", "images", "seconds", "images/s", "CPU s", "server CPU s", "reactor lag ms", "load (1 min)")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{args.count} URLs, {args.latency * 1000:.0f} ms latency, {os.cpu_count()} cores"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
@@ -376,9 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         "CPU s: user + system time of the tool's processes; server CPU s: the local image server's "
         "(this process) meanwhile; reactor lag: longest (99th percentile) delay of a 10 ms tick"
     )
+    lines += summary(rates) if args.rounds > 1 else []
     lines += details
     lines.append("ours: " + " ".join(f"-s {k}={v}" for k, v in ours.items()))
-    lines.append(f"reproduce: bash benchmarks/peers.sh && .venv/bin/python -m benchmarks.pipeline_throughput --count {args.count} --latency {args.latency}")
+    source = f"--images {args.images}" if args.images else f"--count {args.count}"
+    lines.append(f"reproduce: bash benchmarks/peers.sh && .venv/bin/python -m benchmarks.pipeline_throughput {source} --latency {args.latency} --rounds {args.rounds}")
     print("\n".join(lines))  # noqa: T201 (a benchmark's output is its table)
     return 0
 
