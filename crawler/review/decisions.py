@@ -102,8 +102,10 @@ def decide(catalog: Catalog, image_id: int, action: str | None, label: str | Non
             if target == row["label"]:
                 action, target = "keep", None
         tx.execute(
-            "INSERT OR REPLACE INTO review (image_id, action, target_label, path, decided_at, applied_at) "
-            "VALUES (?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO review (image_id, action, target_label, path, decided_at, applied_at) "
+            "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (image_id) DO UPDATE SET action = excluded.action, "
+            "target_label = excluded.target_label, path = excluded.path, decided_at = excluded.decided_at, "
+            "applied_at = NULL",
             (image_id, action, target, row["path"], _now()),
         )
     return {"action": action, "label": target}
