@@ -168,7 +168,7 @@ def entry_request(url: str, label: str | None, query: str, callback: Any) -> Req
 
 
 def catalogued_urls(
-    dataset_dir: str | os.PathLike[str], urls: Iterable[str] | None = None, *, catalog_url: str | None = None
+    dataset_dir: str | os.PathLike[str], urls: Iterable[str] | None = None, catalog_url: str | None = None
 ) -> set[str]:
     """The URLs among ``urls`` (all, when ``None``) that have a catalog row, whatever its status
     (blocking; one query per 500 URLs, or one for all); ``catalog_url``: CATALOG_URL."""

@@ -183,8 +183,7 @@ class UrlsSpider(ImageSpider):
         if not self.entries:
             return
         done = await run_in_thread(
-            frontier.catalogued_urls, self.crawler.settings["DATASET_DIR"],
-            catalog_url=self.crawler.settings.get("CATALOG_URL"),
+            frontier.catalogued_urls, self.crawler.settings["DATASET_DIR"], None, self.crawler.settings.get("CATALOG_URL")
         )
         seen: set[str] = set()
         for url, label in self.entries:
