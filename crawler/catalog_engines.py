@@ -200,8 +200,8 @@ class PostgresEngine:
         self.conn = _PostgresConnection(raw)
 
     def begin(self) -> None:
-        self.conn.raw.execute("BEGIN")
-        self.conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_KEY,))
+        # One round trip for both (simple query protocol: no parameters).
+        self.conn.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK_KEY})")
 
     def commit(self) -> None:
         self.conn.raw.execute("COMMIT")
