@@ -162,6 +162,39 @@ def test_only_the_urls_spider_runs_on_the_shared_frontier(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_three_processes_crawl_500_real_photos_and_copies_each_once(
+    tmp_path: Path, redis_server: RedisServer, hymenoptera: Path, catalog_url: str | None
+) -> None:
+    """Every hymenoptera photo plus 50 exact and 50 near copies, split among three processes:
+    each URL downloaded once, one row per URL, each picture stored once."""
+    images = real_photos_with_copies(hymenoptera, 400, copies=50)
+    with ImageSite(images) as site:
+        urls = [site.url(name) for name in images]
+        url_list = tmp_path / "urls.txt"
+        url_list.write_text("\n".join(urls) + "\n")
+        dataset = tmp_path / "data"
+        args = ["-a", "label=insects", *frontier_args(redis_server.url, url_list, catalog_url=catalog_url)]
+        results = [finish(proc, timeout=600) for proc in [start_crawl("urls", dataset, *args) for _ in range(3)]]
+        for result in results:
+            assert result.returncode == 0, result.stdout[-3000:]
+        assert Counter(site.hits) == Counter(f"/img/{name}" for name in images)  # each URL once
+    assert len(urls) >= 490
+    assert sum(dequeued(result.stdout) for result in results) == len(urls)
+    assert all(dequeued(result.stdout) for result in results)  # every process took a share
+    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls, catalog_url)
+    statuses = Counter(row["status"] for row in rows)
+    assert statuses["stored"] + statuses["duplicate"] == len(urls)
+    by_url = {row["url"].rsplit("/", 1)[1]: row for row in rows}
+    # Each exact copy and its photo: one stored, one duplicate, whichever process came first.
+    for i in range(50):
+        sha = by_url[f"exact{i}.jpg"]["sha256"]
+        assert sorted(row["status"] for row in rows if row["sha256"] == sha) == ["duplicate", "stored"]
+    sha_stored = Counter(row["sha256"] for row in rows if row["status"] == "stored")
+    assert max(sha_stored.values()) == 1
+    assert statuses["duplicate"] >= 50
+
+
 def leased_urls(client: object, pid: int) -> set[str]:
     """URLs of the entries the crawl process ``pid`` held (popped, not finished) in Redis."""
     urls: set[str] = set()
