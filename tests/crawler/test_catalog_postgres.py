@@ -78,6 +78,19 @@ def test_a_crawl_catalogues_into_postgresql_and_the_dataset_commands_read_it(tmp
     check = dataset_command("crawler.dataset", "check", str(dataset), "--catalog-url", postgres_url)
     assert check.returncode == 0, check.stderr
 
+    # A lost file (one no duplicate row names): check finds it, --repair marks its row.
+    named = {row["duplicate_of"] for row in rows}
+    path = next(p for p in sorted(stored) if p not in named)
+    with Catalog(dataset, url=postgres_url) as catalog:
+        row_id = catalog.find_stored_path(path)["id"]
+    (dataset / path).unlink()
+    check = dataset_command("crawler.dataset", "check", str(dataset), "--catalog-url", postgres_url)
+    assert check.returncode == 1 and f"missing_file {path}" in check.stderr, check.stderr
+    repaired = dataset_command("crawler.dataset", "check", str(dataset), "--repair", "--catalog-url", postgres_url)
+    assert repaired.returncode == 0, repaired.stderr
+    with Catalog(dataset, url=postgres_url) as catalog:
+        assert (catalog.get(row_id)["status"], catalog.get(row_id)["reason"]) == ("rejected", "missing_file")
+
 
 def test_two_crawl_processes_dedupe_across_one_postgresql_catalog(tmp_path: Path, postgres_url: str) -> None:
     """Two crawls at once, without a shared frontier, each with its own list: one has the
