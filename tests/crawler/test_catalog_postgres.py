@@ -57,6 +57,11 @@ def test_a_crawl_catalogues_into_postgresql_and_the_dataset_commands_read_it(tmp
                                "--output", str(tmp_path / "rows.csv"))
     assert exported.returncode == 0, exported.stderr
     assert len((tmp_path / "rows.csv").read_text().splitlines()) == 1 + len(urls)
+    rehashed = dataset_command("crawler.dataset", "rehash", str(dataset), "--catalog-url", postgres_url, "--hash", "phash")
+    assert rehashed.returncode == 0 and "rehashed 8 images with phash" in rehashed.stderr, rehashed.stderr
+    with Catalog(dataset, url=postgres_url) as catalog:
+        assert catalog.meta()["hash"] == "phash"
+        assert all(row["phash"] and not row["pdq"] for row in catalog.rows("status = 'stored'"))
     # Without the URL, the folder has no catalog: its files are all orphans.
     orphans = dataset_command("crawler.dataset", "check", str(dataset))
     assert orphans.returncode == 0, orphans.stderr  # files only: nothing to compare them with
@@ -152,3 +157,58 @@ def test_dataset_commands_with_a_bad_catalog_url_are_one_line_errors(tmp_path: P
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (command, result.stderr)
         assert "hunter2" not in result.stderr
+
+
+def http(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_review_page_works_on_a_postgresql_catalog(tmp_path: Path, postgres_url: str) -> None:
+    import hashlib
+    import json
+    import re
+
+    from uvicorn_thread import live_server
+
+    from crawler.review import create_app, load_scores
+
+    root = tmp_path / "data"
+    paths = []
+    with Catalog(root, url=postgres_url) as catalog:
+        for i, label in enumerate(["cats", "cats", "dogs", "dogs"]):
+            data = encode(picture(900 + i, size=(48, 48)), "PNG")
+            path = f"{label}/{hashlib.sha256(data).hexdigest()}.png"
+            (root / label).mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(data)
+            catalog.insert({"label": label, "status": "stored", "path": path, "sha256": Path(path).stem,
+                            "width": 48, "height": 48})
+            paths.append(path)
+        image_id = catalog.find_stored_path(paths[0])["id"]
+    (tmp_path / "scores.csv").write_text("path,label,predicted,probability,loss\n"
+                                         + "".join(f"{p},{p.split('/')[0]},x,0.5,{n}\n" for n, p in enumerate(paths)))
+    app = create_app(root, load_scores(tmp_path / "scores.csv"), catalog_url=postgres_url)
+    with live_server(app) as url:
+        status, page = http(url)
+        token = re.search(r'name="review-token" content="([^"]+)"', page).group(1)
+        status, labels = http(f"{url}api/labels")
+        assert status == 200 and [(x["label"], x["count"]) for x in json.loads(labels)["labels"]] == [("cats", 2), ("dogs", 2)]
+        own = {"Origin": url.rstrip("/"), "X-Review-Token": token}
+        status, _ = http(f"{url}api/decisions/{image_id}", "PUT", {**own, "Content-Type": "application/json"},
+                         json.dumps({"action": "move", "label": "dogs"}).encode())
+        assert status == 200
+        status, answer = http(f"{url}api/apply", "POST", own, b"")
+        assert status == 200, answer
+    moved = f"dogs/{Path(paths[0]).name}"
+    assert (root / moved).is_file() and not (root / paths[0]).exists()
+    with Catalog(root, url=postgres_url) as catalog:
+        assert (catalog.get(image_id)["label"], catalog.get(image_id)["path"]) == ("dogs", moved)
+    check = dataset_command("crawler.dataset", "check", str(root), "--catalog-url", postgres_url)
+    assert check.returncode == 0, check.stderr
