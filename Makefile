@@ -12,7 +12,7 @@ CHROMIUM ?= /usr/bin/chromium
 # apt-get needs root: use sudo when not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && echo sudo; })
 
-.PHONY: setup demo test test-all browsers redis clean
+.PHONY: setup demo test test-all browsers redis postgres clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -38,15 +38,22 @@ browsers:
 redis:
 	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; } || echo "warning: redis-server could not be installed: the shared-frontier tests will skip" >&2
 
+# Debian's PostgreSQL for the shared-catalog tests (tests/postgres_server.py makes a throwaway
+# cluster with initdb on a free port; no system cluster is started or used). Where it cannot be
+# installed, those tests skip and say so.
+POSTGRES_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+	@[ -n "$(POSTGRES_INITDB)" ] || command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; } || echo "warning: postgresql could not be installed: the shared-catalog tests will skip" >&2
+
 # The one-command job (python -m imageclf gallery <labels> ...) pointed at the local demo site;
 # IMAGES=<folder of label subfolders> serves those photos instead of generated shapes.
 demo: setup
 	$(VENV_PY) -m demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: setup browsers redis
+test: setup browsers redis postgres
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup browsers redis
+test-all: setup browsers redis postgres
 	$(VENV_PY) -m pytest
 
 clean:

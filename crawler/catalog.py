@@ -1,4 +1,5 @@
-"""The dataset catalog: ``DATASET_DIR/catalog.sqlite``, schema version 3 (docs/dataset.md).
+"""The dataset catalog: ``DATASET_DIR/catalog.sqlite`` or a PostgreSQL database
+(``CATALOG_URL``), schema version 3 (docs/dataset.md).
 
 Version 2 added ``source_width``/``source_height``, version 3 ``pdq``/``pdq_quality`` and the
 ``image_looks`` table (thumbnails for dedupe's second look); an older catalog gets them (NULL on
@@ -7,8 +8,11 @@ its old rows) the first time it is opened, and its hashes are remade when a craw
 
 SQLite in WAL mode lets readers run beside one writer, and a busy timeout plus ``BEGIN IMMEDIATE``
 around each check-and-insert serialises writers, so several ``scrapy crawl`` processes can write
-one dataset at once. One ``Catalog`` wraps one connection; it may be used from worker threads
-(calls are serialised by a lock), and each process or component opens its own.
+one dataset at once. With ``CATALOG_URL=postgresql://...`` the catalog is a PostgreSQL
+database instead (same schema, same protocol: ``crawler.catalog_engines``), so crawls on several
+machines share one catalog. The SQL below is written once for both engines (``?`` placeholders,
+``ON CONFLICT``, ``RETURNING``). One ``Catalog`` wraps one connection; it may be used from
+worker threads (calls are serialised by a lock), and each process or component opens its own.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ import contextlib
 import csv
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from crawler.catalog_engines import open_engine
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "REVIEW_DELETE", "SCHEMA_VERSION", "Catalog"]
+#: A result row, read by position or column name (``sqlite3.Row``, or its PostgreSQL equivalent
+#: from ``crawler.catalog_engines``).
+Row = Any
+
+__all__ = ["CATALOG_NAME", "COLUMNS", "CSV_NAME", "REVIEW_DELETE", "SCHEMA_VERSION", "Catalog", "has_catalog"]
 
 CATALOG_NAME = "catalog.sqlite"
 CSV_NAME = "catalog.csv"
@@ -77,7 +85,7 @@ _ADDED_COLUMNS = {
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
+    id {id},
     created_at TEXT NOT NULL,
     label TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('stored', 'duplicate', 'rejected')),
@@ -117,7 +125,7 @@ CREATE TABLE IF NOT EXISTS image_hashes (
 -- RGB thumbnail (3,072 bytes) per image hashed with pdq.
 CREATE TABLE IF NOT EXISTS image_looks (
     image_id INTEGER PRIMARY KEY REFERENCES images (id),
-    look BLOB NOT NULL
+    look {blob} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_duplicate_of ON images (duplicate_of);
 -- A person's review decision per image (crawler/review.py), pending until applied_at is set.
@@ -134,68 +142,60 @@ CREATE TABLE IF NOT EXISTS review (
 _META = {"schema_version": SCHEMA_VERSION, "hash": "pdq", "hash_size": "16"}
 
 
+def has_catalog(dataset_dir: str | os.PathLike[str], url: str | None = None) -> bool:
+    """Whether the dataset has a catalog: always with a ``url`` (its database holds it; opening
+    it says whether it can be reached), else whether ``dataset_dir/catalog.sqlite`` exists."""
+    return bool(url) or (Path(dataset_dir) / CATALOG_NAME).exists()
+
+
 class Catalog:
-    """One connection to ``<dataset_dir>/catalog.sqlite``, created with its schema if missing.
+    """One connection to the catalog, created with its schema if missing: the PostgreSQL
+    database at ``url``, else ``<dataset_dir>/catalog.sqlite``.
 
     Args:
-        dataset_dir: the dataset folder (created if missing).
-        timeout: seconds a write waits for another writer's lock before ``sqlite3.OperationalError``.
-        durable: commit with ``synchronous=FULL`` (each commit survives power loss) instead of
-            ``NORMAL`` (survives a killed process; the last commits may roll back on power loss).
+        dataset_dir: the dataset folder (created if missing); its files are the images.
+        url: ``postgresql://user[:password]@host[:port]/dbname`` (``CATALOG_URL``), or ``None``
+            for the SQLite file in ``dataset_dir``.
+        timeout: seconds a write waits for another writer's lock before failing
+            (``sqlite3.OperationalError``, ``psycopg.errors.LockNotAvailable``).
+        durable: SQLite only: commit with ``synchronous=FULL`` (each commit survives power
+            loss) instead of ``NORMAL`` (survives a killed process; the last commits may roll
+            back on power loss). PostgreSQL commits are durable as its server is configured.
+
+    Attributes:
+        path: the SQLite file, or the PostgreSQL URL without its password (for messages).
+        engine: ``"sqlite"`` or ``"postgresql"``.
 
     Raises:
         sqlite3.DatabaseError: if the file exists and is not a SQLite database.
+        crawler.errors.UserError: ``url`` is not a PostgreSQL URL, or its server cannot be used.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike[str], *, timeout: float = 60.0, durable: bool = False) -> None:
+    def __init__(
+        self, dataset_dir: str | os.PathLike[str], *, url: str | None = None,
+        timeout: float = 60.0, durable: bool = False,
+    ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.dataset_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dataset_dir / CATALOG_NAME
         self._lock = threading.RLock()
-        # isolation_level=None: no implicit transactions, we issue BEGIN IMMEDIATE ourselves.
-        self._conn = sqlite3.connect(
-            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        mode = self._enter_wal(timeout)
-        if mode.lower() != "wal":
-            logger.warning("catalog %s: journal mode is %s, not WAL", self.path, mode)
-        # NORMAL is durable against process kills in WAL mode (only power loss may roll back
-        # the last commits), and avoids an fsync per row.
-        self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        self._engine = open_engine(self.dataset_dir, url, file_name=CATALOG_NAME, timeout=timeout, durable=durable)
+        self.engine = "postgresql" if url else "sqlite"
+        self.path: Path | str = self.dataset_dir / CATALOG_NAME if not url else self._engine.where
+        self._conn: Any = self._engine.conn
+        schema = _SCHEMA.format(**self._engine.types)
         with self.transaction():
-            for statement in _SCHEMA.split(";"):
+            for statement in schema.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
             self._conn.executemany(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", _META.items()
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", _META.items()
             )
             self._migrate()
-
-    def _enter_wal(self, timeout: float) -> str:
-        """Switch the file to WAL (once per file: the mode persists) and return the journal
-        mode now in force. Switching needs an exclusive lock, and SQLite answers "database is
-        locked" at once, without its busy handler, when another process holds a lock on the
-        new file (several crawls opening one fresh dataset at the same moment did: 7 of 90
-        opens failed in a stress run); so this retries for up to ``timeout`` seconds.
-
-        Raises:
-            sqlite3.OperationalError: still locked after ``timeout`` seconds, or another error.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return str(self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.01)
 
     def _migrate(self) -> None:
         """Bring an older catalog to ``SCHEMA_VERSION`` (inside the opening transaction, so
         two processes opening it at once migrate it once)."""
-        present = {row[1] for row in self._conn.execute("PRAGMA table_info(images)")}
+        present = {column[0] for column in self._conn.execute("SELECT * FROM images LIMIT 0").description}
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._conn.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
@@ -206,7 +206,7 @@ class Catalog:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
-            self._conn.close()
+            self._engine.close()
 
     def __enter__(self) -> Catalog:
         return self
@@ -215,24 +215,26 @@ class Catalog:
         self.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), holding the write lock.
+    def transaction(self) -> Iterator[Any]:
+        """A writing transaction (``BEGIN IMMEDIATE`` in SQLite, ``BEGIN`` and the catalog's
+        advisory lock in PostgreSQL) ... ``COMMIT`` (``ROLLBACK`` on error), holding the write
+        lock; yields the connection (``execute``/``executemany`` with ``?`` placeholders).
 
-        Other processes' writers wait (busy timeout) until the block ends, so a check made
-        inside the block still holds when its insert commits.
+        Other processes' writers wait (busy/lock timeout) until the block ends, so a check
+        made inside the block still holds when its insert commits.
         """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._engine.begin()
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._engine.rollback()
                 raise
-            self._conn.execute("COMMIT")
+            self._engine.commit()
 
     # -- writes ----------------------------------------------------------------------------
 
-    def insert(self, row: Mapping[str, Any], *, conn: sqlite3.Connection | None = None) -> int:
+    def insert(self, row: Mapping[str, Any], *, conn: Any = None) -> int:
         """Insert one ``images`` row and return its id.
 
         Unknown keys are ignored, except ``hashes``: a ``{kind: hex}`` dict of extra perceptual
@@ -251,7 +253,7 @@ class Catalog:
             values["url"] = url[:DATA_URI_KEEP_CHARS]
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        sql = f"INSERT INTO images ({names}) VALUES ({marks})"  # noqa: S608 (fixed column names)
+        sql = f"INSERT INTO images ({names}) VALUES ({marks}) RETURNING id"  # noqa: S608 (fixed column names)
         look = row.get("look") if values["status"] == "stored" else None
         if conn is not None:
             return self._insert(conn, sql, tuple(values.values()), row.get("hashes"), look)
@@ -259,15 +261,22 @@ class Catalog:
             return self._insert(tx, sql, tuple(values.values()), row.get("hashes"), look)
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, sql: str, values: tuple[Any, ...], hashes: Any, look: Any) -> int:
-        row_id = int(conn.execute(sql, values).lastrowid)
+    def _insert(conn: Any, sql: str, values: tuple[Any, ...], hashes: Any, look: Any) -> int:
+        # fetchall, not fetchone: sqlite3 finishes a RETURNING statement only when its rows
+        # are all read.
+        row_id = int(conn.execute(sql, values).fetchall()[0][0])
         if hashes:
             conn.executemany(
-                "INSERT OR REPLACE INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?)",
+                "INSERT INTO image_hashes (image_id, kind, hash) VALUES (?, ?, ?) "
+                "ON CONFLICT (image_id, kind) DO UPDATE SET hash = excluded.hash",
                 [(row_id, kind, value) for kind, value in hashes.items()],
             )
         if look:
-            conn.execute("INSERT OR REPLACE INTO image_looks (image_id, look) VALUES (?, ?)", (row_id, bytes(look)))
+            conn.execute(
+                "INSERT INTO image_looks (image_id, look) VALUES (?, ?) "
+                "ON CONFLICT (image_id) DO UPDATE SET look = excluded.look",
+                (row_id, bytes(look)),
+            )
         return row_id
 
     # -- reads -----------------------------------------------------------------------------
@@ -282,7 +291,7 @@ class Catalog:
             return f"{at}status = 'stored'", ()
         return f"({at}status = 'stored' OR ({at}status = 'rejected' AND {at}reason = ?))", (REVIEW_DELETE,)
 
-    def stored_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
+    def stored_since(self, last_id: int, *, deleted: bool = False) -> list[Row]:
         """``stored`` rows with ``id > last_id`` (id, label, status, path, sha256, phash, width,
         height, source_width, source_height), by id; with ``deleted``, also the rows of images
         deleted in review (``rejected``, reason ``REVIEW_DELETE``)."""
@@ -294,7 +303,7 @@ class Catalog:
                 (*params, last_id),
             ).fetchall()
 
-    def hashes_since(self, last_id: int, *, deleted: bool = False) -> list[sqlite3.Row]:
+    def hashes_since(self, last_id: int, *, deleted: bool = False) -> list[Row]:
         """``image_hashes`` rows (image_id, kind, hash) of ``stored`` images with ``id > last_id``
         (with ``deleted``, also of images deleted in review)."""
         where, params = self._counted(deleted, "i")
@@ -311,7 +320,7 @@ class Catalog:
             found = self._conn.execute("SELECT look FROM image_looks WHERE image_id = ?", (row_id,)).fetchone()
         return None if found is None else bytes(found[0])
 
-    def find_decided_sha256(self, sha256: str) -> sqlite3.Row | None:
+    def find_decided_sha256(self, sha256: str) -> Row | None:
         """The ``stored`` row that an earlier ``duplicate`` row with these downloaded bytes
         names (``duplicate_of``), with that row's ``hash_distance`` as ``decided_distance``, or
         ``None``. So the same bytes crawled again get the same outcome whatever was stored
@@ -324,18 +333,19 @@ class Catalog:
             ).fetchone()
 
     def version(self) -> tuple[int, int]:
-        """A token that changes whenever anything commits to the catalog: SQLite's
-        ``data_version`` (commits by other connections, other processes included) and this
-        connection's ``total_changes``. Equal tokens mean no new rows, without reading a table."""
+        """A token that changes whenever a row is added to the catalog, by any process: in
+        SQLite ``data_version`` (commits by other connections) and this connection's
+        ``total_changes``, reading no table; in PostgreSQL the highest committed id (ids are
+        handed out in commit order). Equal tokens mean no new rows."""
         with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0]), self._conn.total_changes
+            return self._engine.version()
 
     def count_stored(self) -> int:
         """Number of ``stored`` rows."""
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM images WHERE status = 'stored'").fetchone()[0])
 
-    def find_stored_sha256(self, sha256: str, *, deleted: bool = False) -> sqlite3.Row | None:
+    def find_stored_sha256(self, sha256: str, *, deleted: bool = False) -> Row | None:
         """The first ``stored`` row whose downloaded bytes have this SHA-256, or ``None``; with
         ``deleted``, else the first row of such an image deleted in review."""
         where, params = self._counted(deleted)
@@ -347,19 +357,19 @@ class Catalog:
                 (sha256, *params),
             ).fetchone()
 
-    def find_stored_path(self, path: str) -> sqlite3.Row | None:
+    def find_stored_path(self, path: str) -> Row | None:
         """The ``stored`` row of this dataset-relative path, or ``None``."""
         with self._lock:
             return self._conn.execute(
                 "SELECT * FROM images WHERE path = ? AND status = 'stored' ORDER BY id LIMIT 1", (path,)
             ).fetchone()
 
-    def get(self, row_id: int) -> sqlite3.Row | None:
+    def get(self, row_id: int) -> Row | None:
         """The row with this id, or ``None``."""
         with self._lock:
             return self._conn.execute("SELECT * FROM images WHERE id = ?", (row_id,)).fetchone()
 
-    def rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Row]:
         """All rows (optionally filtered by a trusted SQL ``where`` clause), by id."""
         clause = f"WHERE {where}" if where else ""
         with self._lock:
@@ -373,13 +383,14 @@ class Catalog:
         with self._lock:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
-    def set_meta(self, key: str, value: str, *, conn: sqlite3.Connection | None = None) -> None:
+    def set_meta(self, key: str, value: str, *, conn: Any = None) -> None:
         """Set one ``meta`` entry (in the caller's transaction when ``conn`` is given)."""
+        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         if conn is not None:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            conn.execute(sql, (key, value))
             return
         with self.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            tx.execute(sql, (key, value))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per label: counts of ``stored``, ``duplicate/<reason>`` and ``rejected/<reason>``."""

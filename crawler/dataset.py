@@ -7,6 +7,9 @@ Usage::
     python -m crawler.dataset rehash <dir>             # recompute perceptual hashes from files
     python -m crawler.dataset summary <dir> [--contact-sheet sheet.png]   # crawler/summary.py
 
+Each takes ``--catalog-url postgresql://...`` for a dataset whose catalog is in PostgreSQL (the
+crawl's ``CATALOG_URL``); the folder still holds the images.
+
 ``check`` finds: stored rows whose file is missing (``missing_file``), image files under a
 label folder with no stored row (``orphan_file``), files whose SHA-256 is not their name
 (``hash_mismatch``), files Pillow cannot fully decode (``undecodable``), and stored files in the
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from crawler.catalog import CATALOG_NAME, Catalog
+from crawler.catalog import CATALOG_NAME, Catalog, has_catalog
 from crawler.images.decode import Rejected, verify_image
 from crawler.images.files import TMP_DIR, TRASH_DIR
 from crawler.images.hashing import DEFAULT_HASH, HASH_NAMES, hash_recipe
@@ -78,8 +81,9 @@ def _label_files(root: Path) -> list[str]:
     return files
 
 
-def check(root: Path) -> tuple[list[Problem], list[str]]:
-    """Problems of the dataset at ``root``, and its stale temporary files (relative paths).
+def check(root: Path, catalog_url: str | None = None) -> tuple[list[Problem], list[str]]:
+    """Problems of the dataset at ``root``, and its stale temporary files (relative paths);
+    ``catalog_url``: its PostgreSQL catalog, else ``root/catalog.sqlite`` if there is one.
 
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
@@ -88,9 +92,9 @@ def check(root: Path) -> tuple[list[Problem], list[str]]:
         raise FileNotFoundError(f"not a dataset folder: {root}")
     problems: list[Problem] = []
     stored: dict[str, tuple[int, str]] = {}
-    has_catalog = (root / CATALOG_NAME).exists()
-    if has_catalog:
-        with Catalog(root) as catalog:
+    catalogued = has_catalog(root, catalog_url)
+    if catalogued:
+        with Catalog(root, url=catalog_url) as catalog:
             for row in catalog.rows("status = 'stored'"):
                 stored[row["path"]] = (row["id"], row["label"])
     else:
@@ -103,7 +107,7 @@ def check(root: Path) -> tuple[list[Problem], list[str]]:
             problems.append(Problem("wrong_label", path, f"row label is {label!r}", row_id))
     for path in sorted(files):
         row_id = stored.get(path, (None, ""))[0]
-        if has_catalog and row_id is None:
+        if catalogued and row_id is None:
             problems.append(Problem("orphan_file", path, "file without a stored catalog row"))
             continue
         data = (root / path).read_bytes()
@@ -115,14 +119,14 @@ def check(root: Path) -> tuple[list[Problem], list[str]]:
             verify_image(data, **_NO_LIMITS)
         except Rejected as exc:
             problems.append(Problem("undecodable", path, str(exc), row_id))
-    if has_catalog:
-        problems += _dedupe_problems(root, stored)
+    if catalogued:
+        problems += _dedupe_problems(root, stored, catalog_url)
     tmp_dir = root / TMP_DIR
     stale = sorted(p.relative_to(root).as_posix() for p in tmp_dir.iterdir()) if tmp_dir.is_dir() else []
     return problems, stale
 
 
-def _dedupe_problems(root: Path, stored: dict[str, tuple[int, str]]) -> list[Problem]:
+def _dedupe_problems(root: Path, stored: dict[str, tuple[int, str]], catalog_url: str | None = None) -> list[Problem]:
     """``dangling_duplicate``, ``stored_and_trashed`` and ``near_duplicate_stored`` (module
     docstring) of the catalogued dataset at ``root``; ``stored`` maps stored paths to rows."""
     from crawler import settings as defaults
@@ -131,7 +135,7 @@ def _dedupe_problems(root: Path, stored: dict[str, tuple[int, str]]) -> list[Pro
     from crawler.images.hashing import PDQ
 
     problems = []
-    with Catalog(root) as catalog:
+    with Catalog(root, url=catalog_url) as catalog:
         deleted = {row["path"] for row in catalog.rows("status = 'rejected' AND reason = ?", (REVIEW_DELETE,))}
         for row in catalog.rows("status = 'duplicate'"):
             target = row["duplicate_of"]
@@ -181,13 +185,13 @@ def _repoint(catalog: Catalog, problem: Problem) -> bool:
     return False
 
 
-def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
+def repair(root: Path, problems: list[Problem], stale: list[str], catalog_url: str | None = None) -> int:
     """Apply the safe fixes described in the module docstring; return how many were made."""
     fixed = 0
     for name in stale:
         (root / name).unlink(missing_ok=True)
         fixed += 1
-    catalog = Catalog(root) if (root / CATALOG_NAME).exists() else None
+    catalog = Catalog(root, url=catalog_url) if has_catalog(root, catalog_url) else None
     try:
         for problem in problems:
             if problem.kind in ("stored_and_trashed", "near_duplicate_stored"):
@@ -217,8 +221,8 @@ def repair(root: Path, problems: list[Problem], stale: list[str]) -> int:
     return fixed
 
 
-def _catalogued(root: Path) -> Path:
-    """``root``, checked to be a folder with a catalog.
+def _catalogued(root: Path, catalog_url: str | None = None) -> Path:
+    """``root``, checked to be a folder with a catalog (or given one at ``catalog_url``).
 
     Raises:
         UserError: it is not.
@@ -227,8 +231,11 @@ def _catalogued(root: Path) -> Path:
 
     if not root.is_dir():
         raise UserError(f"no dataset folder {root} (give the folder a crawl wrote with -s DATASET_DIR=...)")
-    if not (root / CATALOG_NAME).exists():
-        raise UserError(f"{root} has no {CATALOG_NAME}: not a crawled dataset (give the folder a crawl wrote)")
+    if not has_catalog(root, catalog_url):
+        raise UserError(
+            f"{root} has no {CATALOG_NAME}: not a crawled dataset "
+            "(give the folder a crawl wrote; --catalog-url URL for a PostgreSQL catalog)"
+        )
     return root
 
 
@@ -257,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     summary_cmd.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG",
                              help="also draw sample images per label into this PNG file")
     summary_cmd.add_argument("--per-label", type=int, default=8, help="images per label on the sheet (default 8)")
+    for command in (check_cmd, export_cmd, rehash_cmd, summary_cmd):
+        command.add_argument("--catalog-url", default=None, metavar="URL",
+                             help="the dataset's PostgreSQL catalog (the crawl's CATALOG_URL); default: <dataset>/catalog.sqlite")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, summary: ModuleType) -> int:
     if args.command == "summary":
-        found = summary.summarize(args.dataset)
+        found = summary.summarize(args.dataset, args.catalog_url)
         print(summary.format_summary(found))  # noqa: T201 (the command's output)
         if args.contact_sheet is not None:
             path = summary.contact_sheet(found, args.contact_sheet, per_label=max(1, args.per_label))
@@ -275,8 +285,8 @@ def _run(args: argparse.Namespace, summary: ModuleType) -> int:
         return 0
 
     if args.command == "rehash":
-        _catalogued(args.dataset)
-        with Catalog(args.dataset) as catalog:
+        _catalogued(args.dataset, args.catalog_url)
+        with Catalog(args.dataset, url=args.catalog_url) as catalog:
             recorded = catalog.meta().get("hash")
             hash_name = args.hash or (recorded if recorded in HASH_NAMES else DEFAULT_HASH)
             rehashed, skipped = rehash_catalog(catalog, hash_name)
@@ -284,22 +294,22 @@ def _run(args: argparse.Namespace, summary: ModuleType) -> int:
         return 1 if skipped else 0
 
     if args.command == "export":
-        _catalogued(args.dataset)
-        with Catalog(args.dataset) as catalog:
+        _catalogued(args.dataset, args.catalog_url)
+        with Catalog(args.dataset, url=args.catalog_url) as catalog:
             path = catalog.export_csv(args.output)
         logger.info("exported %s", path)
         return 0
 
     if not args.dataset.is_dir():
         _catalogued(args.dataset)  # raises: no such folder
-    problems, stale = check(args.dataset)
+    problems, stale = check(args.dataset, args.catalog_url)
     for problem in problems:
         logger.warning("%s %s %s", problem.kind, problem.path, problem.detail)
     if stale:
         logger.info("%d leftover temporary files in %s/", len(stale), TMP_DIR)
     if args.repair and (problems or stale):
-        logger.info("repaired %d problems", repair(args.dataset, problems, stale))
-        problems, _ = check(args.dataset)
+        logger.info("repaired %d problems", repair(args.dataset, problems, stale, args.catalog_url))
+        problems, _ = check(args.dataset, args.catalog_url)
     logger.info("%s: %s", args.dataset, "consistent" if not problems else f"{len(problems)} problems")
     return 1 if problems else 0
 

@@ -167,10 +167,12 @@ def entry_request(url: str, label: str | None, query: str, callback: Any) -> Req
     return Request(url, callback=callback, meta={ENTRY: {"label": label, "query": query}}, dont_filter=True)
 
 
-def catalogued_urls(dataset_dir: str | os.PathLike[str], urls: Iterable[str] | None = None) -> set[str]:
+def catalogued_urls(
+    dataset_dir: str | os.PathLike[str], urls: Iterable[str] | None = None, catalog_url: str | None = None
+) -> set[str]:
     """The URLs among ``urls`` (all, when ``None``) that have a catalog row, whatever its status
-    (blocking; one query per 500 URLs, or one for all)."""
-    catalog = Catalog(dataset_dir)
+    (blocking; one query per 500 URLs, or one for all); ``catalog_url``: CATALOG_URL."""
+    catalog = Catalog(dataset_dir, url=catalog_url)
     try:
         if urls is None:
             return {row["url"] for row in catalog.rows() if row["url"]}
@@ -273,6 +275,7 @@ class Frontier:
         )
         self.start_urls_key = settings.get("REDIS_START_URLS_KEY") or "%(name)s:start_urls"
         self.dataset_dir = settings.get("DATASET_DIR")
+        self.catalog_url = settings.get("CATALOG_URL")
         self.worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._take_over = self.server.register_script(_TAKE_OVER)
         self._leases: dict[str, bytes] = {}  # url -> serialised request, for entries in flight
@@ -409,7 +412,9 @@ class Frontier:
             return 0
         queue = self._queue()
         requests = {raw: queue._decode_request(raw) for raw in leased}
-        done = catalogued_urls(self.dataset_dir, (request.url for request in requests.values()))
+        done = catalogued_urls(
+            self.dataset_dir, (request.url for request in requests.values()), catalog_url=self.catalog_url
+        )
         back = [raw for raw, request in requests.items() if request.url not in done]
         pipe = self.server.pipeline(transaction=True)
         for raw in back:

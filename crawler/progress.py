@@ -84,6 +84,7 @@ class CrawlProgress:
         self.last_line = self.started
         self.task: Any = None
         self.dataset_dir = crawler.settings.get("DATASET_DIR")
+        self.catalog_url = crawler.settings.get("CATALOG_URL")
         self.first_row_id: int | None = None  # catalog rows past this one are this crawl's
         # The first page requests and each site's robots.txt: enough to name, at the end, the
         # start URLs robots.txt refused (RobotsTxtMiddleware only counts them).
@@ -112,7 +113,7 @@ class CrawlProgress:
     def spider_opened(self) -> None:
         self.started = self.last_line = time.monotonic()
         if self.dataset_dir:
-            with Catalog(self.dataset_dir) as catalog:
+            with Catalog(self.dataset_dir, url=self.catalog_url) as catalog:
                 last = catalog.rows("id = (SELECT MAX(id) FROM images)")
             self.first_row_id = int(last[0]["id"]) if last else 0
         if self.interval:
@@ -255,7 +256,7 @@ class CrawlProgress:
     def _tally_catalog(self) -> dict[str, LabelTally]:
         """Per label, the catalog rows this crawl wrote, as they stand now."""
         assert self.crawler.spider is not None
-        with Catalog(self.dataset_dir) as catalog:
+        with Catalog(self.dataset_dir, url=self.catalog_url) as catalog:
             rows = catalog.rows("id > ? AND spider = ?", (self.first_row_id, self.crawler.spider.name))
         labels: dict[str, LabelTally] = defaultdict(LabelTally)
         for row in rows:

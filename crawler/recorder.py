@@ -54,7 +54,7 @@ class CatalogRecorder:
         return cls(crawler, Path(dataset_dir))
 
     def spider_opened(self) -> None:
-        self.catalog = Catalog(self.dataset_dir)
+        self.catalog = Catalog(self.dataset_dir, url=self.crawler.settings.get("CATALOG_URL"))
 
     async def item_dropped(self, item: Any, exception: BaseException) -> None:
         adapter = ItemAdapter(item)

@@ -27,8 +27,12 @@ __all__ = ["MARK_NAME", "judged_urls"]
 MARK_NAME = "catalog-mark.json"
 
 
-def judged_urls(dataset_dir: str | os.PathLike[str], jobdir: str | os.PathLike[str], spider: str, label: str) -> set[str]:
-    """Image URLs the job in ``jobdir`` already recorded in the catalog for ``label`` (blocking).
+def judged_urls(
+    dataset_dir: str | os.PathLike[str], jobdir: str | os.PathLike[str], spider: str, label: str,
+    catalog_url: str | None = None,
+) -> set[str]:
+    """Image URLs the job in ``jobdir`` already recorded in the catalog for ``label`` (blocking;
+    ``catalog_url``: CATALOG_URL).
 
     On the job's first start this records the catalog's last row id in ``jobdir`` and returns
     an empty set. ``data:`` URIs are kept truncated in the catalog, so they never match and are
@@ -43,7 +47,7 @@ def judged_urls(dataset_dir: str | os.PathLike[str], jobdir: str | os.PathLike[s
             logger.warning("unreadable %s: treating the job as new", mark_path)
             marks = {}
     key = f"{spider}/{label}"
-    catalog = Catalog(dataset_dir)
+    catalog = Catalog(dataset_dir, url=catalog_url)
     try:
         if key in marks:
             rows = catalog.rows("label = ? AND spider = ? AND id > ?", (label, spider, int(marks[key])))

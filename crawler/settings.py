@@ -157,6 +157,10 @@ FRONTIER_START_URLS_BATCH = 0
 
 # DATASET_DIR has no default on purpose: a crawl must say where its dataset lives.
 DATASET_DIR = None
+# The catalog's database (crawler/catalog.py, README "Past one machine"): unset, the SQLite file
+# DATASET_DIR/catalog.sqlite; postgresql://user[:password]@host[:port]/dbname for one catalog
+# shared by crawls on several machines (the images still go to DATASET_DIR, a shared mount).
+CATALOG_URL = None
 
 # Where each search/API spider sends its queries (tests point them at 127.0.0.1).
 BING_BASE_URL = "https://www.bing.com"

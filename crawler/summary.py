@@ -79,8 +79,9 @@ def _domain(url: str | None) -> str:
     return urlsplit(url).hostname or "(no host)"
 
 
-def summarize(root: str | os.PathLike[str]) -> DatasetSummary:
-    """The summary of the dataset at ``root``, from its catalog, else from its folders.
+def summarize(root: str | os.PathLike[str], catalog_url: str | None = None) -> DatasetSummary:
+    """The summary of the dataset at ``root``, from its catalog (the PostgreSQL one at
+    ``catalog_url`` when given), else from its folders.
 
     Raises:
         UserError: ``root`` is not a folder, or has neither a catalog nor images in subfolders.
@@ -88,8 +89,8 @@ def summarize(root: str | os.PathLike[str]) -> DatasetSummary:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"no dataset folder {root} (give the folder a crawl wrote with -s DATASET_DIR=...)")
-    if (root / CATALOG_NAME).is_file():
-        return _from_catalog(root)
+    if catalog_url or (root / CATALOG_NAME).is_file():
+        return _from_catalog(root, catalog_url)
     summary = _from_folders(root)
     if not summary.stored:
         raise UserError(
@@ -99,10 +100,10 @@ def summarize(root: str | os.PathLike[str]) -> DatasetSummary:
     return summary
 
 
-def _from_catalog(root: Path) -> DatasetSummary:
+def _from_catalog(root: Path, catalog_url: str | None = None) -> DatasetSummary:
     summary = DatasetSummary(root, "catalog")
     images: dict[str, list[str]] = defaultdict(list)
-    with Catalog(root) as catalog:
+    with Catalog(root, url=catalog_url) as catalog:
         rows = catalog.rows()
     for row in rows:
         label, status = row["label"], row["status"]

@@ -2,8 +2,9 @@
 
 Three layouts are read, in this order of preference:
 
-1. A catalogued dataset: ``catalog.sqlite`` in the folder; the images are its ``stored`` rows
-   (rows whose file has gone missing are skipped with a warning). Content id: the file stem (the
+1. A catalogued dataset: ``catalog.sqlite`` in the folder, or the PostgreSQL catalog a crawl
+   wrote with ``CATALOG_URL`` (``data.catalog_url``); the images are its ``stored`` rows (rows
+   whose file has gone missing are skipped with a warning). Content id: the file stem (the
    SHA-256 of the stored bytes); perceptual hash: the ``phash`` column.
 2. A folder already split by hand: ``train/`` and ``val/`` (and optionally ``test/``), each in
    ImageFolder layout, taken as given (the hymenoptera dataset has this form).
@@ -66,11 +67,13 @@ class ImageRecord:
     split: str | None = None
 
 
-def scan_dataset(root: str | Path) -> list[ImageRecord]:
-    """List the images of dataset folder ``root`` (any of the three layouts in the module doc).
+def scan_dataset(root: str | Path, catalog_url: str | None = None) -> list[ImageRecord]:
+    """List the images of dataset folder ``root`` (any of the three layouts in the module doc;
+    with ``catalog_url``, a catalogued dataset whose catalog is that PostgreSQL database).
 
     Raises:
-        UserError: ``root`` is not a directory, or no image was found.
+        UserError: ``root`` is not a directory, no image was found, or the catalog database
+            cannot be read.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -79,7 +82,9 @@ def scan_dataset(root: str | Path) -> list[ImageRecord]:
             f"dataset folder {root} {what} (set data.root to a folder of label subfolders of images, "
             "e.g. a crawl's DATASET_DIR; relative paths start from the current directory)"
         )
-    if (root / CATALOG).is_file():
+    if catalog_url:
+        records = _scan_postgres_catalog(root, catalog_url)
+    elif (root / CATALOG).is_file():
         records = _scan_catalog(root)
     elif (root / TRAIN).is_dir() and (root / VAL).is_dir():
         records = [
@@ -98,14 +103,14 @@ def scan_dataset(root: str | Path) -> list[ImageRecord]:
     return records
 
 
-def label_folders(root: str | Path) -> list[str]:
+def label_folders(root: str | Path, catalog_url: str | None = None) -> list[str]:
     """Names of the label subfolders of a folder dataset, with or without images (sorted).
 
     For a ``train/`` + ``val/`` layout, the union over the split folders; for a catalogued
-    dataset, none (its labels are the catalog's).
+    dataset (``catalog.sqlite``, or a ``catalog_url``), none (its labels are the catalog's).
     """
     root = Path(root).expanduser().resolve()
-    if (root / CATALOG).is_file():
+    if catalog_url or (root / CATALOG).is_file():
         return []
     parents = [root / split for split in (TRAIN, VAL, TEST) if (root / split).is_dir()]
     if not ((root / TRAIN).is_dir() and (root / VAL).is_dir()):
@@ -113,7 +118,7 @@ def label_folders(root: str | Path) -> list[str]:
     return sorted({p.name for parent in parents for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")})
 
 
-def check_classes(records: list[ImageRecord], root: str | Path) -> None:
+def check_classes(records: list[ImageRecord], root: str | Path, catalog_url: str | None = None) -> None:
     """Refuse a dataset that cannot train a classifier as its folders say.
 
     A label folder without images is refused, as torchvision's ``ImageFolder`` does
@@ -125,7 +130,7 @@ def check_classes(records: list[ImageRecord], root: str | Path) -> None:
             message names the classes found with their image counts.
     """
     counts = Counter(record.label for record in records)
-    empty = [name for name in label_folders(root) if not counts[name]]
+    empty = [name for name in label_folders(root, catalog_url) if not counts[name]]
     found = ", ".join(f"{name} {counts[name]}" for name in sorted({*counts, *empty}))
     if empty:
         folders = ", ".join(f"{name}/" for name in empty)
@@ -141,15 +146,44 @@ def check_classes(records: list[ImageRecord], root: str | Path) -> None:
         )
 
 
+#: The catalog's stored images, as both catalog engines answer it (docs/dataset.md).
+_STORED_SQL = "SELECT label, path, sha256, phash FROM images WHERE status = 'stored' ORDER BY id"
+
+
 def _scan_catalog(root: Path) -> list[ImageRecord]:
     # Read-only URI: the trainer never writes the crawler's catalog, even by accident.
     connection = sqlite3.connect(f"file:{root / CATALOG}?mode=ro", uri=True)
     try:
-        rows = connection.execute(
-            "SELECT label, path, sha256, phash FROM images WHERE status = 'stored' ORDER BY id"
-        ).fetchall()
+        rows = connection.execute(_STORED_SQL).fetchall()
     finally:
         connection.close()
+    return _stored_records(root, rows)
+
+
+def _scan_postgres_catalog(root: Path, url: str) -> list[ImageRecord]:
+    """The stored rows of the PostgreSQL catalog at ``url`` (read-only transactions), with
+    their files under ``root``.
+
+    Raises:
+        UserError: the database cannot be reached or has no catalog.
+    """
+    import psycopg
+
+    try:
+        # Read-only session: the trainer never writes the crawler's catalog, even by accident.
+        with psycopg.connect(url, options="-c default_transaction_read_only=on", connect_timeout=30) as connection:
+            rows = connection.execute(_STORED_SQL).fetchall()
+    except psycopg.Error as exc:
+        where = re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.IGNORECASE)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot read the catalog at data.catalog_url={where}: {reason.replace(url, where)} "
+            "(give the CATALOG_URL the crawl wrote to: postgresql://user[:password]@host:port/dbname)"
+        ) from None
+    return _stored_records(root, rows)
+
+
+def _stored_records(root: Path, rows: list[tuple]) -> list[ImageRecord]:
     records, missing = [], 0
     for label, rel_path, _sha256, phash in rows:
         path = root / rel_path
@@ -299,6 +333,10 @@ class ImageDataModule(pl.LightningDataModule):
             about ``3 * (2 * image_size)**2`` bytes per image at most, in each dataloader
             worker; use with ``persistent_workers``), so that only the first epoch decodes.
         num_workers, persistent_workers, pin_memory: passed to every ``DataLoader``.
+        catalog_url: the PostgreSQL catalog of a crawl that wrote it there (``CATALOG_URL``,
+            ``postgresql://user@host:port/dbname``); labels and splits come from its stored
+            rows, the files from ``root``. Every process (each DDP rank) reads it; Lightning's
+            distributed sampler gives each rank its share of the batches.
 
     Batches are ``(images, targets)``: ``(N, 3, image_size, image_size)`` float normalised with
     ImageNet statistics, and ``(N,)`` int64 class indices.
@@ -324,6 +362,7 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         persistent_workers: bool = False,
         pin_memory: bool = False,
+        catalog_url: str | None = None,
     ) -> None:
         super().__init__()
         if class_weighting not in CLASS_WEIGHTINGS:
@@ -339,8 +378,8 @@ class ImageDataModule(pl.LightningDataModule):
     def records(self) -> list[ImageRecord]:
         """Every image of the dataset, scanned once (and checked: :func:`check_classes`)."""
         if self._records is None:
-            records = scan_dataset(self.hparams.root)
-            check_classes(records, self.hparams.root)
+            records = scan_dataset(self.hparams.root, self.hparams.catalog_url)
+            check_classes(records, self.hparams.root, self.hparams.catalog_url)
             self._records = records
         return self._records
 

@@ -102,7 +102,7 @@ class DedupePipeline:
         return cls(crawler, dataset_dir=Path(dataset_dir), rule=dedupe_rule(settings))
 
     def open_spider(self) -> None:
-        catalog = Catalog(self.dataset_dir)
+        catalog = Catalog(self.dataset_dir, url=self.crawler.settings.get("CATALOG_URL"))
         ensure_hash_recipe(catalog, self.hash_name)
         self.hashes = catalog_index(catalog, self.rule)
         self.hashes.refresh()

@@ -113,7 +113,7 @@ class StorePipeline:
 
     def open_spider(self) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.dataset_dir, durable=self.fsync)
+        self.catalog = Catalog(self.dataset_dir, url=self.crawler.settings.get("CATALOG_URL"), durable=self.fsync)
 
     def close_spider(self) -> None:
         if self.catalog is not None:

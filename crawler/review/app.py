@@ -107,7 +107,10 @@ def _refusal(request: Request, token: str, allowed_hosts: frozenset[str]) -> str
     return None
 
 
-def create_app(root: str | Path, scores: dict[str, Score], *, per_page: int = 24, allowed_hosts: tuple[str, ...] = ()):
+def create_app(
+    root: str | Path, scores: dict[str, Score], *, per_page: int = 24, allowed_hosts: tuple[str, ...] = (),
+    catalog_url: str | None = None,
+):
     """The review web app over dataset ``root`` (see module doc).
 
     Routes: ``GET /`` the page; ``GET /api/labels``; ``GET /api/images?label=&page=``;
@@ -115,13 +118,14 @@ def create_app(root: str | Path, scores: dict[str, Score], *, per_page: int = 24
     ``{"action": "keep"|"delete"|"move", "label": "..."}``; ``DELETE /api/decisions/{id}``;
     ``POST /api/apply``. Errors are 4xx with ``{"detail": "<why>"}``; a state-changing request
     that fails the guard (module doc) is 403. ``allowed_hosts``: host names besides
-    :data:`LOCAL_HOSTS` the server is reached by (the ``--host`` it listens on).
+    :data:`LOCAL_HOSTS` the server is reached by (the ``--host`` it listens on). ``catalog_url``:
+    a PostgreSQL catalog (``--catalog-url``) instead of ``root/catalog.sqlite``.
 
     Raises:
         UserError: ``root`` is not a folder or has no catalog.
     """
     root = Path(root).resolve()
-    catalog = open_catalog(root)
+    catalog = open_catalog(root, catalog_url)
     token = secrets.token_urlsafe(32)
     hosts = LOCAL_HOSTS | {name.lower() for name in allowed_hosts}
     page_html = resources.files("crawler").joinpath("templates/review.html").read_text(encoding="utf-8")

@@ -6,6 +6,9 @@ Usage::
     python -m crawler.review DATASET_DIR --scores scores.csv [--port 8001]   # = serve ...
     python -m crawler.review restore DATASET_DIR [PATH ...]                  # undo deletions
 
+Both take ``--catalog-url URL`` for a dataset whose catalog is in PostgreSQL (the crawl's
+``CATALOG_URL``).
+
 Exit status: 0 done, 2 for a user's mistake (no such dataset, no catalog, a bad scores file),
 reported as one ``error:`` line.
 """
@@ -42,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="move images deleted in review back from .trash/")
     restore.add_argument("dataset", type=Path)
     restore.add_argument("paths", nargs="*", help="dataset-relative paths the images had (default: all)")
+    for command in (serve, restore):
+        command.add_argument("--catalog-url", default=None, metavar="URL",
+                             help="the dataset's PostgreSQL catalog (the crawl's CATALOG_URL); default: DATASET/catalog.sqlite")
     return top
 
 
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def _restore(args: argparse.Namespace) -> int:
     from crawler.review.decisions import restore
 
-    for path in restore(args.dataset, args.paths or None):
+    for path in restore(args.dataset, args.paths or None, args.catalog_url):
         print(path)  # noqa: T201 (the command's output)
     return 0
 
@@ -72,7 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
     from crawler.review.app import create_app
     from crawler.review.scores import load_scores
 
-    app = create_app(args.dataset, load_scores(args.scores), per_page=args.per_page, allowed_hosts=(args.host,))
+    app = create_app(
+        args.dataset, load_scores(args.scores), per_page=args.per_page, allowed_hosts=(args.host,),
+        catalog_url=args.catalog_url,
+    )
     logging.getLogger(__name__).info("review %s at http://%s:%d/", args.dataset, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

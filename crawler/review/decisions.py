@@ -57,8 +57,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def open_catalog(root: Path) -> Catalog:
-    """The dataset's catalog, after finishing any interrupted apply.
+def open_catalog(root: Path, catalog_url: str | None = None) -> Catalog:
+    """The dataset's catalog (the PostgreSQL one at ``catalog_url`` when given), after
+    finishing any interrupted apply.
 
     Raises:
         UserError: ``root`` is not a folder or has no catalog (review works on crawled,
@@ -66,9 +67,12 @@ def open_catalog(root: Path) -> Catalog:
     """
     if not root.is_dir():
         raise UserError(f"no dataset folder {root} (give the folder a crawl wrote with -s DATASET_DIR=...)")
-    if not (root / CATALOG_NAME).is_file():
-        raise UserError(f"{root} has no {CATALOG_NAME}: review needs a crawled, catalogued dataset (docs/dataset.md)")
-    catalog = Catalog(root)
+    if not catalog_url and not (root / CATALOG_NAME).is_file():
+        raise UserError(
+            f"{root} has no {CATALOG_NAME}: review needs a crawled, catalogued dataset "
+            "(docs/dataset.md; --catalog-url URL for a PostgreSQL catalog)"
+        )
+    catalog = Catalog(root, url=catalog_url)
     recover(root, catalog)
     return catalog
 
@@ -102,8 +106,10 @@ def decide(catalog: Catalog, image_id: int, action: str | None, label: str | Non
             if target == row["label"]:
                 action, target = "keep", None
         tx.execute(
-            "INSERT OR REPLACE INTO review (image_id, action, target_label, path, decided_at, applied_at) "
-            "VALUES (?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO review (image_id, action, target_label, path, decided_at, applied_at) "
+            "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (image_id) DO UPDATE SET action = excluded.action, "
+            "target_label = excluded.target_label, path = excluded.path, decided_at = excluded.decided_at, "
+            "applied_at = NULL",
             (image_id, action, target, row["path"], _now()),
         )
     return {"action": action, "label": target}
@@ -233,7 +239,7 @@ def apply_decisions(root: str | Path, catalog: Catalog | None = None) -> dict[st
             catalog.close()
 
 
-def restore(root: str | Path, paths: list[str] | None = None) -> list[str]:
+def restore(root: str | Path, paths: list[str] | None = None, catalog_url: str | None = None) -> list[str]:
     """Move images deleted by review back from ``.trash/`` and make their rows ``stored`` again.
 
     Args:
@@ -245,7 +251,7 @@ def restore(root: str | Path, paths: list[str] | None = None) -> list[str]:
         with a warning.
     """
     root = Path(root)
-    with open_catalog(root) as catalog:
+    with open_catalog(root, catalog_url) as catalog:
         with catalog.transaction() as tx:
             rows = tx.execute(
                 "SELECT r.image_id, r.path FROM review r JOIN images i ON i.id = r.image_id "

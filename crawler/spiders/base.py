@@ -19,6 +19,7 @@ from scrapy.http import Request
 from scrapy.spidermiddlewares.httperror import HttpError
 
 from crawler import frontier
+from crawler.catalog import Catalog
 from crawler.errors import UserError
 from crawler.items import ImageItem
 from crawler.labels import sanitize_label
@@ -139,6 +140,10 @@ class ImageSpider(scrapy.Spider):
         cls.check_arguments(kwargs)
         if not crawler.settings.get("DATASET_DIR"):
             raise UserError("DATASET_DIR is not set (run with -s DATASET_DIR=<folder>)")
+        if crawler.settings.get("CATALOG_URL"):
+            # A bad or unreachable catalog database stops the crawl here, with one error line,
+            # before any component starts (Scrapy's shutdown from open_spider is noisy).
+            Catalog(crawler.settings["DATASET_DIR"], url=crawler.settings["CATALOG_URL"]).close()
         if not cls.shares_frontier and frontier.enabled(crawler.settings):
             raise UserError(
                 f"the {cls.name} spider cannot run on the shared frontier (scrapy-redis SCHEDULER); "

@@ -260,7 +260,7 @@ class GallerySpider(ImageSpider):
         jobdir = self.settings.get("JOBDIR")
         if jobdir:
             self._seen_urls |= await run_in_thread(
-                judged_urls, self.settings["DATASET_DIR"], jobdir, self.name, self.label
+                judged_urls, self.settings["DATASET_DIR"], jobdir, self.name, self.label, self.settings.get("CATALOG_URL")
             )
         for url in self.start_urls:
             self._seen_pages.add(url)

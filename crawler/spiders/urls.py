@@ -182,7 +182,9 @@ class UrlsSpider(ImageSpider):
         seen-set keeps an entry queued by several processes to one."""
         if not self.entries:
             return
-        done = await run_in_thread(frontier.catalogued_urls, self.crawler.settings["DATASET_DIR"])
+        done = await run_in_thread(
+            frontier.catalogued_urls, self.crawler.settings["DATASET_DIR"], None, self.crawler.settings.get("CATALOG_URL")
+        )
         seen: set[str] = set()
         for url, label in self.entries:
             if url in done or url in seen:

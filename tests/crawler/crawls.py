@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 # `.venv/bin/scrapy` beside the running interpreter; `python -m scrapy` where there is none.
@@ -33,7 +34,18 @@ def run_crawl(command: list[str], timeout: float = 180) -> subprocess.CompletedP
     )
 
 
-def catalog_rows(dataset: Path) -> list[sqlite3.Row]:
+def catalog_rows(dataset: Path, catalog_url: str | None = None) -> list[Any]:
+    """Every ``images`` row, by id: of ``dataset/catalog.sqlite``, or of the PostgreSQL catalog
+    at ``catalog_url`` (rows as dicts); none before the crawl has made the table."""
+    if catalog_url:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(catalog_url, row_factory=dict_row) as conn:
+            try:
+                return conn.execute("SELECT * FROM images ORDER BY id").fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
     path = dataset / "catalog.sqlite"
     if not path.exists():
         return []

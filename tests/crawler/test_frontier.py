@@ -2,29 +2,26 @@
 
 Real processes (``scrapy crawl urls`` as a user types it), a real ``redis-server`` on 127.0.0.1
 (tests skip when Debian's package is not installed: ``make test`` installs it), a local image
-server that logs every hit, one SQLite dataset folder shared by the processes.
+server that logs every hit, one dataset folder shared by the processes, its catalog the SQLite
+file in it or (``catalog_url``) one PostgreSQL database on a throwaway local cluster.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from crawler_testkit import encode, picture
 from crawls import REPO, SCRAPY, catalog_rows, run_crawl
 from fixture_server import finish, start_crawl
-from http_testkit import HttpServer, Request
-from PIL import Image
+from image_site import ImageSite, generated_images, real_photos_with_copies
 from redis_server import RedisServer, find_redis_server
 from scrapy_redis import picklecompat
 
@@ -53,38 +50,10 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
     return redis_session
 
 
-class ImageSite(HttpServer):
-    """Serves ``images`` (name -> JPEG bytes) under ``/img/<name>`` after ``latency`` seconds;
-    logs every image hit (``hits``); other names 404."""
-
-    def __init__(self, images: dict[str, bytes], latency: float = 0.0) -> None:
-        super().__init__()
-        self.images = images
-        self.latency = latency
-        self.hits: list[str] = []
-        self._lock = threading.Lock()
-
-    def on_get(self, request: Request) -> None:
-        if request.path == "/robots.txt":
-            request.reply(200, "text/plain", b"User-agent: *\nDisallow:\n")
-            return
-        name = request.path.removeprefix("/img/")
-        with self._lock:
-            self.hits.append(request.path)
-        if self.latency:
-            time.sleep(self.latency)
-        body = self.images.get(name)
-        if body is None:
-            request.reply(404, "text/plain", b"not found")
-        else:
-            request.reply(200, "image/jpeg", body)
-
-    def url(self, name: str) -> str:
-        return f"{self.base}/img/{name}"
-
-
-def frontier_args(redis_url: str, url_list: Path | None, *extra: str) -> list[str]:
+def frontier_args(redis_url: str, url_list: Path | None, *extra: str, catalog_url: str | None = None) -> list[str]:
     args = [*FRONTIER, "-s", f"REDIS_URL={redis_url}", "-s", "FRONTIER_LEASE_TTL=5", *extra]
+    if catalog_url:
+        args += ["-s", f"CATALOG_URL={catalog_url}"]
     return ["-a", f"file={url_list}", *args] if url_list else args
 
 
@@ -94,16 +63,17 @@ def dequeued(output: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def check_dataset(dataset: Path) -> None:
+def check_dataset(dataset: Path, catalog_url: str | None = None) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "crawler.dataset", "check", str(dataset)],
+        [sys.executable, "-m", "crawler.dataset", "check", str(dataset),
+         *(["--catalog-url", catalog_url] if catalog_url else [])],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def assert_one_row_per_url_one_file_per_stored_row(dataset: Path, urls: list[str]) -> list:
-    rows = catalog_rows(dataset)
+def assert_one_row_per_url_one_file_per_stored_row(dataset: Path, urls: list[str], catalog_url: str | None = None) -> list:
+    rows = catalog_rows(dataset, catalog_url)
     by_url = Counter(row["url"] for row in rows)
     assert sorted(by_url) == sorted(urls), set(urls) ^ set(by_url)
     assert max(by_url.values()) == 1, [url for url, n in by_url.items() if n > 1]
@@ -112,15 +82,14 @@ def assert_one_row_per_url_one_file_per_stored_row(dataset: Path, urls: list[str
     on_disk = {str(path.relative_to(dataset)) for path in dataset.glob("*/*") if path.is_file()
                and not path.parts[-2].startswith(".")}
     assert on_disk == set(stored)
-    check_dataset(dataset)
+    assert (dataset / "catalog.sqlite").exists() == (not catalog_url)
+    check_dataset(dataset, catalog_url)
     return rows
 
 
-def generated_images(count: int) -> dict[str, bytes]:
-    return {f"g{i}.jpg": encode(picture(1000 + i, size=(160, 120)), "JPEG", quality=90) for i in range(count)}
-
-
-def test_three_processes_split_one_list_and_fetch_each_url_once(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_three_processes_split_one_list_and_fetch_each_url_once(
+    tmp_path: Path, redis_server: RedisServer, catalog_url: str | None
+) -> None:
     images = generated_images(45)
     with ImageSite(images) as site:
         urls = [site.url(name) for name in images] + [site.url("missing.jpg")]
@@ -128,7 +97,8 @@ def test_three_processes_split_one_list_and_fetch_each_url_once(tmp_path: Path, 
         # One URL listed twice: still one request, one row.
         url_list.write_text("\n".join([*urls, urls[0]]) + "\n")
         dataset = tmp_path / "data"
-        procs = [start_crawl("urls", dataset, "-a", "label=things", *frontier_args(redis_server.url, url_list))
+        procs = [start_crawl("urls", dataset, "-a", "label=things",
+                             *frontier_args(redis_server.url, url_list, catalog_url=catalog_url))
                  for _ in range(3)]
         results = [finish(proc) for proc in procs]
         for result in results:
@@ -136,7 +106,7 @@ def test_three_processes_split_one_list_and_fetch_each_url_once(tmp_path: Path, 
         assert Counter(site.hits) == Counter(f"/img/{url.rsplit('/', 1)[1]}" for url in urls)
     # Every entry was taken from the one queue exactly once, whichever process took it.
     assert sum(dequeued(result.stdout) for result in results) == len(urls)
-    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls)
+    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls, catalog_url)
     assert Counter(row["status"] for row in rows) == {"stored": 45, "rejected": 1}
     assert not redis_server.client().keys("urls:frontier:*")  # no lease, no heartbeat left
 
@@ -192,17 +162,37 @@ def test_only_the_urls_spider_runs_on_the_shared_frontier(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
-def real_photos_with_copies(root: Path, count: int) -> dict[str, bytes]:
-    """``count`` real photos, plus 20 exact copies (same bytes, another name) and 20 near copies
-    (re-encoded at 70% size, JPEG quality 75) of some of them."""
-    photos = sorted(root.glob("*/*/*.jpg"))[:count]
-    images = {f"p{i}.jpg": path.read_bytes() for i, path in enumerate(photos)}
-    for i in range(20):
-        images[f"exact{i}.jpg"] = images[f"p{i * 7}.jpg"]
-        with Image.open(io.BytesIO(images[f"p{i * 7 + 3}.jpg"])) as image:
-            near = image.convert("RGB").resize((image.width * 7 // 10, image.height * 7 // 10))
-        images[f"near{i}.jpg"] = encode(near, "JPEG", quality=75)
-    return images
+@pytest.mark.slow
+def test_three_processes_crawl_500_real_photos_and_copies_each_once(
+    tmp_path: Path, redis_server: RedisServer, hymenoptera: Path, catalog_url: str | None
+) -> None:
+    """Every hymenoptera photo plus 50 exact and 50 near copies, split among three processes:
+    each URL downloaded once, one row per URL, each picture stored once."""
+    images = real_photos_with_copies(hymenoptera, 400, copies=50)
+    with ImageSite(images) as site:
+        urls = [site.url(name) for name in images]
+        url_list = tmp_path / "urls.txt"
+        url_list.write_text("\n".join(urls) + "\n")
+        dataset = tmp_path / "data"
+        args = ["-a", "label=insects", *frontier_args(redis_server.url, url_list, catalog_url=catalog_url)]
+        results = [finish(proc, timeout=600) for proc in [start_crawl("urls", dataset, *args) for _ in range(3)]]
+        for result in results:
+            assert result.returncode == 0, result.stdout[-3000:]
+        assert Counter(site.hits) == Counter(f"/img/{name}" for name in images)  # each URL once
+    assert len(urls) >= 490
+    assert sum(dequeued(result.stdout) for result in results) == len(urls)
+    assert all(dequeued(result.stdout) for result in results)  # every process took a share
+    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls, catalog_url)
+    statuses = Counter(row["status"] for row in rows)
+    assert statuses["stored"] + statuses["duplicate"] == len(urls)
+    by_url = {row["url"].rsplit("/", 1)[1]: row for row in rows}
+    # Each exact copy and its photo: one stored, one duplicate, whichever process came first.
+    for i in range(50):
+        sha = by_url[f"exact{i}.jpg"]["sha256"]
+        assert sorted(row["status"] for row in rows if row["sha256"] == sha) == ["duplicate", "stored"]
+    sha_stored = Counter(row["sha256"] for row in rows if row["status"] == "stored")
+    assert max(sha_stored.values()) == 1
+    assert statuses["duplicate"] >= 50
 
 
 def leased_urls(client: object, pid: int) -> set[str]:
@@ -216,15 +206,17 @@ def leased_urls(client: object, pid: int) -> set[str]:
 
 @pytest.mark.slow
 def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
-    tmp_path: Path, redis_server: RedisServer, hymenoptera: Path
+    tmp_path: Path, redis_server: RedisServer, hymenoptera: Path, catalog_url: str | None
 ) -> None:
-    images = real_photos_with_copies(hymenoptera, 300)
+    """Three processes crawl about 500 real photos and near copies (every hymenoptera photo,
+    50 exact and 50 near copies); one is SIGKILLed mid-crawl and started again."""
+    images = real_photos_with_copies(hymenoptera, 400, copies=50)
     with ImageSite(images, latency=0.03) as site:
         urls = [site.url(name) for name in images]
         url_list = tmp_path / "urls.txt"
         url_list.write_text("\n".join(urls) + "\n")
         dataset = tmp_path / "data"
-        args = ["-a", "label=insects", *frontier_args(redis_server.url, url_list)]
+        args = ["-a", "label=insects", *frontier_args(redis_server.url, url_list, catalog_url=catalog_url)]
         procs = [start_crawl("urls", dataset, *args) for _ in range(3)]
         deadline = time.monotonic() + 300
         while len(site.hits) < len(urls) // 3:
@@ -247,7 +239,7 @@ def test_a_killed_process_loses_nothing_and_stores_nothing_twice(
     assert max(hits.values()) <= 2
     # Only entries the killed process held (popped, no catalog row yet) were fetched again.
     assert twice <= {url.removeprefix(site.base) for url in in_flight}
-    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls)  # nothing stored twice
+    rows = assert_one_row_per_url_one_file_per_stored_row(dataset, urls, catalog_url)  # nothing stored twice
     statuses = Counter(row["status"] for row in rows)
     assert statuses["stored"] + statuses["duplicate"] == len(urls)
     # Exact copies are judged against the catalog of all processes: each at most once stored.
