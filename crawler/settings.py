@@ -55,6 +55,7 @@ ITEM_PIPELINES = {
     "crawler.pipelines.store.StorePipeline": 400,
 }
 EXTENSIONS = {
+    "crawler.jobdir.JobQueueGuard": 50,
     "crawler.threads.PipelineThreads": 100,
     "crawler.recorder.CatalogRecorder": 500,
     "crawler.progress.CrawlProgress": 510,

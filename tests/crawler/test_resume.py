@@ -92,6 +92,31 @@ def test_sigkill_then_resume_gives_the_uninterrupted_dataset(site, reference, tm
     assert_same_dataset(dataset, reference)
 
 
+@pytest.mark.timeout(300)
+def test_a_queue_file_a_kill_left_without_its_header_does_not_stop_the_resume(site, reference, tmp_path) -> None:
+    """A SIGKILL just after Scrapy created a disk-queue file leaves it empty (no size header),
+    and Scrapy's own start then fails reading it. Made deterministic: a graceful stop persists
+    the queue (``active.json`` names its files), then a run "killed" after truncating them
+    leaves its running mark. The next start drops the queue and resumes from the catalog; a
+    graceful stop removes the mark."""
+    dataset, jobdir = tmp_path / "dataset", tmp_path / "job"
+    command = gallery_command(site.results_url(LABEL), LABEL, dataset, "-s", f"JOBDIR={jobdir}")
+    first = run_crawl([*command, "-s", "CLOSESPIDER_ITEMCOUNT=3"])
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert not (jobdir / "crawl-running").exists()
+    files = [p for p in (jobdir / "requests.queue").rglob("*") if p.is_file() and p.name != "active.json"]
+    assert files, "the graceful stop persisted no disk-queue file"
+    for path in files:  # as if a resumed run was killed just after creating each
+        path.write_bytes(b"")
+    (jobdir / "crawl-running").write_text("0\n")
+    result = run_crawl(command)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Traceback" not in result.stdout, result.stdout[-3000:]
+    assert "request queue is discarded" in result.stdout
+    assert not (jobdir / "crawl-running").exists()
+    assert_same_dataset(dataset, reference)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", [1, 2, 3])
