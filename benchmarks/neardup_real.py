@@ -398,6 +398,27 @@ def _bits_identity_ok(figures: dict[str, Any]) -> bool:
     return figures["full"] <= RULE.look_distance
 
 
+def pdq_self_check() -> str:
+    """The core's PDQ (``crawler.images.pdq``: numpy DCTs of the 64x64 square) against the
+    reference C++ (``pdqhash`` on PyPI, when installed) on the same square, hash and quality."""
+    try:
+        import numpy as np
+        import pdqhash
+    except ImportError:
+        return "PDQ self-check skipped: pdqhash is not installed (pip install pdqhash)"
+    from crawler.images.hashing import canonical_image
+    from crawler.images.pdq import look_square, pdq_hashes
+
+    equal = total = 0
+    for path in sorted((NEARDUP / "pdq" / "files").iterdir())[:12] + hymenoptera_files()[::40]:
+        record = pdq_hashes(canonical_image(verify_image(path.read_bytes()).image))
+        square = np.repeat(look_square(record.look)[:, :, None], 3, axis=2)
+        bits, quality = pdqhash.compute(np.ascontiguousarray(square))
+        equal += np.packbits(bits).tobytes().hex() == record.pdq and quality == record.quality
+        total += 1
+    return f"PDQ self-check: hash and quality equal to pdqhash on the same 64x64 input {equal}/{total}"
+
+
 # -- cost ------------------------------------------------------------------------------------
 
 
@@ -487,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
                 sample.body = b""
         if args.cache:
             args.cache.write_bytes(pickle.dumps(datasets))
+    print(pdq_self_check())
     started = time.perf_counter()
     evaluate(datasets, METHODS, args.false)
     if args.margins:

@@ -2,9 +2,11 @@
 
 ``hashes_of`` is what a crawl computes per image. With ``DEDUPE_HASH=pdq`` (the default since
 issue 13) that is PDQ's hashes of the canonical image (``crawler.images.pdq``: the 8 flips and
-rotations, windows, quality, thumbnail) plus its imagehash phash for the catalog's ``phash``
-column; the rest of this docstring is about the 64-bit imagehash recipe (``DEDUPE_HASH=phash``,
-``dhash``, ``average_hash``, ``whash``), whose canonical reduction PDQ shares.
+rotations, two windows, quality, a 64x64 grey look) plus this module's 64-bit recipe
+(``image_hashes``: phash of the picture and of its ``VARIANTS`` windows, the colour signature),
+whose window pairs find the crops, caption bars and small turns PDQ's fine bits miss; the rest
+of this docstring is about that 64-bit recipe, which is also ``DEDUPE_HASH=phash`` (``dhash``,
+``average_hash``, ``whash``) on its own.
 
 Pure image code (Pillow, numpy, imagehash; no Scrapy): the crawl's worker processes, the
 pipelines, ``crawler.dataset rehash`` and the benchmarks hash through this module alone.

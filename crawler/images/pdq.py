@@ -15,7 +15,7 @@ is the identity, so a flipped or quarter-turned picture gives the hash of the fl
 coefficients to within 0-6 bits (on the 160x100 canonical image PDQ's own dihedral hashes are
 28 bits off for four of the eight transforms: its box filter is not symmetric); (2) hashing a
 64x64 array is cheap. The DCTs are one batched numpy product (``pdq_dcts``), bit-exact with
-``pdqhash`` on the same input (``tests/crawler/test_pdq.py`` checks it when ``pdqhash`` is
+``pdqhash`` on the same input (``benchmarks/neardup_real``'s self-check, when ``pdqhash`` is
 installed). The squash also makes aspect-ratio changes nearly free.
 
 Dihedral hashes. The hash of each of the 8 flips/rotations of the picture comes from the one
