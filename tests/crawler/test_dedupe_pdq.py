@@ -24,6 +24,7 @@ from scrapy.exceptions import DropItem
 
 from crawler.catalog import Catalog
 from crawler.dataset import check
+from crawler.errors import UserError
 from crawler.images.decode import verify_image
 from crawler.images.hashing import hashes_of
 from crawler.images.pdq import DIHEDRAL, DIHEDRAL_KINDS, FULL
@@ -338,3 +339,38 @@ def test_crops_captions_and_small_turns_are_caught(source: str, make_crawler, bu
     # (above DEDUPE_ALIGN_DIFFERENCE): their turns are not counted.
     expected = WINDOW_COPIES if source == "photos" else [kind for kind in WINDOW_COPIES if "turned" not in kind]
     assert all(caught[kind] >= len(originals) // 2 for kind in expected), caught
+
+
+def test_window_settings_default_per_hash_and_are_checked(make_crawler, build) -> None:
+    """pdq's phash windows and aligned look take DEDUPE_DEFAULTS; the 64-bit hashes have none
+    (their windows are DEDUPE_VARIANT_DISTANCE's); bad values stop the crawl with one line."""
+    pdq = build(DedupePipeline, make_crawler()).rule
+    assert (pdq.window_distance, pdq.align_difference, pdq.coarse_distance) == (8, pytest.approx(0.05), 8)
+    assert build(DedupePipeline, make_crawler(DEDUPE_VARIANT_DISTANCE=0)).rule.coarse_distance == 0  # no windows at all
+    assert build(DedupePipeline, make_crawler(DEDUPE_WINDOW_DISTANCE=0)).rule.coarse_distance == 0
+    phash = build(DedupePipeline, make_crawler(DEDUPE_HASH="phash")).rule
+    assert (phash.window_distance, phash.coarse_distance) == (0, 0)
+    with pytest.raises(UserError, match="DEDUPE_WINDOW_DISTANCE needs DEDUPE_HASH=pdq"):
+        build(DedupePipeline, make_crawler(DEDUPE_HASH="phash", DEDUPE_WINDOW_DISTANCE=8))
+    with pytest.raises(UserError, match="DEDUPE_WINDOW_DISTANCE must be a whole number of bits in 0-63"):
+        build(DedupePipeline, make_crawler(DEDUPE_WINDOW_DISTANCE=64))
+    with pytest.raises(UserError, match="DEDUPE_ALIGN_DIFFERENCE must be a number >= 0, got '-1'"):
+        build(DedupePipeline, make_crawler(DEDUPE_ALIGN_DIFFERENCE="-1"))
+
+
+def test_window_pairs_are_confirmed_by_the_aligned_look() -> None:
+    """A crop passes the aligned look; a different picture whose phash windows are made to
+    agree (the same hashes, another look) does not: the windows alone never decide."""
+    from crawler.images.hashing import COLOUR_KIND, VARIANTS
+    from crawler.images.matching import DedupeRule, pdq_pair_match, window_candidates
+
+    image = drawn(31, (320, 240))
+    original = hashes_of(verify_image(jpeg(image)).image)
+    crop = hashes_of(verify_image(jpeg(image.crop((16, 12, 304, 228)), 85)).image)
+    rule = DedupeRule()
+    assert window_candidates(rule, crop, original), "a centred 10% crop has a phash window pair within 8 bits"
+    assert pdq_pair_match(rule, crop, original) is not None
+    other = hashes_of(verify_image(jpeg(drawn(32, (320, 240)))).image)
+    forged = {**other, **{k: crop[k] for k in ("phash", *VARIANTS, COLOUR_KIND)}}  # the crop's phash windows
+    assert window_candidates(rule, forged, original)
+    assert pdq_pair_match(rule, forged, original) is None
