@@ -28,8 +28,9 @@ from crawler.images.pdq import DIHEDRAL_KINDS, FULL, PDQ_BITS, UNCAPTIONED, WIND
 
 __all__ = ["CatalogHashIndex", "PdqCatalogIndex", "catalog_index"]
 
-# At most this many candidates of one image get the second look (nearest first): a flat or
-# near-white picture can be within reach of many stored ones, each look a catalog read.
+# At most this many candidates of one image get a second look, plain or aligned (nearest first):
+# a flat or near-white picture can be within reach of many stored ones, each look a catalog
+# read (and an aligned look 10-20 ms of CPU).
 MAX_LOOKS = 16
 
 
@@ -276,7 +277,9 @@ class PdqCatalogIndex(_RefreshingIndex):
     def find(self, sha256: str, hashes: Mapping[str, Any]) -> Match | None:
         """The stored image this picture duplicates: the same bytes first, else the nearest
         PDQ candidate ``pdq_verdict`` accepts, else the nearest phash window candidate
-        ``window_verdict`` accepts. ``hashes`` is ``hashes_of(image, "pdq")``."""
+        ``window_verdict`` accepts. ``hashes`` is ``hashes_of(image, "pdq")``. The match's
+        ``distance`` is in bits of the hash that matched: of 256 for PDQ, of 64 for a phash
+        window pair."""
         exact = _exact(self.catalog, self.ids_of_sha256, sha256)
         if exact is not None:
             return exact
