@@ -299,7 +299,6 @@ class PdqCatalogIndex(_RefreshingIndex):
             coarse_hits = (
                 self.windows.query_batch([int(v, 16) for v in coarse.values()], rule.coarse_distance) if coarse else []
             )
-            colours = dict(self.colours) if coarse_hits else {}
         # (distance, transform, (query kind, stored kind), row id), nearest first.
         found = {(d, t, (FULL, FULL), key >> 4) for t, hits in enumerate(turned) for d, key in hits if key & 15 == 0}
         found.update((d, 0, (FULL, FULL), key >> 4) for d, key in wide if key & 15 == 0)
@@ -339,7 +338,8 @@ class PdqCatalogIndex(_RefreshingIndex):
         for row_id, (distance, kinds) in sorted(nearest.items(), key=lambda item: (item[1], item[0])):
             if looks >= MAX_LOOKS:
                 break
-            if not same_colour(colour, colours.get(row_id, b"")):
+            # A row's colour is written once, before its windows can be found (one refresh).
+            if not same_colour(colour, self.colours.get(row_id, b"")):
                 continue
             looks += 1
             if not window_verdict(rule, kinds, (query_look, self.catalog.look(row_id) or b"")):
