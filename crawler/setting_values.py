@@ -158,7 +158,7 @@ def dedupe_rule(settings: Any) -> Any:
         return value
 
     difference = level("DEDUPE_LOOK_DIFFERENCE", 0.1)
-    align = level("DEDUPE_ALIGN_DIFFERENCE", 0.05) if merged.get("DEDUPE_ALIGN_DIFFERENCE") is not None else 0.0
+    align = level("DEDUPE_ALIGN_DIFFERENCE", 0.13) if merged.get("DEDUPE_ALIGN_DIFFERENCE") is not None else 0.0
     window = (
         get_int(merged, "DEDUPE_WINDOW_DISTANCE", unit="bits", minimum=0, maximum=HASH_BITS - 1, example=8, note="0: no phash windows")
         if merged.get("DEDUPE_WINDOW_DISTANCE") is not None

@@ -125,11 +125,12 @@ DEDUPE_DEFAULTS = {
     # Measured gaps (benchmarks/neardup_real --margins, benchmarks/dedupe_quality; README
     # "Near-duplicate quality"): full picture 31 (ThreatExchange's default): copies <= 14 bits,
     # distinct photos >= 50 (neardup/, hymenoptera, shop, gallery); PDQ windows 24: copies
-    # <= 16, distinct >= 34; look 0.10: overlays <= 0.081, burst frames >= 0.165 (gallery);
+    # <= 16, distinct >= 44; look 0.10: overlays <= 0.081, burst frames >= 0.180 (gallery);
     # phash windows 8 with the colour gate (the phash recipe's, chosen on hymenoptera): no
     # distinct pair of neardup/, hymenoptera, the shop or the made copies within 8 bits, only
-    # the gallery's burst frames; aligned look 0.05: made copies median 0.02-0.06, shop
-    # renditions 66 of 67 under it, burst frames >= 0.060.
+    # the gallery's burst frames; aligned look 0.13 (75th percentile): 0.8 of the nearest
+    # burst pair (0.162); shop renditions median 0.033 (66 of 67 under it), made copies
+    # median 0.03-0.12 by kind (benchmarks/dedupe_quality).
     "pdq": {
         "DEDUPE_MAX_DISTANCE": 31,
         "DEDUPE_VARIANT_DISTANCE": 24,
@@ -137,7 +138,7 @@ DEDUPE_DEFAULTS = {
         "DEDUPE_LOOK_DISTANCE": 50,
         "DEDUPE_LOOK_DIFFERENCE": 0.10,
         "DEDUPE_WINDOW_DISTANCE": 8,
-        "DEDUPE_ALIGN_DIFFERENCE": 0.05,
+        "DEDUPE_ALIGN_DIFFERENCE": 0.13,
     },
     # 64-bit imagehash hashes: no quality score, no second look.
     **{

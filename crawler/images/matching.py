@@ -12,7 +12,7 @@ PDQ (``DEDUPE_HASH=pdq``, the default; ``DedupeRule``): two pictures are the sam
 3. a ``MATCH_PAIRS`` pair of imagehash phash windows (crops, caption bars, small turns: PDQ's
    fine bits move too far for those) is within ``DEDUPE_WINDOW_DISTANCE`` (8 of 64 bits), the
    colour signatures agree (``same_colour``), and the windows, aligned by a small search of
-   scale, shift and turn, differ by at most ``DEDUPE_ALIGN_DIFFERENCE`` (0.05;
+   scale, shift and turn, differ by at most ``DEDUPE_ALIGN_DIFFERENCE`` (0.13;
    ``crawler.images.pdq.aligned_difference``, ``window_verdict``).
 
 Colour is not compared for 1 and 2: a copy recoloured as a whole is the same picture (issue 13).
@@ -104,7 +104,7 @@ class DedupeRule:
     look_distance: int = 50
     look_difference: float = 0.10
     window_distance: int = 8
-    align_difference: float = 0.05
+    align_difference: float = 0.13
 
     @property
     def pdq(self) -> bool:
