@@ -205,7 +205,7 @@ class PdqCatalogIndex(_RefreshingIndex):
     A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations) and the
     PDQ windows at ``variant_distance`` (``WINDOW_PAIRS``) in one search, and, when the second
     look is on, the identity hash alone at ``look_distance``: 10 or 11 hashes of 256 bits
-    (19 before the phash windows replaced 9 PDQ windows); then its 9 phash windows at
+    (up to 20 before the phash windows replaced 9 PDQ windows); then its 9 phash windows at
     ``window_distance`` of 64 bits (``MATCH_PAIRS``, the colour gate). The looks are read from
     the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per picture, nearest PDQ
     candidates first, then one aligned look per stored picture among the window candidates.
@@ -285,6 +285,7 @@ class PdqCatalogIndex(_RefreshingIndex):
             return exact
         rule = self.rule
         dihedral = [hashes[kind] for kind in DIHEDRAL_KINDS]
+        # The query's PDQ windows; its full picture (FULL) is dihedral[0], asked once.
         mine = {kind: hashes[kind] for kind in self.KINDS[1:] if kind in hashes}
         coarse = {kind: hashes[kind] for kind in self.WINDOW_KINDS if kind in hashes} if rule.coarse_distance else {}
         with self._lock:
@@ -292,7 +293,10 @@ class PdqCatalogIndex(_RefreshingIndex):
                 # One search at the wider radius, each hit kept at its own kind's distance.
                 found_all = self.index.query_batch([*dihedral, *mine.values()], max(rule.max_distance, rule.variant_distance))
                 turned = [[(d, k) for d, k in hits if k & 15 == 0 and d <= rule.max_distance] for hits in found_all[:8]]
-                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in found_all[8:]]
+                # FULL's window pairs (full picture against a stored window) come from the
+                # identity's hits.
+                mine = {FULL: hashes[FULL], **mine}
+                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in (found_all[0], *found_all[8:])]
             else:
                 turned, windows = self.full.query_batch(dihedral, rule.max_distance), []
             wide = self.full.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
