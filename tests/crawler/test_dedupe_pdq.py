@@ -374,3 +374,29 @@ def test_window_pairs_are_confirmed_by_the_aligned_look() -> None:
     forged = {**other, **{k: crop[k] for k in ("phash", *VARIANTS, COLOUR_KIND)}}  # the crop's phash windows
     assert window_candidates(rule, forged, original)
     assert pdq_pair_match(rule, forged, original) is None
+
+
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="../shared/data/hymenoptera_data is not there")
+@pytest.mark.parametrize("first", ["captioned", "original"])
+def test_a_caption_bar_is_caught_whichever_comes_first(first: str, make_crawler, build, dataset_dir: Path) -> None:
+    """PDQ window pairs count in both orders: a photo with a caption bar on top (AugLy's meme
+    format) and the photo itself are one, whichever the crawl meets first (the photo's full
+    hash against the captioned one's cut window, or the other way round). Three photos whose
+    own top and bottom rows are not plain (a plain sky or wall reads as a caption band)."""
+    crawl = Chain(make_crawler(), build)
+    try:
+        for n, image in enumerate(photos(6)[2:5]):
+            image = image.resize((320, 240))
+            canvas = Image.new("RGB", (320, 320), "white")
+            canvas.paste(image, (0, 80))
+            ImageDraw.Draw(canvas).text((10, 20), "LOL", fill="black", font_size=40)
+            bodies = {"captioned": jpeg(canvas), "original": jpeg(image)}
+            second = "original" if first == "captioned" else "captioned"
+            outcome, stored = crawl.feed(bodies[first], f"http://127.0.0.1/{n}-{first}.jpg")
+            assert outcome == "stored"
+            outcome, item = crawl.feed(bodies[second], f"http://127.0.0.1/{n}-{second}.jpg")
+            # The smaller photo is a duplicate; the larger captioned copy replaces the photo.
+            linked = [item["duplicate_of"]] if outcome == "near" else [p for p, _ in item.get("replaces") or []]
+            assert linked == [stored["path"]], (n, outcome)
+    finally:
+        crawl.close()
