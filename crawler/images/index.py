@@ -205,7 +205,7 @@ class PdqCatalogIndex(_RefreshingIndex):
     A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations) and the
     PDQ windows at ``variant_distance`` (``WINDOW_PAIRS``) in one search, and, when the second
     look is on, the identity hash alone at ``look_distance``: 10 or 11 hashes of 256 bits
-    (up to 20 before the phash windows replaced 9 PDQ windows); then its 9 phash windows at
+    (up to 20 before the phash windows replaced 8 of the 10 PDQ windows); then its 9 phash windows at
     ``window_distance`` of 64 bits (``MATCH_PAIRS``, the colour gate). The looks are read from
     the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per picture, nearest PDQ
     candidates first, then one aligned look per stored picture among the window candidates.
