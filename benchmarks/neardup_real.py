@@ -57,7 +57,7 @@ from crawler.hashindex import hamming
 from crawler.images.decode import Rejected, verify_image
 from crawler.images.hashing import VARIANTS, hash_recipe, hashes_of, image_hashes
 from crawler.images.index import CatalogHashIndex, PdqCatalogIndex, catalog_index
-from crawler.images.matching import WINDOW_PAIRS, DedupeRule, window_candidates
+from crawler.images.matching import WINDOW_LOOKS, WINDOW_PAIRS, DedupeRule, window_candidates
 from crawler.images.pdq import DIHEDRAL_KINDS, FULL, aligned_difference, aligned_thumbnails, second_look, window_box
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,7 +332,8 @@ def _bits(x: str, y: str) -> int:
 def pair_figures(q: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """Every figure the PDQ rule looks at for one pair (``hashes_of`` of each; ``q`` the newer):
     best dihedral full-picture bits, best PDQ window pair bits, the minimum quality, the second
-    look at the identity, the nearest phash window pair (colour-gated) and its aligned look."""
+    look at the identity, the nearest phash window pair (colour-gated) and the best aligned look
+    of the ``WINDOW_LOOKS`` nearest pairs."""
     full = min((_bits(q[kind], s[FULL]), t) for t, kind in enumerate(DIHEDRAL_KINDS))
     pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
     windows = [_bits(q[x], s[y]) for x, y in pairs if x in q and y in s]
@@ -345,10 +346,12 @@ def pair_figures(q: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
         "phash_window": coarse[0][0] if coarse else 64,
         "aligned": None,
     }
-    if coarse and coarse[0][0] <= 12:
-        kinds = coarse[0][1]
-        boxes = (window_box(kinds[0], q["look"], VARIANTS), window_box(kinds[1], s["look"], VARIANTS))
-        figures["aligned"] = aligned_difference(q["look"], s["look"], boxes)
+    tried = [kinds for distance, kinds in coarse[:WINDOW_LOOKS] if distance <= 12]
+    if tried:  # the best of the pairs the index gives an aligned look
+        figures["aligned"] = min(
+            aligned_difference(q["look"], s["look"], (window_box(x, q["look"], VARIANTS), window_box(y, s["look"], VARIANTS)))
+            for x, y in tried
+        )
     return figures
 
 

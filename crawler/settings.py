@@ -129,7 +129,7 @@ DEDUPE_DEFAULTS = {
     # phash windows 8 with the colour gate (the phash recipe's, chosen on hymenoptera): no
     # distinct pair of neardup/, hymenoptera, the shop or the made copies within 8 bits, only
     # the gallery's burst frames; aligned look 0.13 (75th percentile): 0.8 of the nearest
-    # burst pair (0.162); shop renditions median 0.033 (66 of 67 under it), made copies
+    # burst pair (0.162); shop renditions median 0.033 (all 67 under it), made copies
     # median 0.03-0.12 by kind (benchmarks/dedupe_quality).
     "pdq": {
         "DEDUPE_MAX_DISTANCE": 31,

@@ -17,6 +17,7 @@ from crawler.hashindex import MultiIndexHashIndex, WordsHashIndex
 from crawler.images.hashing import COLOUR_KIND, HASH_BITS, VARIANTS
 from crawler.images.matching import (
     MATCH_PAIRS,
+    WINDOW_LOOKS,
     WINDOW_PAIRS,
     DedupeRule,
     Match,
@@ -208,7 +209,8 @@ class PdqCatalogIndex(_RefreshingIndex):
     (up to 20 before the phash windows replaced 8 of the 10 PDQ windows); then its 9 phash windows at
     ``window_distance`` of 64 bits (``MATCH_PAIRS``, the colour gate). The looks are read from
     the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per picture, nearest PDQ
-    candidates first, then one aligned look per stored picture among the window candidates.
+    candidates first, then an aligned look at each of the ``WINDOW_LOOKS`` nearest window pairs
+    of a stored picture.
     Thread-safe: ``refresh`` and ``find`` may run in worker threads.
     """
 
@@ -329,26 +331,29 @@ class PdqCatalogIndex(_RefreshingIndex):
             standing = _standing_row(self.catalog, row_id)
             if standing is not None:
                 return Match.of_row(standing, distance, False)
-        # phash windows: the nearest pair of each stored picture that agrees on colour.
+        # phash windows: the WINDOW_LOOKS nearest pairs of each stored picture that agrees on
+        # colour, as ``window_candidates`` orders them; pictures by their nearest pair.
         colour = bytes.fromhex(hashes.get(COLOUR_KIND, ""))
-        nearest: dict[int, tuple[int, tuple[str, str]]] = {}
+        pairs_of: dict[int, list[tuple[int, tuple[str, str]]]] = {}
         for kind, hits in zip(coarse, coarse_hits):
             partners = self._window_partners[kind]
             for distance, key in hits:
-                row_id = key >> 4
-                candidate = (distance, (kind, self.WINDOW_KINDS[key & 15]))
-                if key & 15 in partners and (row_id not in nearest or candidate < nearest[row_id]):
-                    nearest[row_id] = candidate  # as ``window_candidates`` orders them
-        for row_id, (distance, kinds) in sorted(nearest.items(), key=lambda item: (item[1], item[0])):
-            if looks >= MAX_LOOKS:
-                break
+                if key & 15 in partners:
+                    pairs_of.setdefault(key >> 4, []).append((distance, (kind, self.WINDOW_KINDS[key & 15])))
+        nearest = sorted((sorted(pairs)[:WINDOW_LOOKS], row_id) for row_id, pairs in pairs_of.items())
+        for pairs, row_id in nearest:
             # A row's colour is written once, before its windows can be found (one refresh).
             if not same_colour(colour, self.colours.get(row_id, b"")):
                 continue
-            looks += 1
-            if not window_verdict(rule, kinds, (query_look, self.catalog.look(row_id) or b"")):
-                continue
-            standing = _standing_row(self.catalog, row_id)
-            if standing is not None:
-                return Match.of_row(standing, distance, False)
+            look = None
+            for distance, kinds in pairs:
+                if looks >= MAX_LOOKS:
+                    return None
+                looks += 1
+                look = (self.catalog.look(row_id) or b"") if look is None else look
+                if window_verdict(rule, kinds, (query_look, look)):
+                    standing = _standing_row(self.catalog, row_id)
+                    if standing is not None:
+                        return Match.of_row(standing, distance, False)
+                    break
         return None
