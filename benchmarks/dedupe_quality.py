@@ -9,7 +9,9 @@ with text below, white or black), ``rotate`` (2-4 degrees either way, white fill
 * recall: share of copies matched to their own original;
 * false matches: pairs of distinct originals linked (every one is wrong).
 
-"ours (pdq)" is the crawl's default (``PdqCatalogIndex`` with the ``DEDUPE_DEFAULTS`` of pdq);
+"ours (pdq)" is the crawl's default (``PdqCatalogIndex`` with the ``DEDUPE_DEFAULTS`` of pdq:
+PDQ with flips, turns, two windows and the second look, plus imagehash phash windows confirmed
+by the aligned look), also without its second look and without the phash windows;
 "ours (phash...)" the phash recipe. "ours" is the verify and dedupe stages themselves: every file goes through ``verify_image`` (which
 decodes it the way the crawl does, JPEGs at reduced size) and ``image_hashes``; a catalog in a
 temporary folder gets the originals one by one through ``CatalogHashIndex`` (each checked first,
@@ -265,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "ours (pdq, default)": ours_pdq(folder, originals, copies),
             "ours (pdq, no second look)": ours_pdq(folder, originals, copies, DedupeRule(**{**PDQ_RULE.__dict__, "look_distance": 0})),
+            "ours (pdq, no phash windows)": ours_pdq(folder, originals, copies, DedupeRule(**{**PDQ_RULE.__dict__, "window_distance": 0})),
             "ours (phash<=6 + variants<=8)": ours(folder, originals, copies, PHASH["DEDUPE_VARIANT_DISTANCE"]),
             "ours, plain phash (<= 6 bits)": ours(folder, originals, copies, 0),
         }

@@ -17,12 +17,15 @@ sample against a brute-force scan and prints build and query seconds.
   of the four candidate sets holds every match; each candidate is then checked on all 256 bits.
 
 * ``--per-image``: the crawl's own lookup (``crawler.hashindex.WordsHashIndex``, as
-  ``crawler.images.index.PdqCatalogIndex`` asks it for each new picture): 8 dihedral hashes at
-  ``DEDUPE_MAX_DISTANCE`` (31) against the full-picture index (``--size`` stored pictures),
-  10 window hashes at ``DEDUPE_VARIANT_DISTANCE`` (24) against the index of every kind
-  (``--size`` x 11 hashes; ``--windows 0`` leaves it out) and, with the second look on, the
+  ``crawler.images.index.PdqCatalogIndex`` asks it for each new picture), on random hashes: 8
+  dihedral hashes at ``DEDUPE_MAX_DISTANCE`` (31) against the full-picture index (``--size``
+  stored pictures), 2 PDQ window hashes at ``DEDUPE_VARIANT_DISTANCE`` (24) against the index of
+  every PDQ kind (``--size`` x 3 hashes; ``--windows 0`` leaves it out), 9 phash windows at
+  ``DEDUPE_WINDOW_DISTANCE`` (8 of 64 bits) against the 64-bit ``MultiIndexHashIndex`` of
+  ``--size`` x 9 (``--phash-windows 0`` leaves it out) and, with the second look on, the
   identity hash at ``DEDUPE_LOOK_DISTANCE`` (50) against the full-picture index; ms per picture
-  with the look on and off, in alternating rounds.
+  with the look on and off, in alternating rounds (the aligned looks of window candidates, and
+  catalog reads, are not included).
 
 Reproduce (one core)::
 
@@ -110,12 +113,13 @@ def words_index(hashes: np.ndarray, queries: np.ndarray, radius: int) -> None:
     )
 
 
-def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int) -> None:
+def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int, phash_windows: int = 9) -> None:
     """The crawl's per-picture lookup cost with ``size`` stored pictures (module docstring):
-    ``size`` full-picture hashes in one index, ``size * (windows + 1)`` in the other."""
+    ``size`` full-picture hashes in one index, ``size * (windows + 1)`` in the other, ``size *
+    phash_windows`` 64-bit hashes in a third."""
     import statistics
 
-    from crawler.hashindex import WordsHashIndex
+    from crawler.hashindex import MultiIndexHashIndex, WordsHashIndex
 
     full = make_hashes(size, 31, seed)
     kinds = make_hashes(size * (windows + 1), 24, seed + 2) if windows else full[:0]
@@ -128,6 +132,10 @@ def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int) ->
     window_index = WordsHashIndex(24, expected=len(kinds))
     if windows:
         window_index.add_many(kinds.view(">u8").astype(np.uint64), list(range(len(kinds))))
+    coarse_index = MultiIndexHashIndex.for_size(8, size * phash_windows)
+    if phash_windows:
+        coarse_index.add_many(rng.integers(0, 2**63, size=size * phash_windows, dtype=np.int64).astype(np.uint64))
+    coarse_queries = [[int(v) for v in rng.integers(0, 2**63, size=phash_windows, dtype=np.int64)] for _ in as_hex]
     window_build = time.perf_counter() - started
     results = {}
     for look in (50, 0):
@@ -139,11 +147,13 @@ def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int) ->
         for look in (50, 0):
             index = results[look]["index"]
             samples = []
-            for picture in as_hex:
+            for picture, coarse in zip(as_hex, coarse_queries, strict=True):
                 started = time.perf_counter()
                 index.query_batch(picture[:8], 31)
                 if windows:
                     window_index.query_batch(picture[8:], 24)
+                if phash_windows:
+                    coarse_index.query_batch(coarse, 8)
                 if look:
                     index.query_batch(picture[:1], look)
                 samples.append((time.perf_counter() - started) * 1000)
@@ -151,7 +161,8 @@ def per_image(size: int, windows: int, pictures: int, rounds: int, seed: int) ->
     for look in (50, 0):
         r = results[look]
         print(
-            f"per picture, {size:,} stored pictures ({size:,} full hashes, {len(kinds):,} in the windows index), "
+            f"per picture, {size:,} stored pictures ({size:,} full hashes, {len(kinds):,} in the windows index, "
+            f"{size * phash_windows:,} phash windows), "
             f"look {'on (identity at 50 bits)' if look else 'off'}: median {statistics.median(r['ms']):.2f} ms "
             f"(round medians {' '.join(f'{v:.2f}' for v in r['ms'])}), build {r['build_s']:.1f} s "
             f"(+ windows {window_build:.1f} s); load {os.getloadavg()[0]:.2f}"
@@ -170,11 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-image", action="store_true", help="the crawl's lookup per picture, look on and off")
     parser.add_argument("--pictures", type=int, default=200, help="with --per-image: pictures per round")
-    parser.add_argument("--windows", type=int, default=10, help="with --per-image: window hashes per picture (0: none)")
+    parser.add_argument("--windows", type=int, default=2, help="with --per-image: PDQ window hashes per picture (0: none)")
+    parser.add_argument("--phash-windows", type=int, default=9, help="with --per-image: 64-bit phash windows per picture (0: none)")
     parser.add_argument("--rounds", type=int, default=3, help="with --per-image: alternating rounds")
     args = parser.parse_args(argv)
     if args.per_image:
-        per_image(args.size, args.windows, args.pictures, args.rounds, args.seed)
+        per_image(args.size, args.windows, args.pictures, args.rounds, args.seed, args.phash_windows)
         return
     import faiss
 

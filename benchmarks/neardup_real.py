@@ -1,7 +1,7 @@
-"""Benchmark: near-duplicate recipes on real ground truth (issue 13), per kind of copy.
+"""Benchmark: the crawl's near-duplicate decisions on real ground truth (issue 13), per kind of copy.
 
 Files, each decoded the way a crawl decodes it (``verify_image``: EXIF orientation applied,
-the canonical image of ``crawler.pipelines.dedupe.HASH_RECIPE``):
+the canonical image of ``crawler.images.hashing.HASH_RECIPE``):
 
 * ``../shared/real/neardup/pdq`` and ``.../augly`` with their ``ground_truth.json``: copies of
   a few originals, one row per kind; the other originals are negatives.
@@ -12,21 +12,26 @@ the canonical image of ``crawler.pipelines.dedupe.HASH_RECIPE``):
   every distinct product or photo (any link among them is false), and their listing renditions
   (the shop's 533-px card image, the gallery's 150x125 thumbnail) as real copies.
 
-Recipes: the crawl's (``crawler.images.matching.pdq_pair_match`` with the ``crawler/settings.py``
-defaults: the second look on the identity orientation only, as the index asks; and without
-the look), the phash recipe (``image_hashes`` with ``MATCH_PAIRS``, the colour gate and its
-thresholds), plain phash, PDQ alone (quality-gated), PDQ with dihedral variants,
-with window hashes, imagehash's ``colorhash`` and ``crop_resistant_hash``, and the prototype
-``benchmarks.neardup_recipe`` with its second look. A copy counts as caught when the recipe
-links it to its own original (queried as the newer image); a false merge is a linked pair of
-different groups. Kinds marked ``-`` are not the same picture for a training set (see
-``NOT_SAME``); recall is printed over the counted kinds and over all.
+What is measured is what a crawl decides: each file is hashed by ``hashes_of`` (the prepare
+stage's call) and looked up in a real catalog (``crawler.catalog.Catalog`` in a temporary
+folder) through ``crawler.images.index.catalog_index`` (``PdqCatalogIndex`` /
+``CatalogHashIndex``, the dedupe stage's lookup), with the rule of ``crawler/settings.py``'s
+``DEDUPE_DEFAULTS``. Per set, two runs:
 
-``pdqhash`` (PyPI) must be installed for the PDQ self-check (the prototype's numpy PDQ against
-the reference C++). Reproduce::
+* recall: the originals are stored one by one, then every copy is looked up (and not stored);
+  a copy is caught when the match is its own original;
+* false merges: every file (originals, then copies) is looked up and then stored, as a crawl
+  that kept everything would see them; a match to a file of another group is a false merge.
 
-    .venv/bin/python -m benchmarks.neardup_real --cache /tmp/neardup.pkl   # table, margins
-    taskset -c 0 .venv/bin/python -m benchmarks.neardup_real --cost        # ms per image
+Kinds marked ``-`` are not the same picture for a training set (``NOT_SAME``); recall is printed
+over the counted kinds and over all. ``--margins`` prints the distances behind each threshold
+(copies against distinct pairs, per set), from the same functions the index calls.
+
+Reproduce::
+
+    .venv/bin/python -m benchmarks.neardup_real --cache /tmp/neardup.pkl             # table
+    .venv/bin/python -m benchmarks.neardup_real --cache /tmp/neardup.pkl --margins   # + margins
+    taskset -c 0 .venv/bin/python -m benchmarks.neardup_real --cost                  # ms per image
 """
 
 from __future__ import annotations
@@ -34,36 +39,49 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import pickle
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import imagehash
-import numpy as np
 from PIL import Image
 
-from benchmarks import neardup_recipe as R
 from crawler import settings as defaults
+from crawler.catalog import Catalog
+from crawler.hashindex import hamming
 from crawler.images.decode import Rejected, verify_image
-from crawler.images.hashing import hashes_of, image_hashes
-from crawler.images.matching import MATCH_PAIRS, DedupeRule, pdq_pair_match
-from crawler.images.matching import same_colour as _same_colour
-
-PHASH = defaults.DEDUPE_DEFAULTS["phash"]
-# The crawl's rule (crawler/settings.py defaults), and the same without the second look.
-RULE = DedupeRule(**{k.removeprefix("DEDUPE_").lower(): v for k, v in defaults.DEDUPE_DEFAULTS["pdq"].items()})
-RULE_NO_LOOK = DedupeRule(**{**RULE.__dict__, "look_distance": 0})
+from crawler.images.hashing import VARIANTS, hash_recipe, hashes_of, image_hashes
+from crawler.images.index import CatalogHashIndex, PdqCatalogIndex, catalog_index
+from crawler.images.matching import WINDOW_LOOKS, WINDOW_PAIRS, DedupeRule, window_candidates
+from crawler.images.pdq import DIHEDRAL_KINDS, FULL, aligned_difference, aligned_thumbnails, second_look, window_box
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 NEARDUP = SHARED / "real" / "neardup"
 SITES = SHARED / "real" / "sites"
 HYMENOPTERA = SHARED / "data" / "hymenoptera_data"
+
+
+def default_rule(hash_name: str) -> DedupeRule:
+    """The crawl's rule for ``hash_name`` with ``crawler/settings.py``'s ``DEDUPE_DEFAULTS``."""
+    values = defaults.DEDUPE_DEFAULTS[hash_name]
+    return DedupeRule(hash_name=hash_name, **{k.removeprefix("DEDUPE_").lower(): v for k, v in values.items()})
+
+
+RULE = default_rule("pdq")
+# (column name, rule): the crawl's default and its parts turned off; the phash recipe.
+METHODS: dict[str, DedupeRule] = {
+    "pdq (default)": RULE,
+    "pdq, no second look": replace(RULE, look_distance=0),
+    "pdq, no phash windows": replace(RULE, window_distance=0),
+    "phash recipe": default_rule("phash"),
+    "plain phash": replace(default_rule("phash"), variant_distance=0),
+}
 
 # Kinds that are not the same picture for a training set, and why (README, issue 13 note).
 NOT_SAME = {
@@ -83,7 +101,6 @@ class Sample:
     role: str  # original or copy
     kind: str
     body: bytes = field(repr=False)
-    image: Image.Image | None = field(default=None, repr=False)
     features: dict = field(default_factory=dict, repr=False)
 
 
@@ -112,10 +129,6 @@ def _with_orientation(image: Image.Image, orientation: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=95, exif=exif)
     return out.getvalue()
-
-
-# EXIF orientation tag -> the PIL transpose that shows the stored pixels upright (exif_transpose).
-_SHOWN = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
 
 
 def load_exif(count: int = 8) -> list[Sample]:
@@ -152,262 +165,278 @@ def load_site(name: str) -> list[Sample]:
     return samples
 
 
-# -- features --------------------------------------------------------------------------------
-
-
-def crop_resistant_segments(image: Image.Image) -> np.ndarray:
-    multi = imagehash.crop_resistant_hash(image)
-    return np.array([int(str(h), 16) for h in multi.segment_hashes], dtype=np.uint64)
-
-
 def featurise(sample: Sample) -> None:
+    """The hashes the prepare stage computes for ``sample``'s bytes, per recipe."""
     try:
-        sample.image = verify_image(sample.body).image
+        image = verify_image(sample.body).image
     except Rejected as exc:
         sample.features = {"rejected": exc.reason}
         return
-    image = sample.image
-    sample.features = {
-        "today": image_hashes(image),
-        "recipe": R.hash_image(image),
-        "core": hashes_of(image),
-        "colorhash": int(str(imagehash.colorhash(image)), 16),
-        "crh": crop_resistant_segments(image),
-    }
+    sample.features = {"pdq": hashes_of(image, "pdq"), "phash": image_hashes(image), "recipe": hash_recipe("pdq")}
 
 
-# -- recipes as pair decisions -----------------------------------------------------------------
+# -- the crawl's decisions --------------------------------------------------------------------
 
 
-def today_match(a: dict, b: dict, variants: bool = True) -> bool:
-    """``CatalogHashIndex.find``'s rule for two images, at the pipeline's default distances."""
-    def h(x: str) -> int:
-        return int(x, 16)
-
-    if (h(a["phash"]) ^ h(b["phash"])).bit_count() <= PHASH["DEDUPE_MAX_DISTANCE"]:
-        return True
-    if not variants or not _same_colour(bytes.fromhex(a["colour"]), bytes.fromhex(b["colour"])):
-        return False
-    for x, y in {*MATCH_PAIRS, *((y, x) for x, y in MATCH_PAIRS)}:
-        if (h(a[x]) ^ h(b[y])).bit_count() <= PHASH["DEDUPE_VARIANT_DISTANCE"]:
-            return True
-    return False
-
-
-def crh_match(a: np.ndarray, b: np.ndarray) -> bool:
-    # imagehash's ImageMultiHash.matches defaults: one segment within 25% of its 64 bits.
-    return bool(a.size and b.size and np.bitwise_count(a[:, None] ^ b[None, :]).min() <= 16)
+def catalog_row(hashes: dict[str, Any], path: str, n: int) -> dict[str, Any]:
+    """The ``images`` row the dedupe and store stages write for a stored picture's ``hashes``
+    (``hashes_of``): the catalog columns, the window hashes and the look."""
+    hashes = dict(hashes)
+    row: dict[str, Any] = {"label": "x", "status": "stored", "path": path, "sha256": f"sha-{n}-{path}", "width": 1, "height": 1}
+    row["phash"] = hashes.pop("phash")
+    if FULL in hashes:
+        row["pdq"] = hashes[FULL]
+        for kind in DIHEDRAL_KINDS:  # query-only, never stored
+            hashes.pop(kind)
+        row["pdq_quality"] = hashes.pop("pdq_quality")
+        row["look"] = hashes.pop("look")
+    row["hashes"] = hashes
+    return row
 
 
-def recipes(threshold: int, window_threshold: int, colour_bits: int) -> dict[str, Callable[[dict, dict], bool]]:
-    """Name -> decision(query features, stored features)."""
-    def pdq(dihedral: bool, windows: bool, look: bool) -> Callable[[dict, dict], bool]:
-        def decide(q: dict, s: dict) -> bool:
-            qr, sr = q["recipe"], s["recipe"]
-            if not dihedral:
-                qr = R.HashRecord(qr.pdq, qr.quality, (qr.pdq,), qr.windows, qr.trim, qr.thumb, qr.caption)
-            return R.match(qr, sr, max_distance=threshold, window_distance=window_threshold if windows else -1, look=look) is not None
-        return decide
+class Crawl:
+    """A catalog in a temporary folder and the dedupe stage's index over it, for one rule."""
 
-    return {
-        "today": lambda q, s: today_match(q["today"], s["today"]),
-        "phash<=6": lambda q, s: today_match(q["today"], s["today"], variants=False),
-        f"pdq<={threshold}": pdq(False, False, False),
-        "pdq+dihedral": pdq(True, False, False),
-        "pdq+dih+win": pdq(True, True, False),
-        f"colorhash<={colour_bits}": lambda q, s: (q["colorhash"] ^ s["colorhash"]).bit_count() <= colour_bits,
-        "crop_resist": lambda q, s: crh_match(q["crh"], s["crh"]),
-        "pdq+dih+look": pdq(True, False, True),
-        "pdq+dih+win+look (chosen)": pdq(True, True, True),
-        "crawl (core), no look": lambda q, s: pdq_pair_match(RULE_NO_LOOK, q["core"], s["core"]) is not None,
-        "crawl (core, default)": lambda q, s: pdq_pair_match(RULE, q["core"], s["core"]) is not None,
-    }
+    def __init__(self, rule: DedupeRule) -> None:
+        self.rule = rule
+        self._tmp = tempfile.TemporaryDirectory()
+        self.catalog = Catalog(self._tmp.name)
+        self.index = catalog_index(self.catalog, rule)
+        self.count = 0
+
+    def find(self, hashes: dict[str, Any], sha: str) -> str | None:
+        """The path of the stored picture the dedupe stage links ``hashes`` to, or ``None``."""
+        self.index.refresh()
+        if isinstance(self.index, PdqCatalogIndex):
+            match = self.index.find(sha, hashes)
+        else:
+            assert isinstance(self.index, CatalogHashIndex)
+            variants = {k: v for k, v in hashes.items() if k != "phash"} if self.rule.variant_distance else None
+            match = self.index.find(sha, hashes["phash"], variants)
+        return None if match is None else match.path
+
+    def store(self, hashes: dict[str, Any], path: str) -> None:
+        self.count += 1
+        self.catalog.insert(catalog_row(hashes, path, self.count))
+
+    def close(self) -> None:
+        self.catalog.close()
+        self._tmp.cleanup()
 
 
-# -- evaluation ------------------------------------------------------------------------------
+def _hashes(sample: Sample, rule: DedupeRule) -> dict[str, Any]:
+    return sample.features["pdq" if rule.pdq else "phash"]
 
 
-def evaluate(datasets: dict[str, list[Sample]], deciders: dict[str, Callable]) -> None:
-    names = list(deciders)
-    kinds: list[tuple[str, str, list[tuple[Sample, Sample]]]] = []
-    for dataset, samples in datasets.items():
-        originals = {s.group: s for s in samples if s.role == "original" and "rejected" not in s.features}
-        by_kind: dict[str, list] = {}
-        for s in samples:
+def decide(samples: list[Sample], rule: DedupeRule) -> tuple[dict[int, bool], int, list[str]]:
+    """For one set: ``{copy index: caught}`` (copies against the stored originals), the number
+    of false merges (every file looked up, then stored) and their descriptions."""
+    usable = [s for s in samples if "rejected" not in s.features]
+    by_path = {f"{s.dataset}/{n}": s for n, s in enumerate(usable)}
+    caught: dict[int, bool] = {}
+    crawl = Crawl(rule)
+    try:
+        for n, s in enumerate(usable):
+            if s.role == "original":
+                crawl.store(_hashes(s, rule), f"{s.dataset}/{n}")
+        for n, s in enumerate(usable):
             if s.role == "copy":
-                by_kind.setdefault(s.kind, []).append((s, originals.get(s.group)))
-        kinds += [(dataset, kind, pairs) for kind, pairs in by_kind.items()]
-    width = max(len(f"{d}: {k}") for d, k, _ in kinds) if kinds else 20
-    width = min(width, 60)
+                found = crawl.find(_hashes(s, rule), f"copy-{n}")
+                caught[id(s)] = found is not None and by_path[found].group == s.group and by_path[found].role == "original"
+    finally:
+        crawl.close()
+    false: list[str] = []
+    crawl = Crawl(rule)
+    try:
+        for n, s in sorted(enumerate(usable), key=lambda item: item[1].role != "original"):
+            found = crawl.find(_hashes(s, rule), f"all-{n}")
+            if found is not None and by_path[found].group != s.group:
+                false.append(f"{s.name} -> {by_path[found].name}")
+            crawl.store(_hashes(s, rule), f"{s.dataset}/{n}")
+    finally:
+        crawl.close()
+    return caught, len(false), false
+
+
+def _distinct_pairs(samples: Iterable[Sample]) -> int:
+    usable = [s for s in samples if "rejected" not in s.features]
+    groups: dict[str, int] = {}
+    for s in usable:
+        groups[s.group] = groups.get(s.group, 0) + 1
+    total = len(usable) * (len(usable) - 1) // 2
+    return total - sum(k * (k - 1) // 2 for k in groups.values())
+
+
+def evaluate(datasets: dict[str, list[Sample]], methods: dict[str, DedupeRule], show_false: bool = False) -> None:
+    names = list(methods)
+    results = {name: {d: decide(samples, rule) for d, samples in datasets.items()} for name, rule in methods.items()}
     for n, name in enumerate(names):
         print(f"column {n + 1}: {name}")
+    rows: list[tuple[str, str, list[Sample]]] = []
+    for dataset, samples in datasets.items():
+        by_kind: dict[str, list[Sample]] = {}
+        for s in samples:
+            if s.role == "copy":
+                by_kind.setdefault(s.kind, []).append(s)
+        rows += [(dataset, kind, copies) for kind, copies in by_kind.items()]
+    width = min(60, max((len(f"{d}: {k}") for d, k, _ in rows), default=20))
     print(f"{'kind of copy':<{width}} {'same':>4} " + " ".join(f"{n + 1:>7}" for n in range(len(names))))
-    counted_hits = {n: 0 for n in names}
-    all_hits = {n: 0 for n in names}
-    counted_total = all_total = 0
-    per_set: dict[str, dict[str, int]] = {d: {} for d in datasets}
-    per_set_total: dict[str, int] = {}
-    for dataset, kind, pairs in kinds:
+    totals: dict[str, list[int]] = {}
+    for dataset, kind, copies in rows:
         same = kind not in NOT_SAME
         cells = []
-        hits_of = {}
-        for n in names:
-            hits = 0
-            for copy, original in pairs:
-                if original is None or "rejected" in copy.features:
-                    continue
-                hits += deciders[n](copy.features, original.features)
-            cells.append(f"{hits}/{len(pairs)}")
-            hits_of[n] = hits
-            all_hits[n] += hits
-            if same:
-                counted_hits[n] += hits
-        all_total += len(pairs)
-        counted_total += len(pairs) if same else 0
-        label = f"{dataset}: {kind}"[:width]
-        print(f"{label:<{width}} {'yes' if same else '-':>4} " + " ".join(f"{c:>7}" for c in cells))
-        for n in names:
-            per_set[dataset][n] = per_set[dataset].get(n, 0) + (hits_of[n] if same else 0)
-        per_set_total[dataset] = per_set_total.get(dataset, 0) + (len(pairs) if same else 0)
-    for dataset in per_set_total:
-        label = f"recall {dataset}, counted ({per_set_total[dataset]})"
-        print(f"{label:<{width}} {'':>4} " + " ".join(f"{per_set[dataset][n] / max(per_set_total[dataset], 1):>7.3f}" for n in names))
-    nd = [d for d in ("pdq", "augly") if d in per_set_total]
-    nd_total = sum(per_set_total[d] for d in nd)
-    label = f"recall neardup/ (pdq+augly), counted ({nd_total})"
-    print(f"{label:<{width}} {'':>4} " + " ".join(f"{sum(per_set[d][n] for d in nd) / max(nd_total, 1):>7.3f}" for n in names))
-    print(f"{'recall, counted kinds (' + str(counted_total) + ')':<{width}} {'':>4} " + " ".join(f"{counted_hits[n] / max(counted_total, 1):>7.3f}" for n in names))
-    print(f"{'recall, all kinds (' + str(all_total) + ')':<{width}} {'':>4} " + " ".join(f"{all_hits[n] / max(all_total, 1):>7.3f}" for n in names))
+        for name in names:
+            hits = sum(results[name][dataset][0].get(id(s), False) for s in copies)
+            cells.append(f"{hits}/{len(copies)}")
+            for key in (f"set {dataset}", "all"):
+                if same or key == "all":
+                    t = totals.setdefault(f"{key}|{name}", [0, 0])
+                    t[0] += hits
+                    t[1] += len(copies)
+            if same and dataset in ("pdq", "augly"):
+                t = totals.setdefault(f"neardup|{name}", [0, 0])
+                t[0] += hits
+                t[1] += len(copies)
+        print(f"{f'{dataset}: {kind}'[:width]:<{width}} {'yes' if same else '-':>4} " + " ".join(f"{c:>7}" for c in cells))
+
+    def line(label: str, key: str) -> None:
+        if f"{key}|{names[0]}" not in totals:
+            return
+        n = totals[f"{key}|{names[0]}"][1]
+        print(f"{f'{label} ({n})':<{width}} {'':>4} " + " ".join(f"{totals[f'{key}|{m}'][0] / max(n, 1):>7.3f}" for m in names))
+
+    for dataset in datasets:
+        line(f"recall {dataset}, counted", f"set {dataset}")
+    line("recall neardup/ (pdq+augly), counted", "neardup")
+    line("recall, all kinds", "all")
     for dataset, samples in datasets.items():
-        usable = [s for s in samples if "rejected" not in s.features]
-        pairs = 0
-        false = {n: 0 for n in names}
-        for j in range(len(usable)):
-            for i in range(j):
-                if usable[i].group == usable[j].group:
-                    continue
-                pairs += 1
-                for n in names:
-                    false[n] += deciders[n](usable[j].features, usable[i].features)
-        label = f"false merges, {dataset} ({pairs:,} pairs)"
-        print(f"{label:<{width}} {'':>4} " + " ".join(f"{false[n]:>7}" for n in names))
+        label = f"false merges, {dataset} ({_distinct_pairs(samples):,} pairs)"
+        print(f"{label:<{width}} {'':>4} " + " ".join(f"{results[m][dataset][1]:>7}" for m in names))
+    if show_false:
+        for m in names:
+            for dataset in datasets:
+                for text in results[m][dataset][2]:
+                    print(f"  false ({m}, {dataset}): {text}")
     rejected = [f"{s.dataset}/{s.name}: {s.features['rejected']}" for d in datasets.values() for s in d if "rejected" in s.features]
     if rejected:
         print("rejected by verify_image (not counted):", "; ".join(rejected))
 
 
+# -- margins ---------------------------------------------------------------------------------
+
+
+def _bits(x: str, y: str) -> int:
+    return hamming(int(x, 16), int(y, 16))
+
+
+def pair_figures(q: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    """Every figure the PDQ rule looks at for one pair (``hashes_of`` of each; ``q`` the newer):
+    best dihedral full-picture bits, best PDQ window pair bits, the minimum quality, the second
+    look at the identity, the nearest phash window pair (colour-gated) and the best aligned look
+    of the ``WINDOW_LOOKS`` nearest pairs."""
+    full = min((_bits(q[kind], s[FULL]), t) for t, kind in enumerate(DIHEDRAL_KINDS))
+    pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
+    windows = [_bits(q[x], s[y]) for x, y in pairs if x in q and y in s]
+    coarse = window_candidates(replace(RULE, window_distance=63), q, s)
+    figures: dict[str, Any] = {
+        "full": full[0],
+        "pdq_window": min(windows, default=256),
+        "quality": min(q["pdq_quality"], s["pdq_quality"]),
+        "look": second_look(*aligned_thumbnails(q["look"], s["look"], full[1])),
+        "phash_window": coarse[0][0] if coarse else 64,
+        "aligned": None,
+    }
+    tried = [kinds for distance, kinds in coarse[:WINDOW_LOOKS] if distance <= 12]
+    if tried:  # the best of the pairs the index gives an aligned look
+        figures["aligned"] = min(
+            aligned_difference(q["look"], s["look"], (window_box(x, q["look"], VARIANTS), window_box(y, s["look"], VARIANTS)))
+            for x, y in tried
+        )
+    return figures
+
+
 def margins(datasets: dict[str, list[Sample]]) -> None:
-    """Distance distributions: counted true copies vs every distinct pair, for the PDQ full
-    (best dihedral) and window distances and the second look's figures."""
-    pos_full, pos_win, neg_full, neg_win = [], [], [], []
-    look_pos, look_neg = [], []
-    low_quality = []
-
-    def dists(q: R.HashRecord, s: R.HashRecord) -> tuple[int, int, tuple]:
-        full = min((R.hamming256(v, s.pdq), t) for t, v in enumerate(q.dihedral))
-        cands = R.candidates(q, s, 256, 256)
-        win = min((c for c in cands if c[2] != (R.FULL, R.FULL)), default=(256, 0, ("", "")))
-        return full[0], win[0], (full, win)
-
-    def look(q: R.HashRecord, s: R.HashRecord, full: tuple, win: tuple) -> tuple[float, float]:
-        best = (full[0], full[1], (R.FULL, R.FULL)) if full[0] <= win[0] else win
-        return (R.second_look(*R.aligned_thumbnails(q, s, best[1], best[2])), 0.0)
-
-    for dataset, samples in datasets.items():
-        usable = [s for s in samples if "rejected" not in s.features]
-        originals = {s.group: s for s in usable if s.role == "original"}
-        for s in usable:
-            if s.role == "copy" and s.kind not in NOT_SAME and s.group in originals:
-                q, o = s.features["recipe"], originals[s.group].features["recipe"]
-                f, w, (full, win) = dists(q, o)
-                pos_full.append((f, f"{dataset}: {s.kind}"))
-                pos_win.append((w, f"{dataset}: {s.kind}"))
-                look_pos.append((*look(q, o, full, win), min(f, w), f"{dataset}: {s.kind}"))
-        for j in range(len(usable)):
-            for i in range(j):
-                if usable[i].group == usable[j].group:
-                    continue
-                q, o = usable[j].features["recipe"], usable[i].features["recipe"]
-                f, w, (full, win) = dists(q, o)
-                label = f"{dataset}: {usable[j].name} ~ {usable[i].name}"
-                neg_full.append((f, label))
-                neg_win.append((w, label))
-                if min(f, w) <= 64:
-                    look_neg.append((*look(q, o, full, win), min(f, w), label, min(q.quality, o.quality)))
-        low_quality += [(s.features["recipe"].quality, f"{dataset}: {s.name}") for s in usable if s.features["recipe"].quality < R.MIN_QUALITY]
+    """Per set: the figures of the counted copies against their originals, and of the nearest
+    distinct pairs (every pair of different groups), for each threshold of the PDQ rule."""
 
     def summary(values: list[float]) -> str:
         v = sorted(values)
         if not v:
             return "none"
-        q = lambda p: v[min(len(v) - 1, int(p * len(v)))]  # noqa: E731
-        return f"n={len(v)} min {v[0]} p1 {q(0.01)} p5 {q(0.05)} median {q(0.5)} p95 {q(0.95)} max {v[-1]}"
+        return f"n={len(v)} min {v[0]:.3g} median {v[len(v) // 2]:.3g} p90 {v[int(0.9 * len(v))]:.3g} max {v[-1]:.3g}"
 
-    print("\nmargins (PDQ bits of 256; true = counted copies vs their original; distinct = every pair of different groups)")
-    print(" full, best dihedral  true:    ", summary([d for d, _ in pos_full]))
-    print(" full, best dihedral  distinct:", summary([d for d, _ in neg_full]))
-    print(" best window pair     true:    ", summary([d for d, _ in pos_win]))
-    print(" best window pair     distinct:", summary([d for d, _ in neg_win]))
-    print(" true copies farthest by min(full, window):")
-    for row in sorted(look_pos, key=lambda r: -r[2])[:8]:
-        print(f"   {row[2]:>3} bits  look {row[0]:.3f}  {row[3]}")
-    print(" distinct pairs nearest by full:", ", ".join(f"{d} ({l})" for d, l in sorted(neg_full)[:5]))
-    print(" distinct pairs nearest by window:", ", ".join(f"{d} ({l})" for d, l in sorted(neg_win)[:5]))
-    print(" second look (median |z diff|), true copies within 64 bits:", summary([round(r[0], 3) for r in look_pos if r[2] <= 64]))
-    print(" second look, distinct pairs within 64 bits:", summary([round(r[0], 3) for r in look_neg]))
-    for row in sorted(look_pos, key=lambda r: -r[0]):
-        if row[2] <= 64 and row[0] > 0.08:
-            print(f"   true     {row[2]:>3} bits  look {row[0]:.3f}  {row[3]}")
-    for row in sorted(look_neg, key=lambda r: r[2])[:12]:
-        print(f"   distinct {row[2]:>3} bits  look {row[0]:.3f}  quality {row[4]:>3}  {row[3]}")
-    print(" low-quality pictures (PDQ quality < %d):" % R.MIN_QUALITY, ", ".join(f"{q} {n}" for q, n in low_quality[:20]), f"({len(low_quality)} in all)")
+    print("\nmargins (full/windows in bits; looks in standardised grey levels)")
+    for dataset, samples in datasets.items():
+        usable = [s for s in samples if "rejected" not in s.features]
+        originals = {s.group: s for s in usable if s.role == "original"}
+        true = [
+            (pair_figures(s.features["pdq"], originals[s.group].features["pdq"]), s.kind)
+            for s in usable
+            if s.role == "copy" and s.kind not in NOT_SAME and s.group in originals
+        ]
+        distinct = []
+        for j in range(len(usable)):
+            for i in range(j):
+                if usable[i].group != usable[j].group:
+                    figures = pair_figures(usable[j].features["pdq"], usable[i].features["pdq"])
+                    distinct.append((figures, f"{usable[j].name[-28:]} ~ {usable[i].name[-28:]}"))
+        print(f" {dataset}: {len(true)} copies, {len(distinct):,} distinct pairs")
+        for key in ("full", "pdq_window", "phash_window"):
+            print(f"   {key:<13} copies   {summary([f[key] for f, _ in true])}")
+            print(f"   {key:<13} distinct {summary([f[key] for f, _ in distinct])}")
+        near_full = [(f["look"], f["full"], label) for f, label in distinct if _bits_identity_ok(f)]
+        print("   look (full <= 50 bits)  copies:", summary([f["look"] for f, _ in true if f["full"] <= 50]))
+        print("   look (full <= 50 bits)  distinct:", ", ".join(f"{v:.3f} ({b} bits, {l})" for v, b, l in sorted(near_full)[:4]) or "none")
+        aligned_true = [f["aligned"] for f, _ in true if f["aligned"] is not None and f["phash_window"] <= RULE.window_distance]
+        aligned_false = sorted(
+            (f["aligned"], f["phash_window"], label)
+            for f, label in distinct
+            if f["aligned"] is not None and f["phash_window"] <= RULE.window_distance
+        )
+        print(f"   aligned look (phash window <= {RULE.window_distance}, colour agrees) copies:", summary(aligned_true))
+        print("   aligned look, distinct:", ", ".join(f"{v:.3f} ({b} bits, {l})" for v, b, l in aligned_false[:4]) or "none")
+
+
+def _bits_identity_ok(figures: dict[str, Any]) -> bool:
+    return figures["full"] <= RULE.look_distance
 
 
 def pdq_self_check() -> str:
-    """The prototype's PDQ against the reference (``pdqhash``, the C++ of ThreatExchange) on
-    the same 64x64 input, and its dihedral hashes against hashes of the turned pictures."""
+    """The core's PDQ (``crawler.images.pdq``: numpy DCTs of the 64x64 square) against the
+    reference C++ (``pdqhash`` on PyPI, when installed) on the same square, hash and quality."""
     try:
+        import numpy as np
         import pdqhash
     except ImportError:
-        return "PDQ self-check skipped: pdqhash is not installed"
+        return "PDQ self-check skipped: pdqhash is not installed (pip install pdqhash)"
+    from crawler.images.hashing import canonical_image
+    from crawler.images.pdq import look_square, pdq_hashes
 
     equal = total = 0
-    dihedral: list[int] = []
     for path in sorted((NEARDUP / "pdq" / "files").iterdir())[:12] + hymenoptera_files()[::40]:
-        image = verify_image(path.read_bytes()).image
-        record = R.hash_image(image, windows=False)
-        square = np.repeat(R._square(image.convert("L"))[:, :, None], 3, axis=2)
+        record = pdq_hashes(canonical_image(verify_image(path.read_bytes()).image))
+        square = np.repeat(look_square(record.look)[:, :, None], 3, axis=2)
         bits, quality = pdqhash.compute(np.ascontiguousarray(square))
-        equal += np.packbits(bits).tobytes() == record.pdq and quality == record.quality
-        dihedral.append(max(
-            R.hamming256(R.hash_image(image if op is None else image.transpose(op), windows=False).pdq, record.dihedral[n])
-            for n, op in enumerate(R.DIHEDRAL)
-        ))
+        equal += np.packbits(bits).tobytes().hex() == record.pdq and quality == record.quality
         total += 1
-    return (
-        f"PDQ self-check: hash and quality equal to pdqhash {equal}/{total}; dihedral hashes vs hashes of the "
-        f"turned pictures: exact {dihedral.count(0)}/{total}, at most {max(dihedral)} bits off (resampling rounding)"
-    )
+    return f"PDQ self-check: hash and quality equal to pdqhash on the same 64x64 input {equal}/{total}"
 
 
 # -- cost ------------------------------------------------------------------------------------
 
 
 def cost(rounds: int = 5) -> None:
-    """Median ms per image to hash the canonical image, today's recipe vs the prototype,
-    over the hymenoptera photos, in alternating rounds."""
+    """Median ms per image to hash the canonical image (the crawl's ``hashes_of`` with pdq,
+    the phash recipe's ``image_hashes``) over the hymenoptera photos, and to decide it
+    (``PdqCatalogIndex.find`` / ``CatalogHashIndex.find`` against the other 396 stored), in
+    alternating rounds."""
     images = []
     for path in hymenoptera_files():
         try:
             images.append(verify_image(path.read_bytes()).image)
         except Rejected:
             pass
-    calls = {
-        "crawl (hashes_of, pdq)": hashes_of,
-        "phash recipe (image_hashes)": image_hashes,
-        "recipe (hash_image)": R.hash_image,
-        "recipe, no windows": lambda im: R.hash_image(im, windows=False),
-    }
+    calls = {"pdq (hashes_of)": lambda im: hashes_of(im, "pdq"), "phash recipe (image_hashes)": image_hashes}
     timings: dict[str, list[float]] = {k: [] for k in calls}
     per_round: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -419,58 +448,74 @@ def cost(rounds: int = 5) -> None:
                 samples.append((time.perf_counter() - started) * 1000)
             timings[name] += samples
             per_round[name].append(statistics.median(samples))
-    print(f"hashing cost, ms per image ({len(images)} hymenoptera photos, canonical images, {rounds} alternating rounds; load {os.getloadavg()[0]:.2f})")
+    print(f"hashing, ms per image ({len(images)} hymenoptera photos, canonical images, {rounds} alternating rounds; load {os.getloadavg()[0]:.2f})")
     for name in calls:
-        print(f"  {name:<28} median {statistics.median(timings[name]):.3f}  round medians {' '.join(f'{v:.3f}' for v in per_round[name])}")
+        print(f"  {name:<30} median {statistics.median(timings[name]):.3f}  round medians {' '.join(f'{v:.3f}' for v in per_round[name])}")
+    hashes = {"pdq": [hashes_of(im, "pdq") for im in images], "phash": [image_hashes(im) for im in images]}
+    decide_ms: dict[str, list[float]] = {"pdq": [], "phash": []}
+    crawls = {name: Crawl(default_rule(name)) for name in decide_ms}
+    try:
+        for name, crawl in crawls.items():
+            for n, h in enumerate(hashes[name]):
+                crawl.store(h, f"h{n}")
+            crawl.index.refresh()
+        for _ in range(rounds):
+            for name, crawl in crawls.items():
+                samples = []
+                for n, h in enumerate(hashes[name]):
+                    started = time.perf_counter()
+                    crawl.find(h, f"q{n}")  # finds itself (0 bits): the index's sure path
+                    samples.append((time.perf_counter() - started) * 1000)
+                decide_ms[name].append(statistics.median(samples))
+    finally:
+        for crawl in crawls.values():
+            crawl.close()
+    print(f"deciding, ms per image against {len(images)} stored (each finds itself), round medians:")
+    for name, values in decide_ms.items():
+        print(f"  {name:<30} median {statistics.median(values):.3f}  rounds {' '.join(f'{v:.3f}' for v in values)}")
+
+
+def load_all() -> dict[str, list[Sample]]:
+    return {
+        "pdq": load_neardup("pdq"),
+        "augly": load_neardup("augly"),
+        "exif": load_exif(),
+        "hymenoptera": load_hymenoptera(),
+        "bid": load_site("bid"),
+        "gaa": load_site("gaa"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.neardup_real", description=__doc__.split("\n")[0])
-    parser.add_argument("--threshold", type=int, default=R.MAX_DISTANCE, help="PDQ full-picture distance, bits of 256")
-    parser.add_argument("--window-threshold", type=int, default=R.WINDOW_DISTANCE, help="PDQ window distance, bits")
-    parser.add_argument("--colour-bits", type=int, default=4, help="colorhash distance, bits")
-    parser.add_argument("--cache", type=Path, default=None, help="pickle features here and reuse them")
-    parser.add_argument("--recompute-recipe", action="store_true", help="with --cache: recompute the prototype's hashes only")
-    parser.add_argument("--cost", action="store_true", help="print the hashing cost per image only")
+    parser.add_argument("--cache", type=Path, default=None, help="pickle the hashes here and reuse them (same recipe only)")
+    parser.add_argument("--margins", action="store_true", help="also print the distances behind each threshold")
+    parser.add_argument("--false", action="store_true", help="also list every false merge")
+    parser.add_argument("--cost", action="store_true", help="print the hashing and decision cost per image only")
     args = parser.parse_args(argv)
     if args.cost:
         cost()
         return
     if not NEARDUP.is_dir():
         raise SystemExit(f"error: {NEARDUP} is missing (the shared real test material)")
-    def load() -> dict[str, list[Sample]]:
-        return {
-            "pdq": load_neardup("pdq"),
-            "augly": load_neardup("augly"),
-            "exif": load_exif(),
-            "hymenoptera": load_hymenoptera(),
-            "bid": load_site("bid"),
-            "gaa": load_site("gaa"),
-        }
-
+    datasets = None
     if args.cache and args.cache.exists():
         datasets = pickle.loads(args.cache.read_bytes())
-        if args.recompute_recipe:
-            for name, fresh in load().items():
-                for old, new in zip(datasets[name], fresh, strict=True):
-                    if "recipe" in old.features:
-                        image = verify_image(new.body).image
-                        old.features["recipe"] = R.hash_image(image)
-                        old.features["core"] = hashes_of(image)
-            args.cache.write_bytes(pickle.dumps(datasets))
-    else:
-        datasets = load()
+        if any(s.features.get("recipe", hash_recipe("pdq")) != hash_recipe("pdq") for d in datasets.values() for s in d):
+            datasets = None  # made by another recipe
+    if datasets is None:
+        datasets = load_all()
         for samples in datasets.values():
             for sample in samples:
                 featurise(sample)
                 sample.body = b""
-                sample.image = None
         if args.cache:
             args.cache.write_bytes(pickle.dumps(datasets))
     print(pdq_self_check())
     started = time.perf_counter()
-    evaluate(datasets, recipes(args.threshold, args.window_threshold, args.colour_bits))
-    margins(datasets)
+    evaluate(datasets, METHODS, args.false)
+    if args.margins:
+        margins(datasets)
     print(f"(evaluated in {time.perf_counter() - started:.0f} s; load {os.getloadavg()[0]:.2f})")
 
 

@@ -147,13 +147,23 @@ def dedupe_rule(settings: Any) -> Any:
     def bits(key: str, example: int, note: str = "") -> int:
         return get_int(merged, key, unit="bits", minimum=0, maximum=top, example=example, note=note)
 
-    raw = merged.get("DEDUPE_LOOK_DIFFERENCE")
-    try:
-        difference = float(raw)
-    except (TypeError, ValueError):
-        difference = -1.0
-    if not difference >= 0:
-        raise _fail("DEDUPE_LOOK_DIFFERENCE", "a number >= 0", raw, 0.1)
+    def level(key: str, example: float) -> float:
+        raw = merged.get(key)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = -1.0
+        if not value >= 0:
+            raise _fail(key, "a number >= 0", raw, example)
+        return value
+
+    difference = level("DEDUPE_LOOK_DIFFERENCE", 0.1)
+    align = level("DEDUPE_ALIGN_DIFFERENCE", 0.13) if merged.get("DEDUPE_ALIGN_DIFFERENCE") is not None else 0.0
+    window = (
+        get_int(merged, "DEDUPE_WINDOW_DISTANCE", unit="bits", minimum=0, maximum=HASH_BITS - 1, example=8, note="0: no phash windows")
+        if merged.get("DEDUPE_WINDOW_DISTANCE") is not None
+        else 0
+    )
     rule = DedupeRule(
         hash_name=name,
         max_distance=bits("DEDUPE_MAX_DISTANCE", 31 if name == PDQ else 6),
@@ -161,7 +171,14 @@ def dedupe_rule(settings: Any) -> Any:
         min_quality=get_int(merged, "DEDUPE_MIN_QUALITY", minimum=0, maximum=100, example=50),
         look_distance=bits("DEDUPE_LOOK_DISTANCE", 50, "0: no second look"),
         look_difference=difference,
+        window_distance=window,
+        align_difference=align,
     )
+    if rule.window_distance and name != PDQ:
+        raise UserError(
+            f"DEDUPE_WINDOW_DISTANCE needs DEDUPE_HASH=pdq, got DEDUPE_HASH={name} "
+            "(the 64-bit hashes use DEDUPE_VARIANT_DISTANCE for their windows; e.g. -s DEDUPE_WINDOW_DISTANCE=0)"
+        )
     if rule.look_distance and name != PDQ:
         raise UserError(
             f"DEDUPE_LOOK_DISTANCE needs DEDUPE_HASH=pdq, got DEDUPE_HASH={name} "

@@ -106,25 +106,40 @@ DEDUPE_HASH = "pdq"
 # Largest Hamming distance in bits between full-picture hashes (best of the 8 flips and
 # rotations with pdq) that counts as the same picture.
 DEDUPE_MAX_DISTANCE = None
-# Largest distance between a pair of window hashes (crop, caption, frame); 0: no windows.
+# Largest distance between a pair of window hashes (crop, caption, frame); 0: no windows
+# (with pdq: neither PDQ's nor the phash windows).
 DEDUPE_VARIANT_DISTANCE = None
 # pdq only: hashes of a lower quality (0-100; flat, near-white, tiny objects) match only
 # through the second look.
 DEDUPE_MIN_QUALITY = None
-# pdq only: full-picture candidates up to this distance get a second look at 32x32 thumbnails
-# (0: off; README says which to use at which scale), and are the same picture when the look's
-# median difference is at most DEDUPE_LOOK_DIFFERENCE (standardised grey levels).
+# pdq only: full-picture candidates up to this distance get a second look at 64x64 grey
+# squares (0: off; README says which to use at which scale), and are the same picture when the
+# look's median difference is at most DEDUPE_LOOK_DIFFERENCE (standardised grey levels).
 DEDUPE_LOOK_DISTANCE = None
 DEDUPE_LOOK_DIFFERENCE = None
+# pdq only: imagehash phash windows within this many bits of 64 (crops, caption bars, small
+# turns; 0: off) are the same picture when, aligned, they differ by at most
+# DEDUPE_ALIGN_DIFFERENCE (standardised grey levels).
+DEDUPE_WINDOW_DISTANCE = None
+DEDUPE_ALIGN_DIFFERENCE = None
 DEDUPE_DEFAULTS = {
-    # ThreatExchange's default 31 of 256 bits; measured margins: copies <= 14 (full), <= 16
-    # (windows), distinct photos >= 50 and >= 34; overlays look <= 0.086, burst frames >= 0.141.
+    # Measured gaps (benchmarks/neardup_real --margins, benchmarks/dedupe_quality; README
+    # "Near-duplicate quality"): full picture 31 (ThreatExchange's default): copies <= 14 bits,
+    # distinct photos >= 50 (neardup/, hymenoptera, shop, gallery); PDQ windows 24: copies
+    # <= 16, distinct >= 44; look 0.10: overlays <= 0.081, burst frames >= 0.180 (gallery);
+    # phash windows 8 with the colour gate (the phash recipe's, chosen on hymenoptera): no
+    # distinct pair of neardup/, hymenoptera, the shop or the made copies within 8 bits, only
+    # the gallery's burst frames; aligned look 0.13 (75th percentile): 0.8 of the nearest
+    # burst pair (0.162); shop renditions median 0.033 (all 67 under it), made copies
+    # median 0.03-0.12 by kind (benchmarks/dedupe_quality).
     "pdq": {
         "DEDUPE_MAX_DISTANCE": 31,
         "DEDUPE_VARIANT_DISTANCE": 24,
         "DEDUPE_MIN_QUALITY": 50,
         "DEDUPE_LOOK_DISTANCE": 50,
         "DEDUPE_LOOK_DIFFERENCE": 0.10,
+        "DEDUPE_WINDOW_DISTANCE": 8,
+        "DEDUPE_ALIGN_DIFFERENCE": 0.13,
     },
     # 64-bit imagehash hashes: no quality score, no second look.
     **{
@@ -134,6 +149,8 @@ DEDUPE_DEFAULTS = {
             "DEDUPE_MIN_QUALITY": 0,
             "DEDUPE_LOOK_DISTANCE": 0,
             "DEDUPE_LOOK_DIFFERENCE": 0.0,
+            "DEDUPE_WINDOW_DISTANCE": 0,
+            "DEDUPE_ALIGN_DIFFERENCE": 0.0,
         }
         for name in ("phash", "dhash", "average_hash", "whash")
     },

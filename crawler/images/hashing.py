@@ -2,9 +2,11 @@
 
 ``hashes_of`` is what a crawl computes per image. With ``DEDUPE_HASH=pdq`` (the default since
 issue 13) that is PDQ's hashes of the canonical image (``crawler.images.pdq``: the 8 flips and
-rotations, windows, quality, thumbnail) plus its imagehash phash for the catalog's ``phash``
-column; the rest of this docstring is about the 64-bit imagehash recipe (``DEDUPE_HASH=phash``,
-``dhash``, ``average_hash``, ``whash``), whose canonical reduction PDQ shares.
+rotations, two windows, quality, a 64x64 grey look) plus this module's 64-bit recipe
+(``image_hashes``: phash of the picture and of its ``VARIANTS`` windows, the colour signature),
+whose window pairs find the crops, caption bars and small turns PDQ's fine bits miss; the rest
+of this docstring is about that 64-bit recipe, which is also ``DEDUPE_HASH=phash`` (``dhash``,
+``average_hash``, ``whash``) on its own.
 
 Pure image code (Pillow, numpy, imagehash; no Scrapy): the crawl's worker processes, the
 pipelines, ``crawler.dataset rehash`` and the benchmarks hash through this module alone.
@@ -106,7 +108,7 @@ def hash_recipe(hash_name: str = DEFAULT_HASH) -> str:
     if hash_name not in HASH_NAMES:
         raise ValueError(f"unknown perceptual hash {hash_name!r}; valid: {', '.join(HASH_NAMES)}")
     if hash_name == PDQ:
-        return f"pdq256-sq64-dihedral-win10-look32-canonical{CANONICAL_SIDE}-jpegdraft"
+        return f"pdq256-sq64-dihedral-pdqwin2-phash8win9-look64-canonical{CANONICAL_SIDE}-jpegdraft"
     return f"{hash_name}{HASH_SIZE}-canonical{CANONICAL_SIDE}-jpegdraft"
 
 
@@ -211,23 +213,7 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
-# DCT-II basis of imagehash's phash (scipy's unnormalised dct up to a factor 2, which no bit
-# depends on): the 8 lowest frequencies of 32 samples.
-_PHASH_DCT = np.cos(np.pi * np.arange(HASH_SIZE)[:, None] * (2 * np.arange(32)[None, :] + 1) / 64)
-
-
-def phash_of_square(square: np.ndarray) -> str:
-    """imagehash's phash recipe (32x32 luma, 2-D DCT, the 8x8 lowest frequencies above their
-    median; 16 hex chars) taken from PDQ's ``(64, 64)`` luma square, 2x2-averaged to 32x32, in
-    one numpy product: the catalog's ``phash`` under ``DEDUPE_HASH=pdq``. Not bit-exact with
-    imagehash on the canonical image (its LANCZOS from 160 px cost 0.19 ms, most of what PDQ
-    hashing added over the phash recipe), but the same kind of hash, made one way."""
-    small = square.astype(np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3))
-    low = (_PHASH_DCT @ small @ _PHASH_DCT.T).ravel()
-    return np.packbits(low > np.median(low)).tobytes().hex()
-
-
-def image_hashes(image: Image.Image, hash_name: str = "phash") -> dict[str, str]:
+def image_hashes(image: Image.Image, hash_name: str = "phash", *, grey: Image.Image | None = None) -> dict[str, str]:
     """Every perceptual hash dedupe compares, as ``{kind: 16 hex chars}``.
 
     ``phash`` is imagehash's ``hash_name`` hash (default phash) of the canonical image (the
@@ -235,14 +221,16 @@ def image_hashes(image: Image.Image, hash_name: str = "phash") -> dict[str, str]
     same hash of windows of it (see the module docstring); ``colour`` (12 hex
     chars) is the colour signature variant matches must agree on (mean and standard deviation
     of R, G, B, one byte each). ``image`` is RGB: the canonical image (``VerifiedImage.image``,
-    which follows ``HASH_RECIPE``), or a larger one, reduced here with ``canonical_image``.
+    which follows ``HASH_RECIPE``), or a larger one, reduced here with ``canonical_image``;
+    ``grey`` its ``L`` conversion when the caller has one (of the canonical image).
 
     The windows are cut from one grey copy of the canonical image: converting to grey is per
     pixel, so cropping before or after it gives the same pixels, and one conversion replaces
     ten (plus the one ``trim_borders`` needs).
     """
     canonical = canonical_image(image)
-    grey = canonical.convert("L")
+    if grey is None or grey.size != canonical.size:
+        grey = canonical.convert("L")
     box = trim_box(np.asarray(grey))
     left, top = box[0], box[1]
     trimmed_size = (box[2] - left, box[3] - top)
@@ -272,16 +260,19 @@ def hashes_of(image: Image.Image, hash_name: str = DEFAULT_HASH, *, variants: bo
     """The hashes dedupe compares for ``image`` (RGB, see ``image_hashes``).
 
     A 64-bit ``hash_name``: every kind of ``image_hashes`` when ``variants``
-    (``DEDUPE_VARIANT_DISTANCE`` > 0), else ``{"phash": ...}``. ``pdq``: ``{"phash": imagehash
-    phash of PDQ's 64x64 luma square (``phash_of_square``: the catalog's ``phash`` column,
-    which the trainer's split groups by), "pdq" and the
-    other ``DIHEDRAL_KINDS``: 64 hex chars each, the window kinds (when ``variants``),
-    "pdq_quality": int, "look": bytes}`` (``crawler.images.pdq``).
+    (``DEDUPE_VARIANT_DISTANCE`` > 0), else ``{"phash": ...}``. ``pdq``: PDQ's hashes of the
+    canonical image (``crawler.images.pdq``: ``"pdq"`` and the other ``DIHEDRAL_KINDS``, 64 hex
+    chars each, ``"pdq_quality"``: int, ``"look"``: bytes, and with ``variants`` its
+    ``WINDOWS``) plus, with ``variants``, every kind of ``image_hashes`` (imagehash's phash of
+    the picture and of its ``VARIANTS`` windows, and the colour signature), whose pairs find
+    copies cropped, captioned or turned a little; without, ``"phash"`` alone (the catalog's
+    ``phash`` column, which the trainer's split groups by).
     """
     if hash_name == PDQ:
         canonical = canonical_image(image)
-        record = pdq_hashes(canonical, windows=variants)
-        hashes: dict[str, Any] = {"phash": phash_of_square(record.square)}
+        grey = canonical.convert("L")
+        record = pdq_hashes(canonical, windows=variants, grey=grey)
+        hashes: dict[str, Any] = image_hashes(canonical, grey=grey) if variants else {"phash": phash_many([grey])[0]}
         hashes.update(zip(DIHEDRAL_KINDS, record.dihedral, strict=True))
         hashes.update(record.windows)
         hashes["pdq_quality"] = record.quality

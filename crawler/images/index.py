@@ -15,13 +15,23 @@ from typing import Any
 from crawler.catalog import REVIEW_DELETE, Catalog
 from crawler.hashindex import MultiIndexHashIndex, WordsHashIndex
 from crawler.images.hashing import COLOUR_KIND, HASH_BITS, VARIANTS
-from crawler.images.matching import MATCH_PAIRS, WINDOW_PAIRS, DedupeRule, Match, pdq_verdict, same_colour
+from crawler.images.matching import (
+    MATCH_PAIRS,
+    WINDOW_LOOKS,
+    WINDOW_PAIRS,
+    DedupeRule,
+    Match,
+    pdq_verdict,
+    same_colour,
+    window_verdict,
+)
 from crawler.images.pdq import DIHEDRAL_KINDS, FULL, PDQ_BITS, UNCAPTIONED, WINDOWS
 
 __all__ = ["CatalogHashIndex", "PdqCatalogIndex", "catalog_index"]
 
-# At most this many candidates of one image get the second look (nearest first): a flat or
-# near-white picture can be within reach of many stored ones, each look a catalog read.
+# At most this many candidates of one image get a second look, plain or aligned (nearest first):
+# a flat or near-white picture can be within reach of many stored ones, each look a catalog
+# read (and an aligned look 10-20 ms of CPU).
 MAX_LOOKS = 16
 
 
@@ -186,37 +196,53 @@ def _standing_row(catalog: Catalog, row_id: int) -> Any:
 
 
 class PdqCatalogIndex(_RefreshingIndex):
-    """The catalog's stored PDQ hashes, kept up to date like ``CatalogHashIndex``, and the rule
-    (``DedupeRule``, ``pdq_verdict``) that decides a new picture against them: the full-picture
-    hashes in ``full``, and every kind (full picture and windows) in ``index``, both
-    ``WordsHashIndex`` under ``row_id * 16 + kind``.
+    """The catalog's stored hashes under the PDQ rule (``DedupeRule``, ``pdq_verdict``,
+    ``window_verdict``), kept up to date like ``CatalogHashIndex``: the full-picture PDQ hashes
+    in ``full``; the full picture and PDQ's ``WINDOWS`` in ``index`` (both ``WordsHashIndex``
+    under ``row_id * 16 + kind``); imagehash's phash of the picture and of its ``VARIANTS`` in
+    ``windows`` (a 64-bit ``MultiIndexHashIndex``, the phash recipe's own), with the colour
+    signatures in ``colours``.
 
-    A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations), the
-    windows at ``variant_distance`` (``WINDOW_PAIRS``) and, when the second look is on, the
-    identity hash alone at ``look_distance``: one wide query, not eight (the wide radius costs
-    the most; README "Near-duplicate quality" gives the figures). Thumbnails for the second
-    look are read from the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per
-    picture. Thread-safe: ``refresh`` and ``find`` may run in worker threads.
+    A query asks with the 8 dihedral hashes at ``max_distance`` (flips and rotations) and the
+    PDQ windows at ``variant_distance`` (``WINDOW_PAIRS``) in one search, and, when the second
+    look is on, the identity hash alone at ``look_distance``: 10 or 11 hashes of 256 bits
+    (up to 20 before the phash windows replaced 8 of the 10 PDQ windows); then its 9 phash windows at
+    ``window_distance`` of 64 bits (``MATCH_PAIRS``, the colour gate). The looks are read from
+    the catalog when needed (``Catalog.look``), at most ``MAX_LOOKS`` per picture, nearest PDQ
+    candidates first, then an aligned look at each of the ``WINDOW_LOOKS`` nearest window pairs
+    of a stored picture.
+    Thread-safe: ``refresh`` and ``find`` may run in worker threads.
     """
 
     KINDS: tuple[str, ...] = (FULL, *WINDOWS, UNCAPTIONED)  # a kind's code is its position here
+    WINDOW_KINDS: tuple[str, ...] = ("phash", *VARIANTS)  # codes of the 64-bit index
 
     def __init__(self, catalog: Catalog, rule: DedupeRule) -> None:
         self.catalog = catalog
         self.rule = rule
         stored = catalog.count_stored()
         # Full-picture hashes alone for the dihedral and the wide (second look) queries: the
-        # wide radius costs the most, and the windows would make that index 11 times larger.
+        # wide radius costs the most, and the windows would make that index larger.
         self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored)
-        # Every kind, full picture included (window pairs such as (uncap, full)); the dihedral
-        # hashes ask it too when windows are on (one search for all of an image's hashes).
+        # Every PDQ kind, full picture included (window pairs such as (uncap, full)); the
+        # dihedral hashes ask it too when windows are on (one search for all 256-bit hashes).
         self.index = WordsHashIndex(
             max(rule.variant_distance, rule.max_distance), bits=PDQ_BITS, expected=2 * stored * len(self.KINDS)
         )
+        self.windows = MultiIndexHashIndex.for_size(
+            max(1, rule.coarse_distance), 2 * stored * len(self.WINDOW_KINDS), bits=HASH_BITS
+        )
+        self.colours: dict[int, bytes] = {}
         self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
+        self._window_codes = {kind: code for code, kind in enumerate(self.WINDOW_KINDS)}
         pairs = {*WINDOW_PAIRS, *((b, a) for a, b in WINDOW_PAIRS)}
         self._partners = {
             mine: frozenset(self._codes[theirs] for m, theirs in pairs if m == mine) for mine in self.KINDS
+        }
+        phash_pairs = {*MATCH_PAIRS, *((b, a) for a, b in MATCH_PAIRS)}
+        self._window_partners = {
+            mine: frozenset(self._window_codes[theirs] for m, theirs in phash_pairs if m == mine)
+            for mine in self.WINDOW_KINDS
         }
         self.ids_of_sha256: dict[str, int] = {}
         self.stored = 0
@@ -229,33 +255,56 @@ class PdqCatalogIndex(_RefreshingIndex):
             self.full.add(row["pdq"], row["id"] * 16)
             if self.rule.variant_distance:
                 self.index.add(row["pdq"], row["id"] * 16)
+        if self.rule.coarse_distance and row["phash"]:
+            self.windows.add(int(row["phash"], 16), row["id"] * 16)
 
     def _reads_hashes(self) -> bool:
-        return bool(self.rule.variant_distance)
+        return bool(self.rule.variant_distance or self.rule.coarse_distance)
 
     def _add_hash(self, row: Any) -> None:
-        code = self._codes.get(row["kind"])
+        kind = row["kind"]
+        code = self._codes.get(kind)
         if code:
-            self.index.add(row["hash"], row["image_id"] * 16 + code)
+            if self.rule.variant_distance:
+                self.index.add(row["hash"], row["image_id"] * 16 + code)
+            return
+        if not self.rule.coarse_distance:
+            return
+        code = self._window_codes.get(kind)
+        if code:  # 0 is the picture's phash, in the images table
+            self.windows.add(int(row["hash"], 16), row["image_id"] * 16 + code)
+        elif kind == COLOUR_KIND:
+            self.colours[row["image_id"]] = bytes.fromhex(row["hash"])
 
     def find(self, sha256: str, hashes: Mapping[str, Any]) -> Match | None:
         """The stored image this picture duplicates: the same bytes first, else the nearest
-        PDQ candidate ``pdq_verdict`` accepts. ``hashes`` is ``hashes_of(image, "pdq")``."""
+        PDQ candidate ``pdq_verdict`` accepts, else the nearest phash window candidate
+        ``window_verdict`` accepts. ``hashes`` is ``hashes_of(image, "pdq")``. The match's
+        ``distance`` is in bits of the hash that matched: of 256 for PDQ, of 64 for a phash
+        window pair."""
         exact = _exact(self.catalog, self.ids_of_sha256, sha256)
         if exact is not None:
             return exact
         rule = self.rule
         dihedral = [hashes[kind] for kind in DIHEDRAL_KINDS]
-        mine = {kind: hashes[kind] for kind in self.KINDS if kind in hashes}
+        # The query's PDQ windows; its full picture (FULL) is dihedral[0], asked once.
+        mine = {kind: hashes[kind] for kind in self.KINDS[1:] if kind in hashes}
+        coarse = {kind: hashes[kind] for kind in self.WINDOW_KINDS if kind in hashes} if rule.coarse_distance else {}
         with self._lock:
             if rule.variant_distance:
                 # One search at the wider radius, each hit kept at its own kind's distance.
                 found_all = self.index.query_batch([*dihedral, *mine.values()], max(rule.max_distance, rule.variant_distance))
                 turned = [[(d, k) for d, k in hits if k & 15 == 0 and d <= rule.max_distance] for hits in found_all[:8]]
-                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in found_all[8:]]
+                # FULL's window pairs (full picture against a stored window) come from the
+                # identity's hits.
+                mine = {FULL: hashes[FULL], **mine}
+                windows = [[(d, k) for d, k in hits if d <= rule.variant_distance] for hits in (found_all[0], *found_all[8:])]
             else:
                 turned, windows = self.full.query_batch(dihedral, rule.max_distance), []
             wide = self.full.query_batch([dihedral[0]], rule.look_distance)[0] if rule.look_distance > rule.max_distance else []
+            coarse_hits = (
+                self.windows.query_batch([int(v, 16) for v in coarse.values()], rule.coarse_distance) if coarse else []
+            )
         # (distance, transform, (query kind, stored kind), row id), nearest first.
         found = {(d, t, (FULL, FULL), key >> 4) for t, hits in enumerate(turned) for d, key in hits if key & 15 == 0}
         found.update((d, 0, (FULL, FULL), key >> 4) for d, key in wide if key & 15 == 0)
@@ -263,6 +312,7 @@ class PdqCatalogIndex(_RefreshingIndex):
             partners = self._partners[kind]
             found.update((d, 0, (kind, self.KINDS[key & 15]), key >> 4) for d, key in hits if key & 15 in partners)
         quality = int(hashes.get("pdq_quality", 0))
+        query_look = hashes.get("look") or b""
         looks = 0
         decided: set[int] = set()
         for distance, transform, kinds, row_id in sorted(found, key=lambda c: (c[0], c[1])):
@@ -275,10 +325,35 @@ class PdqCatalogIndex(_RefreshingIndex):
                     continue
                 looks += 1
                 decided.add(row_id)
-                pair = (hashes.get("look") or b"", self.catalog.look(row_id) or b"")
+                pair = (query_look, self.catalog.look(row_id) or b"")
                 if not pdq_verdict(rule, distance, transform, kinds, (quality, row["pdq_quality"] or 0), pair):
                     continue
             standing = _standing_row(self.catalog, row_id)
             if standing is not None:
                 return Match.of_row(standing, distance, False)
+        # phash windows: the WINDOW_LOOKS nearest pairs of each stored picture that agrees on
+        # colour, as ``window_candidates`` orders them; pictures by their nearest pair.
+        colour = bytes.fromhex(hashes.get(COLOUR_KIND, ""))
+        pairs_of: dict[int, list[tuple[int, tuple[str, str]]]] = {}
+        for kind, hits in zip(coarse, coarse_hits):
+            partners = self._window_partners[kind]
+            for distance, key in hits:
+                if key & 15 in partners:
+                    pairs_of.setdefault(key >> 4, []).append((distance, (kind, self.WINDOW_KINDS[key & 15])))
+        nearest = sorted((sorted(pairs)[:WINDOW_LOOKS], row_id) for row_id, pairs in pairs_of.items())
+        for pairs, row_id in nearest:
+            # A row's colour is written once, before its windows can be found (one refresh).
+            if not same_colour(colour, self.colours.get(row_id, b"")):
+                continue
+            look = None
+            for distance, kinds in pairs:
+                if looks >= MAX_LOOKS:
+                    return None
+                looks += 1
+                look = (self.catalog.look(row_id) or b"") if look is None else look
+                if window_verdict(rule, kinds, (query_look, look)):
+                    standing = _standing_row(self.catalog, row_id)
+                    if standing is not None:
+                        return Match.of_row(standing, distance, False)
+                    break
         return None

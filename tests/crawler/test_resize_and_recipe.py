@@ -28,9 +28,10 @@ from crawler.images.hashing import (
     decode_canonical_jpeg,
     hash_recipe,
     hashes_of,
+    VARIANTS,
     image_hashes,
 )
-from crawler.images.pdq import UNCAPTIONED, WINDOWS
+from crawler.images.pdq import LOOK_HEADER, UNCAPTIONED, WINDOWS
 from crawler.pipelines.dedupe import DedupePipeline
 from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
@@ -228,8 +229,9 @@ def test_a_crawl_rehashes_a_dataset_made_with_another_recipe(make_crawler, build
         for row, body in zip(rows, bodies, strict=True):
             hashes = hashes_of(verify_image(body).image)  # pdq, the default
             assert (row["phash"], row["pdq"], row["pdq_quality"]) == (hashes["phash"], hashes["pdq"], hashes["pdq_quality"])
-        assert set(WINDOWS) <= kinds <= {*WINDOWS, UNCAPTIONED}  # the windows, no colour signature
-        assert all(look is not None and len(look) == 3080 for look in looks)
+        # PDQ's windows, imagehash's phash windows and the colour signature their pairs need
+        assert {*WINDOWS, *VARIANTS, "colour"} <= kinds <= {*WINDOWS, UNCAPTIONED, *VARIANTS, "colour"}
+        assert all(look is not None and len(look) == LOOK_HEADER + 64 * 64 for look in looks)
         # The old images are found again: a recompressed copy is a near duplicate.
         copy = encode(Image.open(io.BytesIO(bodies[1])).convert("RGB").resize((150, 100)), "JPEG", quality=60)
         with pytest.raises(DropItem, match="near"):
@@ -258,7 +260,7 @@ def test_rehash_command(tmp_path: Path) -> None:
     with Catalog(root) as catalog:
         assert catalog.meta()["hash_recipe"] == HASH_RECIPE
         (row,) = catalog.rows("status = 'stored'")
-        assert len(row["pdq"]) == 64 and len(catalog.look(row["id"]) or b"") == 3080
+        assert len(row["pdq"]) == 64 and len(catalog.look(row["id"]) or b"") == LOOK_HEADER + 64 * 64
 
 
 # -- DEDUPE_HASH -------------------------------------------------------------------------------
