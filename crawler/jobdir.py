@@ -55,7 +55,7 @@ class JobQueueGuard:
     def from_crawler(cls, crawler: Any) -> JobQueueGuard:
         jobdir = crawler.settings.get("JOBDIR")
         if not jobdir:
-            raise NotConfigured("no JOBDIR")
+            raise NotConfigured  # no JOBDIR: nothing to guard (no message, so Scrapy logs no warning)
         guard = cls(jobdir)
         crawler.signals.connect(guard.spider_closed, signal=signals.spider_closed)
         return guard
