@@ -213,7 +213,13 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
-def image_hashes(image: Image.Image, hash_name: str = "phash", *, grey: Image.Image | None = None) -> dict[str, str]:
+def image_hashes(
+    image: Image.Image,
+    hash_name: str = "phash",
+    *,
+    grey: Image.Image | None = None,
+    trim: tuple[int, int, int, int] | None = None,
+) -> dict[str, str]:
     """Every perceptual hash dedupe compares, as ``{kind: 16 hex chars}``.
 
     ``phash`` is imagehash's ``hash_name`` hash (default phash) of the canonical image (the
@@ -222,7 +228,8 @@ def image_hashes(image: Image.Image, hash_name: str = "phash", *, grey: Image.Im
     chars) is the colour signature variant matches must agree on (mean and standard deviation
     of R, G, B, one byte each). ``image`` is RGB: the canonical image (``VerifiedImage.image``,
     which follows ``HASH_RECIPE``), or a larger one, reduced here with ``canonical_image``;
-    ``grey`` its ``L`` conversion when the caller has one (of the canonical image).
+    ``grey`` its ``L`` conversion when the caller has one (of the canonical image), and
+    ``trim`` that grey image's ``trim_box`` (pixels).
 
     The windows are cut from one grey copy of the canonical image: converting to grey is per
     pixel, so cropping before or after it gives the same pixels, and one conversion replaces
@@ -231,7 +238,7 @@ def image_hashes(image: Image.Image, hash_name: str = "phash", *, grey: Image.Im
     canonical = canonical_image(image)
     if grey is None or grey.size != canonical.size:
         grey = canonical.convert("L")
-    box = trim_box(np.asarray(grey))
+    box = trim if trim is not None and grey.size == canonical.size else trim_box(np.asarray(grey))
     left, top = box[0], box[1]
     trimmed_size = (box[2] - left, box[3] - top)
     centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
@@ -271,8 +278,9 @@ def hashes_of(image: Image.Image, hash_name: str = DEFAULT_HASH, *, variants: bo
     if hash_name == PDQ:
         canonical = canonical_image(image)
         grey = canonical.convert("L")
-        record = pdq_hashes(canonical, windows=variants, grey=grey)
-        hashes: dict[str, Any] = image_hashes(canonical, grey=grey) if variants else {"phash": phash_many([grey])[0]}
+        trim = trim_box(np.asarray(grey))  # borders: both recipes' trimmed windows
+        record = pdq_hashes(canonical, windows=variants, grey=grey, trim=trim)
+        hashes: dict[str, Any] = image_hashes(canonical, grey=grey, trim=trim) if variants else {"phash": phash_many([grey])[0]}
         hashes.update(zip(DIHEDRAL_KINDS, record.dihedral, strict=True))
         hashes.update(record.windows)
         hashes["pdq_quality"] = record.quality

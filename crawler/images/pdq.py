@@ -192,25 +192,31 @@ def _pixels(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
     return round(box[0] * width), round(box[1] * height), round(box[2] * width), round(box[3] * height)
 
 
-def pdq_hashes(image: Image.Image, *, windows: bool = True, grey: Image.Image | None = None) -> PdqHashes:
+def pdq_hashes(
+    image: Image.Image,
+    *,
+    windows: bool = True,
+    grey: Image.Image | None = None,
+    trim: tuple[int, int, int, int] | None = None,
+) -> PdqHashes:
     """Hash ``image`` (RGB, EXIF-transposed: the canonical image of ``verify_image``; a larger
-    one gives nearly the same hashes at more cost); ``grey`` is its ``L`` conversion when the
-    caller has it. Without ``windows`` only the full picture is hashed
-    (``DEDUPE_VARIANT_DISTANCE = 0``)."""
+    one gives nearly the same hashes at more cost); ``grey`` is its ``L`` conversion and
+    ``trim`` its ``trim_box`` in pixels when the caller has them. Without ``windows`` only the
+    full picture is hashed (``DEDUPE_VARIANT_DISTANCE = 0``)."""
     grey = grey if grey is not None else image.convert("L")  # ITU-R 601 luma, as PDQ's
     squares = [_square(grey)]
     quality = pdq_quality(squares[0])
     width, height = image.size
     values = np.asarray(grey)
-    left, top, right, bottom = trim_box(values)
-    trim = (left / width, top / height, right / width, bottom / height)
+    left, top, right, bottom = trim if trim is not None else trim_box(values)
+    trim_fractions = (left / width, top / height, right / width, bottom / height)
     kinds: list[str] = []
     caption: Box = (0.0, 0.0, 1.0, 1.0)
     caption_box = _caption_box(values)
     if caption_box != (0, 0, width, height) and caption_box[3] - caption_box[1] >= 16:
         caption = (0.0, caption_box[1] / height, 1.0, caption_box[3] / height)
     if windows:
-        pixel_box = _pixels(_inside(WINDOWS[TRIMMED], trim), image.size)
+        pixel_box = _pixels(_inside(WINDOWS[TRIMMED], trim_fractions), image.size)
         if pixel_box[2] - pixel_box[0] >= 8 and pixel_box[3] - pixel_box[1] >= 8:
             squares.append(_square(grey, pixel_box))
             kinds.append(TRIMMED)
@@ -219,7 +225,7 @@ def pdq_hashes(image: Image.Image, *, windows: bool = True, grey: Image.Image | 
             kinds.append(UNCAPTIONED)
     dcts = pdq_dcts(np.stack(squares))
     hashes = pdq_hex(np.concatenate([np.stack(_dihedral_dcts(dcts[0])), dcts[1:]]))
-    header = bytes(round(v * 255) for v in (*trim, *caption)) + bytes((min(width, 255), min(height, 255)))
+    header = bytes(round(v * 255) for v in (*trim_fractions, *caption)) + bytes((min(width, 255), min(height, 255)))
     return PdqHashes(tuple(hashes[:8]), quality, dict(zip(kinds, hashes[8:], strict=True)), header + squares[0].tobytes())
 
 
