@@ -1,4 +1,4 @@
-"""Near-duplicate index over 64-bit perceptual hashes: multi-index hashing (MIH) in numpy.
+"""Near-duplicate indexes over perceptual hashes (64-bit, and 256-bit PDQ): multi-index hashing (MIH) in numpy.
 
 Why MIH and not a BK-tree or a linear scan:
 
