@@ -309,8 +309,15 @@ def main(argv: list[str] | None = None) -> None:
                 )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
+    print_table(results, sides)
+
+
+def print_table(results: dict[str, list[dict[str, dict]]], sides: list[str]) -> None:
+    """Mean +- sample std of the best val accuracy per model and side, and each side's paired
+    difference to the plain loop (mean +- standard error over the seeds)."""
+    seeds = max(len(runs) for runs in results.values())
     print(
-        f"| model | side | val acc best, mean +- std over {len(seeds)} seeds | diff to plain (paired: mean +- s.e.) | "
+        f"| model | side | val acc best, mean +- std over {seeds} seeds | diff to plain (paired: mean +- s.e.) | "
         "val acc last | wall s | CPU s |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -322,9 +329,9 @@ def main(argv: list[str] | None = None) -> None:
             paired = f"{diff.mean():+.3f} +- {std(diff) / np.sqrt(len(diff)):.3f}" if side != "plain" else ""
             print(
                 f"| {model} | {side} | {stat('best').mean():.3f} +- {std(stat('best')):.3f} | {paired} | "
-                f"{stat('last').mean():.3f} | {stat('seconds').mean():.0f} | {stat('cpu').mean():.0f} |"
+                f"{stat('last').mean():.3f} | {stat('seconds').mean():.0f} | {stat('cpu').mean():.0f} |",
+                flush=True,
             )
-
 
 if __name__ == "__main__":
     main()
