@@ -308,9 +308,9 @@ def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None
 class BatchTransform:
     """``collate_fn``: ``default_collate``, then ``transform`` on the ``(N, C, H, W)`` image batch.
 
-    One conversion and normalisation per batch instead of one per image (10 % more images per
-    CPU second in ``benchmarks.dataloading``), and uint8 images, a quarter of float's bytes,
-    cross from the dataloader workers.
+    One conversion and normalisation per batch instead of one per image (10 % more training
+    images per CPU second on hymenoptera at 128 px, one core: 528 against 479), and uint8
+    images, a quarter of float's bytes, cross from the dataloader workers.
     """
 
     def __init__(self, transform: Callable) -> None:
