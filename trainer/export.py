@@ -52,16 +52,18 @@ ONNX_FILE = "model.onnx"
 MAX_BATCH = 1024
 
 
-def preprocess_recipe(image_size: int) -> dict[str, Any]:
-    """The evaluation preprocessing as data (``trainer.transforms.build_transform(train=False)``)."""
+def preprocess_recipe(image_size: int, jpeg_draft: bool = True) -> dict[str, Any]:
+    """The evaluation preprocessing as data (``trainer.transforms.build_transform(train=False)``);
+    ``jpeg_draft``: the run's ``data.fast_decode``."""
     return {
         "mode": "RGB",
         "size": [image_size, image_size],
         "resize": "bilinear",
         "antialias": True,
         "keep_aspect_ratio": False,
-        # The datamodule decodes JPEGs at reduced scale (PIL draft) when still >= size: same here.
-        "jpeg_draft": True,
+        # The datamodule decodes JPEGs at reduced scale (PIL draft) when still >= size, unless
+        # data.fast_decode=false: the same here.
+        "jpeg_draft": jpeg_draft,
         "scale": 1 / 255,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
@@ -106,7 +108,7 @@ def export_run(run: Run | str | Path, out_dir: str | Path, *, onnx: bool | None 
         "num_classes": len(run.classes),
         "classes": run.classes,
         "image_size": run.image_size,
-        "preprocess": preprocess_recipe(run.image_size),
+        "preprocess": preprocess_recipe(run.image_size, bool(run.data_hparams.get("fast_decode", True))),
         "input": {"name": "images", "shape": ["N", 3, run.image_size, run.image_size], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["N", len(run.classes)], "activation": "softmax"},
         "files": {**files, "classes": CLASSES_FILE},

@@ -8,7 +8,9 @@ import pytest
 import torch
 from trainer_testkit import CLASSES, draw_image, write_image_folder
 
-from trainer.data import ImageDataModule, scan_dataset
+from torch.utils.data import DataLoader
+
+from trainer.data import BatchTransform, ImageDataModule, _Loaded, scan_dataset
 from trainer.errors import UserError
 from trainer.transforms import AUGMENTATIONS, build_transform
 
@@ -118,3 +120,34 @@ def test_cached_images_are_decoded_once_and_equal_to_uncached(folder_dataset):
     assert len(cached.datasets["val"].cache) == len(first) > 0
     for a, b, c in zip(expected, first, again):
         assert torch.equal(b, c) and torch.allclose(a, b, atol=1e-5)  # PIL or tensor input: same batch
+
+
+@pytest.mark.parametrize("augment", ["light", "seed"])
+def test_loaders_normalise_whole_batches_to_the_values_of_single_items(folder_dataset, augment):
+    """The loaders move uint8 images and convert them per batch (BatchTransform): the same
+    values as ``dataset[i]``, which converts its one image."""
+    dm = datamodule(folder_dataset, augment=augment, batch_size=64)
+    dm.setup("fit")
+    val = dm.datasets["val"]
+    image, _ = val.load(0)
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    images, targets = next(iter(dm.val_dataloader()))
+    assert images.dtype == torch.float32 and len(images) == len(val)
+    assert torch.equal(images, torch.stack([val[i][0] for i in range(len(val))]))
+    assert targets.tolist() == val.targets
+    # Augmented: the same random draws, in the same order, give the same batch either way.
+    train = dm.datasets["train"]
+    torch.manual_seed(3)
+    batched, _ = next(iter(DataLoader(_Loaded(train), batch_size=64, collate_fn=BatchTransform(train.batch_transform))))
+    torch.manual_seed(3)
+    single, _ = next(iter(DataLoader(train, batch_size=64)))
+    assert batched.dtype == torch.float32 and torch.equal(batched, single)
+
+
+def test_full_decode_option_neither_drafts_nor_folds(folder_dataset):
+    dm = datamodule(folder_dataset, fast_decode=False)
+    dm.setup("fit")
+    assert dm.datasets["train"].draft_size is None and dm.datasets["train"]._crop is None
+    fast = datamodule(folder_dataset)
+    fast.setup("fit")
+    assert fast.datasets["train"].draft_size == 32 and fast.datasets["train"]._crop is not None

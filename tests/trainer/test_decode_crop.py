@@ -17,9 +17,9 @@ REAL_JPEGS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenopt
 
 
 def plain(paths, transform):
-    """The same transform on fully decoded images (no draft), never folded."""
+    """The same transform on fully decoded images: without a draft size nothing is folded."""
     dataset = ImageListDataset(paths, [0] * len(paths), transform=transform)
-    dataset._crop = None
+    assert dataset._crop is None
     return dataset
 
 
