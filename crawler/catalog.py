@@ -2,7 +2,7 @@
 (``CATALOG_URL``), schema version 3 (docs/dataset.md).
 
 Version 2 added ``source_width``/``source_height``, version 3 ``pdq``/``pdq_quality`` and the
-``image_looks`` table (thumbnails for dedupe's second look); an older catalog gets them (NULL on
+``image_looks`` table (the grey squares of dedupe's second look); an older catalog gets them (NULL on
 its old rows) the first time it is opened, and its hashes are remade when a crawl with another
 ``hash_recipe`` opens it (``crawler.images.rehash``).
 
@@ -121,8 +121,8 @@ CREATE TABLE IF NOT EXISTS image_hashes (
     hash TEXT NOT NULL,
     PRIMARY KEY (image_id, kind)
 );
--- dedupe's second look (crawler/images/pdq.py): trim and caption boxes (8 bytes) and a 32x32
--- RGB thumbnail (3,072 bytes) per image hashed with pdq.
+-- dedupe's second look (crawler/images/pdq.py, LOOK_HEADER): trim and caption boxes and the
+-- canonical size (10 bytes) and the 64x64 grey square PDQ hashed (4,096 bytes), per image hashed with pdq.
 CREATE TABLE IF NOT EXISTS image_looks (
     image_id INTEGER PRIMARY KEY REFERENCES images (id),
     look {blob} NOT NULL
@@ -239,7 +239,7 @@ class Catalog:
 
         Unknown keys are ignored, except ``hashes``: a ``{kind: hex}`` dict of extra perceptual
         hashes (the dedupe stage's variants) written to ``image_hashes``, and ``look`` (bytes,
-        dedupe's thumbnail, kept for ``stored`` rows only) written to ``image_looks``, in the
+        dedupe's look: the picture's 64x64 grey square, kept for ``stored`` rows only) written to ``image_looks``, in the
         same transaction. ``created_at`` defaults to now (UTC, ISO-8601); ``data:``
         URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
         an open transaction; otherwise the insert is its own transaction.
@@ -315,7 +315,7 @@ class Catalog:
             ).fetchall()
 
     def look(self, row_id: int) -> bytes | None:
-        """The ``image_looks`` blob of row ``row_id`` (dedupe's thumbnail), or ``None``."""
+        """The ``image_looks`` blob of row ``row_id`` (dedupe's look), or ``None``."""
         with self._lock:
             found = self._conn.execute("SELECT look FROM image_looks WHERE image_id = ?", (row_id,)).fetchone()
         return None if found is None else bytes(found[0])

@@ -6,7 +6,7 @@ imagehash and the standard library only (``tests/crawler/test_image_core.py`` ch
 
 * ``decode``: decode, verify and normalise downloaded bytes (``verify_image``).
 * ``hashing``: the hash recipe (canonical reduction, perceptual hashes, windows; ``hashes_of``).
-* ``pdq``: PDQ hashes (the default): 8 dihedral orientations, windows, quality, thumbnail.
+* ``pdq``: PDQ hashes (the default): 8 dihedral orientations, windows, quality, the grey square for the second look.
 * ``borders``: uniform borders (letterbox bars, frames) both recipes trim.
 * ``prepare``: the per-image function a crawl runs: verify, hash, stage (``prepare_image``).
 * ``files``: dataset paths, the ``.tmp/`` staging folder, atomic writes, ``.trash/``.
