@@ -1,4 +1,5 @@
-"""``live_server(app)``: an ASGI app served by uvicorn in a background thread, for every test folder.
+"""``live_server(app)``: an ASGI app served by uvicorn in a background thread, and ``request``
+to talk to it, for every test folder.
 
 (A module beside tests/conftest.py: pytest's prepend import mode puts this folder on sys.path when
 it imports that conftest, before any test module, so both tests/crawler and tests/trainer can
@@ -44,3 +45,16 @@ def live_server(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, str]:
+    """``(status, body text)`` of one HTTP request, error statuses included (urllib)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

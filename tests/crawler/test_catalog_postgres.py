@@ -159,24 +159,12 @@ def test_dataset_commands_with_a_bad_catalog_url_are_one_line_errors(tmp_path: P
         assert "hunter2" not in result.stderr
 
 
-def http(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_the_review_page_works_on_a_postgresql_catalog(tmp_path: Path, postgres_url: str) -> None:
     import hashlib
     import json
     import re
 
-    from uvicorn_thread import live_server
+    from uvicorn_thread import live_server, request
 
     from crawler.review import create_app, load_scores
 
@@ -196,15 +184,15 @@ def test_the_review_page_works_on_a_postgresql_catalog(tmp_path: Path, postgres_
                                          + "".join(f"{p},{p.split('/')[0]},x,0.5,{n}\n" for n, p in enumerate(paths)))
     app = create_app(root, load_scores(tmp_path / "scores.csv"), catalog_url=postgres_url)
     with live_server(app) as url:
-        status, page = http(url)
+        status, page = request(url)
         token = re.search(r'name="review-token" content="([^"]+)"', page).group(1)
-        status, labels = http(f"{url}api/labels")
+        status, labels = request(f"{url}api/labels")
         assert status == 200 and [(x["label"], x["count"]) for x in json.loads(labels)["labels"]] == [("cats", 2), ("dogs", 2)]
         own = {"Origin": url.rstrip("/"), "X-Review-Token": token}
-        status, _ = http(f"{url}api/decisions/{image_id}", "PUT", {**own, "Content-Type": "application/json"},
+        status, _ = request(f"{url}api/decisions/{image_id}", "PUT", {**own, "Content-Type": "application/json"},
                          json.dumps({"action": "move", "label": "dogs"}).encode())
         assert status == 200
-        status, answer = http(f"{url}api/apply", "POST", own, b"")
+        status, answer = request(f"{url}api/apply", "POST", own, b"")
         assert status == 200, answer
     moved = f"dogs/{Path(paths[0]).name}"
     assert (root / moved).is_file() and not (root / paths[0]).exists()

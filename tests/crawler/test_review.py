@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from crawler_testkit import encode, picture
-from uvicorn_thread import live_server
+from uvicorn_thread import live_server, request
 
 from crawler.catalog import Catalog
 from crawler.dataset import check
@@ -224,18 +224,6 @@ def test_help_lists_both_commands_and_the_short_form_still_works(tmp_path: Path)
     (root / "bad.csv").write_text("file,score\nx,1\n")
     assert main([str(root), "--scores", str(root / "bad.csv")]) == 2
     assert main(["serve", str(root), "--scores", str(root / "bad.csv")]) == 2
-
-
-def request(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_only_the_review_page_itself_can_change_the_dataset(tmp_path: Path) -> None:
