@@ -236,9 +236,9 @@ def image_hashes(
     ten (plus the one ``trim_borders`` needs).
     """
     canonical = canonical_image(image)
-    if grey is None or grey.size != canonical.size:
-        grey = canonical.convert("L")
-    box = trim if trim is not None and grey.size == canonical.size else trim_box(np.asarray(grey))
+    if grey is None or grey.size != canonical.size:  # the caller's grey (and its trim) not usable
+        grey, trim = canonical.convert("L"), None
+    box = trim if trim is not None else trim_box(np.asarray(grey))
     left, top = box[0], box[1]
     trimmed_size = (box[2] - left, box[3] - top)
     centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
