@@ -23,7 +23,8 @@ not inconsistencies: no reader looks there.
 
 ``--repair`` fixes what it safely can, never deleting an image: bad or orphan files are moved to
 ``.trash/`` (keeping their relative path); rows of missing or trashed files become ``rejected``
-with reason ``missing_file``/``hash_mismatch``/``undecodable``; a dangling ``duplicate_of`` is
+with reason ``missing_file``/``hash_mismatch``/``undecodable``, and so do the ``duplicate`` rows
+that named them (one transaction: no row is left naming a lost image); a dangling ``duplicate_of`` is
 re-pointed to the stored image its target was replaced by, when the catalog still tells which;
 ``.tmp/`` is emptied. ``stored_and_trashed`` and ``near_duplicate_stored`` are only reported:
 which copy to keep is a person's call (``python -m crawler.review``).
@@ -210,6 +211,12 @@ def repair(root: Path, problems: list[Problem], stale: list[str], catalog_url: s
                     tx.execute(
                         "UPDATE images SET status = 'rejected', reason = ?, path = NULL WHERE id = ?",
                         (problem.kind, problem.row_id),
+                    )
+                    # Its duplicates follow it: no row may name an image the dataset no longer
+                    # has, and the next crawl of their URLs judges them afresh.
+                    tx.execute(
+                        "UPDATE images SET status = 'rejected', reason = ? WHERE status = 'duplicate' AND duplicate_of = ?",
+                        (problem.kind, problem.path),
                     )
             fixed += 1
             logger.info("repaired %s: %s", problem.kind, problem.path)

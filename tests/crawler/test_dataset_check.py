@@ -113,6 +113,21 @@ def test_a_duplicate_naming_no_stored_image_is_found_and_re_pointed(tmp_path: Pa
     assert check(tmp_path)[0] == []
 
 
+def test_duplicates_of_a_lost_image_follow_it_in_one_repair(tmp_path: Path) -> None:
+    with Catalog(tmp_path) as catalog:
+        lost = add_stored(catalog, tmp_path, "cats", encode(picture(1), "PNG"))
+        kept = add_stored(catalog, tmp_path, "cats", encode(picture(2), "PNG"))
+        of_lost = catalog.insert({"label": "cats", "status": "duplicate", "reason": "near", "duplicate_of": lost})
+        of_kept = catalog.insert({"label": "cats", "status": "duplicate", "reason": "exact", "duplicate_of": kept})
+    (tmp_path / lost).unlink()
+    assert [p.kind for p in check(tmp_path)[0]] == ["missing_file"]
+    assert main(["check", str(tmp_path), "--repair"]) == 0  # consistent after one repair
+    with Catalog(tmp_path) as catalog:
+        assert (catalog.get(of_lost)["status"], catalog.get(of_lost)["reason"]) == ("rejected", "missing_file")
+        assert catalog.get(of_kept)["status"] == "duplicate"
+    assert check(tmp_path)[0] == []
+
+
 def test_a_stored_file_also_in_the_trash_is_reported(tmp_path: Path) -> None:
     with Catalog(tmp_path) as catalog:
         path = add_stored(catalog, tmp_path, "cats", encode(picture(3), "PNG"))
