@@ -233,7 +233,7 @@ def label_issues(cfg: DictConfig) -> Path:
     command = "python -m trainer.label_issues"
     try:
         require_data_root(cfg, command)
-        records = scan_dataset(cfg.data.root)
+        records = scan_dataset(cfg.data.root, cfg.data.get("catalog_url"))
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     if "ddp" in str(cfg.trainer.get("strategy") or ""):
@@ -277,7 +277,8 @@ def label_issues(cfg: DictConfig) -> Path:
         f"{flagged} of {len(records)} images flagged ({issues.count(MISLABELLED)} {MISLABELLED}, "
         f"{issues.count(NO_CLASS)} {NO_CLASS}); out-of-sample accuracy {accuracy:.4f}; {out}"
     )
-    echo(f"review them: python -m crawler.review {root} --scores {out}")
+    catalog_url = cfg.data.get("catalog_url")
+    echo(f"review them: python -m crawler.review {root} --scores {out}" + (f" --catalog-url {catalog_url}" if catalog_url else ""))
     return out
 
 

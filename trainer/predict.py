@@ -1,7 +1,8 @@
 """Label images with an exported model: ``python -m trainer.predict EXPORT_DIR INPUT... [--top-k K] [--out F.csv]``.
 
 Inputs are image files, folders of images, or a labelled dataset folder (the contract in
-docs/dataset.md: ``catalog.sqlite``, or label subfolders and no images of its own).
+docs/dataset.md: ``catalog.sqlite``, or label subfolders and no images of its own; with
+``--catalog-url postgresql://...`` a dataset whose catalog a crawl wrote to PostgreSQL).
 
 - Images and plain folders: the predicted label, its probability and the top-k labels per image.
 - A labelled dataset: every image is also scored against its own label: ``loss`` is the
@@ -246,17 +247,19 @@ def is_labelled_dataset(folder: Path) -> bool:
     return not has_images and any(p.is_dir() for p in entries)
 
 
-def expand_inputs(paths: Iterable[Path]) -> Iterator[Input]:
+def expand_inputs(paths: Iterable[Path], catalog_url: str | None = None) -> Iterator[Input]:
     """Files as given; a plain folder's image files (sorted); a labelled dataset's images with
-    their labels, shown relative to the dataset folder."""
+    their labels, shown relative to the dataset folder. With ``catalog_url`` (a crawl's
+    PostgreSQL ``CATALOG_URL``) every folder given is a dataset whose stored rows that catalog
+    holds."""
     from trainer.data import scan_dataset
 
     for path in paths:
         if not path.is_dir():
             yield Input(path, str(path))
-        elif is_labelled_dataset(path):
+        elif catalog_url or is_labelled_dataset(path):
             root = path.resolve()
-            for record in scan_dataset(root):
+            for record in scan_dataset(root, catalog_url):
                 yield Input(record.path, record.path.relative_to(root).as_posix(), record.label)
         else:
             for file in sorted(path.iterdir()):
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write CSV here (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: pt2 when exported, else weights")
+    parser.add_argument("--catalog-url", default=None, metavar="URL",
+                        help="the PostgreSQL catalog of the dataset folder given (a crawl's CATALOG_URL)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.top_k < 1:
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"no such file or folder: {', '.join(missing)} (check the input paths)")
     predictor = open_predictor(args.export_dir, backend=args.backend)
 
-    results = predict_inputs(predictor, expand_inputs(args.inputs), top_k=args.top_k, batch_size=args.batch_size)
+    results = predict_inputs(predictor, expand_inputs(args.inputs, args.catalog_url), top_k=args.top_k, batch_size=args.batch_size)
     as_csv = args.out is not None or any(path.is_dir() for path in args.inputs)
     failed = total = 0
     if as_csv:

@@ -8,26 +8,15 @@ folder's ``catalog.sqlite`` removed, so only the database can tell the labels.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from trainer_testkit import move_catalog_to_postgres
 
-from crawler.catalog import COLUMNS, Catalog
 from trainer.data import ImageDataModule
 from trainer.errors import UserError
+from trainer.predict import expand_inputs
 from trainer.train import train
-
-
-def move_catalog_to_postgres(root: Path, url: str) -> None:
-    conn = sqlite3.connect(root / "catalog.sqlite")
-    conn.row_factory = sqlite3.Row
-    rows = [dict(row) for row in conn.execute("SELECT * FROM images ORDER BY id")]
-    conn.close()
-    with Catalog(root, url=url) as catalog, catalog.transaction() as tx:
-        for row in rows:
-            catalog.insert({key: row.get(key) for key in COLUMNS}, conn=tx)
-    (root / "catalog.sqlite").unlink()
 
 
 def test_splits_and_labels_from_postgresql_match_the_sqlite_catalog(catalog_dataset: Path, postgres_url: str) -> None:
@@ -57,3 +46,10 @@ def test_an_unreachable_catalog_url_is_a_user_error(catalog_dataset: Path) -> No
     with pytest.raises(UserError, match=r"cannot read the catalog at data.catalog_url=postgresql://u:\*\*\*@127.0.0.1:1/x") as caught:
         dm.records  # noqa: B018 (the first use scans)
     assert "hunter2" not in str(caught.value)
+
+
+def test_predict_reads_the_labels_of_a_postgresql_catalogued_dataset(catalog_dataset: Path, postgres_url: str) -> None:
+    expected = sorted((i.shown, i.label) for i in expand_inputs([catalog_dataset]))
+    move_catalog_to_postgres(catalog_dataset, postgres_url)
+    assert sorted((i.shown, i.label) for i in expand_inputs([catalog_dataset], postgres_url)) == expected
+    assert len(expected) == 30  # stored rows only: the rejected and duplicate rows name no file

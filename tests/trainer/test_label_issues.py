@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from trainer_testkit import write_catalog_dataset
+from trainer_testkit import move_catalog_to_postgres, write_catalog_dataset
 from uvicorn_thread import live_server
 
 from trainer.data import ImageRecord
@@ -125,6 +125,16 @@ def test_two_fold_run_writes_a_ranked_csv_that_crawler_review_reads(tmp_path, la
     circle_rows = {row["path"]: row for row in rows if row["label"] == "circle"}
     assert {item["path"] for item in items} == set(circle_rows)
     assert [item["loss"] for item in items] == sorted((float(r["loss"]) for r in circle_rows.values()), reverse=True)
+
+
+def test_folds_read_a_postgresql_catalog(tmp_path, label_issues_cfg, postgres_url, capsys):
+    root = tmp_path / "dataset"
+    paths = write_catalog_dataset(root, per_class=6, classes=("circle", "square"))
+    move_catalog_to_postgres(root, postgres_url)
+    out = label_issues(label_issues_cfg(f"data.root={root}", f"data.catalog_url={postgres_url}", "folds=2"))
+    with out.open(newline="") as handle:
+        assert sorted(row["path"] for row in csv.DictReader(handle)) == sorted(paths)
+    assert f"--catalog-url {postgres_url}" in capsys.readouterr().out  # the review command to run
 
 
 @pytest.mark.parametrize(

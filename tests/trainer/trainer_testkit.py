@@ -95,3 +95,18 @@ def write_image_folder(root: Path, per_class: int = 10, classes: tuple[str, ...]
             (root / label / f"img_{index:03d}.png").write_bytes(draw_image(label, index))
     return root
 
+
+
+def move_catalog_to_postgres(root: Path, url: str) -> None:
+    """Put the rows of ``root/catalog.sqlite`` into the PostgreSQL catalog at ``url`` through the
+    crawler's own ``Catalog``, then remove the file: only the database tells the labels."""
+    from crawler.catalog import COLUMNS, Catalog
+
+    conn = sqlite3.connect(root / "catalog.sqlite")
+    conn.row_factory = sqlite3.Row
+    rows = [dict(row) for row in conn.execute("SELECT * FROM images ORDER BY id")]
+    conn.close()
+    with Catalog(root, url=url) as catalog, catalog.transaction() as tx:
+        for row in rows:
+            catalog.insert({key: row.get(key) for key in COLUMNS}, conn=tx)
+    (root / "catalog.sqlite").unlink()
