@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import sqlite3
 from collections import Counter
@@ -34,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from trainer.decoding import ResizedCropDecoder
 from trainer.errors import UserError
 from trainer.split import TEST, TRAIN, VAL, split_items
-from trainer.transforms import build_transform
+from trainer.transforms import ScaledNormalize, build_transform
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,10 @@ class ImageListDataset(Dataset):
         self._crop, rest = _leading_resized_crop(transform) if fold else (None, None)
         #: The per-image steps (after the folded crop, if any) and the per-batch ones.
         self._image_transform, self.batch_transform = _trailing_normalization(rest if self._crop else transform)
+        self._decode_crop: ResizedCropDecoder | None = None
+        if self._crop is not None:
+            flip, self._image_transform = _leading_flip(self._image_transform)
+            self._decode_crop = ResizedCropDecoder(self._crop, flip)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -264,29 +268,10 @@ class ImageListDataset(Dataset):
                 image.draft("RGB", (self.draft_size, self.draft_size))
             return image.convert("RGB")
 
-    def _decode_crop(self, index: int) -> torch.Tensor:
-        """Decode image ``index`` straight to a random resized crop: ``(3, h, w)`` uint8."""
-        crop = self._crop
-        out_h, out_w = crop.size
-        with Image.open(self.paths[index]) as image:
-            full_w, full_h = image.size
-            p = crop.make_params([image])
-            # draft keeps the decoded image at least this big, so the crop at least (out_w, out_h).
-            image.draft("RGB", (math.ceil(out_w * full_w / p["width"]), math.ceil(out_h * full_h / p["height"])))
-            fx, fy = image.size[0] / full_w, image.size[1] / full_h
-            image = image.convert("RGB") if image.mode != "RGB" else image
-            box = (
-                p["left"] * fx,
-                p["top"] * fy,
-                min((p["left"] + p["width"]) * fx, image.size[0]),
-                min((p["top"] + p["height"]) * fy, image.size[1]),
-            )
-            return pil_to_tensor(image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
-
     def load(self, index: int) -> tuple[Any, int]:
         """``(image, target)`` before ``batch_transform``: ``(3, H, W)`` uint8 with the presets."""
-        if self._crop is not None:
-            image = self._decode_crop(index)
+        if self._decode_crop is not None:
+            image = self._decode_crop(self.paths[index])
         elif self.cache is None:
             image = self._decode(index)
         else:
@@ -322,9 +307,20 @@ def _leading_resized_crop(transform: Callable | None) -> tuple[v2.RandomResizedC
     return None, None
 
 
-def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None, v2.Compose | None]:
+def _leading_flip(transform: Callable | None) -> tuple[v2.RandomHorizontalFlip | None, Callable | None]:
+    """``(flip, rest)`` when ``transform`` is a ``v2.Compose`` starting ``RandomHorizontalFlip``
+    (done on the decoded crop by ``ResizedCropDecoder``), ``rest`` ``None`` when nothing is
+    left; else ``(None, transform)``."""
+    steps = getattr(transform, "transforms", None)
+    if isinstance(transform, v2.Compose) and steps and isinstance(steps[0], v2.RandomHorizontalFlip):
+        return steps[0], v2.Compose(steps[1:]) if len(steps) > 1 else None
+    return None, transform
+
+
+def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None, ScaledNormalize | None]:
     """``(head, tail)`` of a ``v2.Compose`` ending ``ToDtype(float32, scale=True), Normalize``:
-    ``tail`` is those two steps, which work on a batch as on one image; else ``(transform, None)``."""
+    ``tail`` does those two steps (fused, ``ScaledNormalize``), on a batch as on one image; else
+    ``(transform, None)``."""
     steps = getattr(transform, "transforms", None)
     if (
         isinstance(transform, v2.Compose)
@@ -335,7 +331,7 @@ def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None
         and isinstance(steps[-1], v2.Normalize)
     ):
         head = v2.Compose(steps[:-2]) if len(steps) > 2 else None
-        return head, v2.Compose(steps[-2:])
+        return head, ScaledNormalize(steps[-1].mean, steps[-1].std)
     return transform, None
 
 
