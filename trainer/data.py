@@ -223,16 +223,19 @@ class ImageListDataset(Dataset):
     ``3 * H * W`` bytes each, per dataloader worker); ``transform`` then gets the tensor.
 
     A ``transform`` that starts ``ToImage, RandomResizedCrop`` (the ``light`` training preset)
-    is folded into decoding when not caching and ``draft_size`` is set: the crop is drawn first
-    (the transform's own ``make_params``, so the same distribution), the JPEG is decoded at the
-    largest reduction that keeps the crop at least the output size (``draft``), and one PIL
-    resize with a ``box`` crops and scales (bilinear with antialiasing, as torchvision's tensor
-    resize); the rest of the transform gets the ``(3, size, size)`` uint8 tensor. This skips
-    the full-size tensor and its separate crop and resize passes.
+    is folded into decoding when not caching and ``draft_size`` is set
+    (``trainer.decoding.ResizedCropDecoder``): the crop is drawn first (the transform's own
+    ``make_params``, so the same distribution and RNG draws), a JPEG is decoded by libjpeg-turbo
+    at the smallest M/8 scale that keeps the crop at least the output size, and torch's
+    antialiased bilinear resize (torchvision's) scales the crop; a ``RandomHorizontalFlip``
+    right after it is done on the small crop. The rest of the transform gets the ``(3, size,
+    size)`` uint8 tensor. This skips the full-size decode and tensor and their separate crop and
+    resize passes (1.8x ``ImageFolder``'s images per CPU second: ``benchmarks.dataloading``).
 
     A ``transform`` that ends ``ToDtype(float32, scale=True), Normalize`` (every preset of
     ``trainer.transforms.build_transform``) is split there: :meth:`load` returns the image
-    before those two steps (uint8 with the presets) and ``batch_transform`` holds them, so that
+    before those two steps (uint8 with the presets) and ``batch_transform`` does them
+    (``trainer.transforms.ScaledNormalize``, the two fused), so that
     a loader can convert and normalise whole batches (``ImageDataModule`` does, through
     :class:`BatchTransform`); ``dataset[i]`` applies them to the one image, the same values.
     """
@@ -391,7 +394,8 @@ class ImageDataModule(pl.LightningDataModule):
             about ``3 * (2 * image_size)**2`` bytes per image at most, in each dataloader
             worker; use with ``persistent_workers``), so that only the first epoch decodes.
         fast_decode: decode JPEGs at reduced scale (PIL ``draft``, down to ``image_size``) and
-            fold the training crop into decoding (``ImageListDataset``); ``False`` decodes every
+            fold the training crop into decoding (libjpeg-turbo's M/8 scales, down to the
+            crop's need: ``ImageListDataset``); ``False`` decodes every
             image at full size, as torchvision's ``ImageFolder`` does: slower, the same
             accuracy (``benchmarks.train_accuracy --full-decode``).
         num_workers, persistent_workers, pin_memory: passed to every ``DataLoader``.

@@ -6,12 +6,23 @@ crop is drawn first, from the size in the image's header, and the image is decod
 smallest scale that still leaves the crop at least the output size: JPEGs through libjpeg-turbo's
 DCT scaling (``simplejpeg``), which offers every factor M/8 (a crop that needs 0.6 of full scale
 is decoded at 5/8, where Pillow's ``draft`` has only 1/2, 1/4 and 1/8 and would decode in full);
-other formats through Pillow at full size. The crop is then cut from the decoded array (its edges
-rounded to that scale's pixels) and resized by torch's antialiased bilinear interpolation on the
-``(H, W, 3)`` array as decoded (channels-last, no copy), which is what torchvision's
-``RandomResizedCrop`` runs on a tensor. The crops follow the transform's own ``make_params``, and
-no image is decoded below the size its crop needs, so the resize never enlarges where the full
-decode would not.
+other formats, and JPEGs libjpeg-turbo cannot turn into RGB (CMYK) or refuses, through Pillow.
+The crop is then cut from the decoded array, its edges rounded to that scale's pixels (at most
+half a pixel there), and resized by torch's antialiased bilinear interpolation, the resize
+torchvision's ``RandomResizedCrop`` runs on a tensor, on the ``(H, W, 3)`` array as decoded
+(a channels-last view, no copy). The crops follow the transform's own ``make_params`` (the same
+distribution and RNG draws), and no image is decoded below the size its crop needs, so the
+resize never enlarges where the full decode would not.
+
+Measured on hymenoptera's training photos (about 500x375, 4:4:4, 110 kB) at 128 px, one core:
+the crops decode at 3/8 (29 %) or 4/8 (65 %), 1.2 ms a photo, of which 0.95 ms is entropy
+decoding that no scale shortens (Pillow's full decode: 1.6 ms); torch's resize of the crop takes
+90 us against Pillow's 195. Against Pillow's full decode + the same crop + resize, the crops
+differ by 3.5 levels of 255 on average (the full decode's own crop moved by one pixel: 3.75),
+of which the edge rounding makes about 1 (Pillow's resize with a fractional box: 2.5; the former
+PIL ``draft`` path: 1.7). libjpeg-turbo's ``fastdct``/``fastupsample`` are not used: the reduced
+IDCTs ignore the DCT method and 4:4:4 photos need no upsampling (1.220 against 1.222 ms, 2.54
+against 2.53 levels).
 """
 
 from __future__ import annotations
@@ -40,8 +51,8 @@ def _canvas(height: int, width: int) -> torch.Tensor:
 
 
 class ResizedCropDecoder:
-    """Callable: image file path -> its random resized crop, ``(3, h, w)`` uint8 RGB (a
-    channels-last view), ``(h, w)`` being ``crop.size``.
+    """Callable: image file path -> its random resized crop, ``(3, h, w)`` uint8 RGB, ``(h, w)``
+    being ``crop.size``.
 
     Args:
         crop: the training crop (bilinear, antialiased); its ``make_params`` draws each crop, so
