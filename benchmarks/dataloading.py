@@ -10,14 +10,20 @@ figure is per core; workers multiply both alike.
 * plain: ``ImageFolder(root, transform=T.Compose([T.RandomResizedCrop, T.RandomHorizontalFlip,
   T.ToTensor, T.Normalize]))`` (torchvision.transforms v1, PIL), ``DataLoader(shuffle=True)``.
 * datamodule: ``trainer.data.ImageDataModule(augment="light")``'s ``train_dataloader()``: the
-  random resized crop folded into decoding (crop drawn first, JPEG decoded at the largest
-  ``draft`` reduction that keeps the crop at least ``--size``, one PIL resize with a box), the
-  flip (transforms v2) on the small uint8 tensor; uint8 images are collated and the batch
-  converted to float and normalised at once (``trainer.data.BatchTransform``).
+  random resized crop folded into decoding (``trainer.decoding``: crop drawn first, JPEG decoded
+  by libjpeg-turbo at the smallest M/8 scale that keeps the crop at least ``--size``, the crop
+  resized by torch's antialiased bilinear on the decoded array), the flip on the small uint8
+  crop; uint8 images are collated and each batch converted to float and normalised at once
+  (``trainer.data.BatchTransform`` with ``trainer.transforms.ScaledNormalize``).
 * datamodule, full decode: the same with ``fast_decode=False``: every JPEG decoded at full
   size and the crop done on the tensor, as the plain loader does (the decoding's share).
 * datamodule, cached: the same with ``cache_images=True``: the warm-up pass decodes every
   image once and keeps it (uint8, at the reduced scale); the measured passes only transform.
+
+Pixels: the mean absolute difference, in 0-255 levels, between the DataModule's training crops
+(same seeds) and Pillow's full decode of each photo with the same crop and one antialiased
+bilinear resize (what the plain loader computes), over every training photo once; and, for
+scale, the same for the full-decode DataModule (torchvision's tensor resize).
 
 Each loader runs ``--epochs`` passes after one warm-up pass (page cache, imports), and the
 loaders take turns ``--repeats`` times; printed: each run's images per wall second, and the
@@ -42,8 +48,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from trainer.data import ImageDataModule
-from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD
+import numpy as np
+from PIL import Image
+
+from trainer.data import ImageDataModule, ImageListDataset
+from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "hymenoptera_data"
@@ -83,6 +92,37 @@ def images_per_second(loader: DataLoader, epochs: int) -> tuple[float, float]:
         for batch, _targets in loader:
             images += len(batch)
     return images / (time.perf_counter() - start), images / (time.process_time() - cpu)
+
+
+def pixel_differences(train_dir: Path, size: int) -> dict[str, float]:
+    """Mean absolute difference (0-255 levels) of the folded and the full-decode training crops
+    against Pillow's full decode + the same crop + ``resize(BILINEAR, box)``, every photo once."""
+    paths = sorted(p for p in train_dir.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    transform = build_transform(size, "light", train=True)
+    crop = transform.transforms[1]
+    sides = {
+        "folded": ImageListDataset(paths, [0] * len(paths), transform=transform, draft_size=size),
+        "full decode": ImageListDataset(paths, [0] * len(paths), transform=transform),
+    }
+    differences: dict[str, list[float]] = {name: [] for name in sides}
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            full = image.convert("RGB")
+        torch.manual_seed(i)
+        p = crop.make_params([torch.empty(1, dtype=torch.uint8).expand(3, full.size[1], full.size[0])])
+        flip = bool(torch.rand(1) < transform.transforms[2].p)  # the draws in the transform's order
+        box = (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"])
+        reference = full.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        if flip:
+            reference = reference.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        reference = np.asarray(reference).astype(np.int16)
+        for name, dataset in sides.items():
+            torch.manual_seed(i)
+            image, _ = dataset.load(i)
+            differences[name].append(float(np.abs(image.permute(1, 2, 0).numpy().astype(np.int16) - reference).mean()))
+    return {name: statistics.mean(values) for name, values in differences.items()} | {
+        f"{name} max": max(values) for name, values in differences.items()
+    }
 
 
 def load_average() -> str:
@@ -126,6 +166,12 @@ def main(argv: list[str] | None = None) -> None:
         f"\nspeed-up over plain (medians): {ours[0][0] / plain_wall:.2f}x wall, {ours[0][1] / plain_cpu:.2f}x CPU decoding "
         f"every epoch; {ours[1][0] / plain_wall:.2f}x wall, {ours[1][1] / plain_cpu:.2f}x CPU cached; "
         f"{ours[2][0] / plain_wall:.2f}x wall, {ours[2][1] / plain_cpu:.2f}x CPU with full decoding"
+    )
+    pixels = pixel_differences(args.root / "train", args.size)
+    print(
+        f"pixels against Pillow's full decode + crop + resize (mean absolute difference, 0-255 levels, "
+        f"mean / max per photo): folded {pixels['folded']:.2f} / {pixels['folded max']:.2f}, "
+        f"full decode {pixels['full decode']:.2f} / {pixels['full decode max']:.2f}"
     )
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import sqlite3
 from collections import Counter
@@ -34,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from trainer.decoding import ResizedCropDecoder
 from trainer.errors import UserError
 from trainer.split import TEST, TRAIN, VAL, split_items
-from trainer.transforms import build_transform
+from trainer.transforms import ScaledNormalize, build_transform
 
 logger = logging.getLogger(__name__)
 
@@ -223,16 +223,19 @@ class ImageListDataset(Dataset):
     ``3 * H * W`` bytes each, per dataloader worker); ``transform`` then gets the tensor.
 
     A ``transform`` that starts ``ToImage, RandomResizedCrop`` (the ``light`` training preset)
-    is folded into decoding when not caching and ``draft_size`` is set: the crop is drawn first
-    (the transform's own ``make_params``, so the same distribution), the JPEG is decoded at the
-    largest reduction that keeps the crop at least the output size (``draft``), and one PIL
-    resize with a ``box`` crops and scales (bilinear with antialiasing, as torchvision's tensor
-    resize); the rest of the transform gets the ``(3, size, size)`` uint8 tensor. This skips
-    the full-size tensor and its separate crop and resize passes.
+    is folded into decoding when not caching and ``draft_size`` is set
+    (``trainer.decoding.ResizedCropDecoder``): the crop is drawn first (the transform's own
+    ``make_params``, so the same distribution and RNG draws), a JPEG is decoded by libjpeg-turbo
+    at the smallest M/8 scale that keeps the crop at least the output size, and torch's
+    antialiased bilinear resize (torchvision's) scales the crop; a ``RandomHorizontalFlip``
+    right after it is done on the small crop. The rest of the transform gets the ``(3, size,
+    size)`` uint8 tensor. This skips the full-size decode and tensor and their separate crop and
+    resize passes (1.8x ``ImageFolder``'s images per CPU second: ``benchmarks.dataloading``).
 
     A ``transform`` that ends ``ToDtype(float32, scale=True), Normalize`` (every preset of
     ``trainer.transforms.build_transform``) is split there: :meth:`load` returns the image
-    before those two steps (uint8 with the presets) and ``batch_transform`` holds them, so that
+    before those two steps (uint8 with the presets) and ``batch_transform`` does them
+    (``trainer.transforms.ScaledNormalize``, the two fused), so that
     a loader can convert and normalise whole batches (``ImageDataModule`` does, through
     :class:`BatchTransform`); ``dataset[i]`` applies them to the one image, the same values.
     """
@@ -254,6 +257,10 @@ class ImageListDataset(Dataset):
         self._crop, rest = _leading_resized_crop(transform) if fold else (None, None)
         #: The per-image steps (after the folded crop, if any) and the per-batch ones.
         self._image_transform, self.batch_transform = _trailing_normalization(rest if self._crop else transform)
+        self._decode_crop: ResizedCropDecoder | None = None
+        if self._crop is not None:
+            flip, self._image_transform = _leading_flip(self._image_transform)
+            self._decode_crop = ResizedCropDecoder(self._crop, flip)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -264,29 +271,10 @@ class ImageListDataset(Dataset):
                 image.draft("RGB", (self.draft_size, self.draft_size))
             return image.convert("RGB")
 
-    def _decode_crop(self, index: int) -> torch.Tensor:
-        """Decode image ``index`` straight to a random resized crop: ``(3, h, w)`` uint8."""
-        crop = self._crop
-        out_h, out_w = crop.size
-        with Image.open(self.paths[index]) as image:
-            full_w, full_h = image.size
-            p = crop.make_params([image])
-            # draft keeps the decoded image at least this big, so the crop at least (out_w, out_h).
-            image.draft("RGB", (math.ceil(out_w * full_w / p["width"]), math.ceil(out_h * full_h / p["height"])))
-            fx, fy = image.size[0] / full_w, image.size[1] / full_h
-            image = image.convert("RGB") if image.mode != "RGB" else image
-            box = (
-                p["left"] * fx,
-                p["top"] * fy,
-                min((p["left"] + p["width"]) * fx, image.size[0]),
-                min((p["top"] + p["height"]) * fy, image.size[1]),
-            )
-            return pil_to_tensor(image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
-
     def load(self, index: int) -> tuple[Any, int]:
         """``(image, target)`` before ``batch_transform``: ``(3, H, W)`` uint8 with the presets."""
-        if self._crop is not None:
-            image = self._decode_crop(index)
+        if self._decode_crop is not None:
+            image = self._decode_crop(self.paths[index])
         elif self.cache is None:
             image = self._decode(index)
         else:
@@ -322,9 +310,20 @@ def _leading_resized_crop(transform: Callable | None) -> tuple[v2.RandomResizedC
     return None, None
 
 
-def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None, v2.Compose | None]:
+def _leading_flip(transform: Callable | None) -> tuple[v2.RandomHorizontalFlip | None, Callable | None]:
+    """``(flip, rest)`` when ``transform`` is a ``v2.Compose`` starting ``RandomHorizontalFlip``
+    (done on the decoded crop by ``ResizedCropDecoder``), ``rest`` ``None`` when nothing is
+    left; else ``(None, transform)``."""
+    steps = getattr(transform, "transforms", None)
+    if isinstance(transform, v2.Compose) and steps and isinstance(steps[0], v2.RandomHorizontalFlip):
+        return steps[0], v2.Compose(steps[1:]) if len(steps) > 1 else None
+    return None, transform
+
+
+def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None, ScaledNormalize | None]:
     """``(head, tail)`` of a ``v2.Compose`` ending ``ToDtype(float32, scale=True), Normalize``:
-    ``tail`` is those two steps, which work on a batch as on one image; else ``(transform, None)``."""
+    ``tail`` does those two steps (fused, ``ScaledNormalize``), on a batch as on one image; else
+    ``(transform, None)``."""
     steps = getattr(transform, "transforms", None)
     if (
         isinstance(transform, v2.Compose)
@@ -335,7 +334,7 @@ def _trailing_normalization(transform: Callable | None) -> tuple[Callable | None
         and isinstance(steps[-1], v2.Normalize)
     ):
         head = v2.Compose(steps[:-2]) if len(steps) > 2 else None
-        return head, v2.Compose(steps[-2:])
+        return head, ScaledNormalize(steps[-1].mean, steps[-1].std)
     return transform, None
 
 
@@ -395,7 +394,8 @@ class ImageDataModule(pl.LightningDataModule):
             about ``3 * (2 * image_size)**2`` bytes per image at most, in each dataloader
             worker; use with ``persistent_workers``), so that only the first epoch decodes.
         fast_decode: decode JPEGs at reduced scale (PIL ``draft``, down to ``image_size``) and
-            fold the training crop into decoding (``ImageListDataset``); ``False`` decodes every
+            fold the training crop into decoding (libjpeg-turbo's M/8 scales, down to the
+            crop's need: ``ImageListDataset``); ``False`` decodes every
             image at full size, as torchvision's ``ImageFolder`` does: slower, the same
             accuracy (``benchmarks.train_accuracy --full-decode``).
         num_workers, persistent_workers, pin_memory: passed to every ``DataLoader``.
