@@ -240,6 +240,46 @@ def test_a_crawl_rehashes_a_dataset_made_with_another_recipe(make_crawler, build
         close(stages)
 
 
+# The PDQ recipe before its phashes were taken from PDQ's 64x64 square (from the canonical image).
+PREVIOUS_PDQ_RECIPE = f"pdq256-sq64-dihedral-pdqwin2-phash8win9-look64-canonical{CANONICAL_SIDE}-jpegdraft"
+
+
+def test_a_crawl_rehashes_a_catalog_of_the_previous_pdq_recipe(make_crawler, build, dataset_dir: Path) -> None:
+    """A catalog written by the previous PDQ recipe (phashes of the canonical image, which the
+    phash recipe's ``image_hashes`` still gives) gets today's when a crawl opens it."""
+    assert HASH_RECIPE != PREVIOUS_PDQ_RECIPE
+    bodies = [encode(picture(seed, (300, 200)), "JPEG", quality=90) for seed in (18, 19, 20)]
+    stages = stored_chain(make_crawler(), build)
+    try:
+        for body in bodies:
+            feed(stages, body)
+    finally:
+        close(stages)
+    old = [image_hashes(verify_image(body).image) for body in bodies]
+    new = [hashes_of(verify_image(body).image) for body in bodies]
+    kinds = ("phash", *VARIANTS)
+    assert any(o[k] != n[k] for o, n in zip(old, new, strict=True) for k in kinds)  # the recipes differ
+    conn = sqlite3.connect(dataset_dir / "catalog.sqlite")  # as the previous recipe left it
+    for body, hashes in zip(bodies, old, strict=True):
+        (row_id,) = conn.execute("SELECT id FROM images WHERE sha256 = ?", (hashlib.sha256(body).hexdigest(),)).fetchone()
+        conn.execute("UPDATE images SET phash = ? WHERE id = ?", (hashes["phash"], row_id))
+        conn.executemany(
+            "UPDATE image_hashes SET hash = ? WHERE image_id = ? AND kind = ?", [(hashes[k], row_id, k) for k in VARIANTS]
+        )
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'hash_recipe'", (PREVIOUS_PDQ_RECIPE,))
+    conn.commit()
+    conn.close()
+    stages = stored_chain(make_crawler(), build)
+    close(stages)
+    with Catalog(dataset_dir) as catalog:
+        assert catalog.meta()["hash_recipe"] == HASH_RECIPE
+        for body, hashes in zip(bodies, new, strict=True):
+            (row,) = catalog.rows("sha256 = ?", (hashlib.sha256(body).hexdigest(),))
+            stored = dict(catalog._conn.execute("SELECT kind, hash FROM image_hashes WHERE image_id = ?", (row["id"],)))
+            assert row["phash"] == hashes["phash"]
+            assert {k: stored[k] for k in VARIANTS} == {k: hashes[k] for k in VARIANTS}
+
+
 def test_rehash_command(tmp_path: Path) -> None:
     root = tmp_path / "old"
     v1_dataset(root, [encode(picture(15, (300, 200)), "JPEG")])
