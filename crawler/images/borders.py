@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["trim_borders", "trim_box"]
+__all__ = ["line_median", "trim_borders", "trim_box"]
 
 # trim_borders: a row or column belongs to a border when this share of its pixels is within
 # TRIM_TOLERANCE grey levels of the edge's median (JPEG noise and a stray pixel allowed).
@@ -36,6 +36,8 @@ def trim_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     grey = grey.astype(np.int16)
     top, left = 0, 0
     bottom, right = grey.shape
+    if min(bottom, right) >= 16 and not _any_uniform_edge(grey):
+        return left, top, right, bottom  # most pictures: the loop below would trim nothing
     for _ in range(3):
         changed = False
         for side in "tblr":
@@ -44,7 +46,7 @@ def trim_box(grey: np.ndarray) -> tuple[int, int, int, int]:
                 break
             # Rows (or columns) from this side inwards, so that run[0] is the outermost.
             lines = {"t": window, "b": window[::-1], "l": window.T, "r": window.T[::-1]}[side]
-            count = _uniform_run(lines, np.median(lines[0]), int(len(lines) * TRIM_MAX_SHARE) + 1)
+            count = _uniform_run(lines, line_median(lines[0]), int(len(lines) * TRIM_MAX_SHARE) + 1)
             if count == 0 or count > len(lines) * TRIM_MAX_SHARE:
                 continue
             changed = True
@@ -61,6 +63,34 @@ def trim_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     return left, top, right, bottom
 
 
+def line_median(line: np.ndarray) -> float:
+    """``np.median`` of a 1-D integer array (the same value) without its generic wrappers: a
+    partition, a fifth of the cost (2 us for 160 pixels); it is taken several times per picture."""
+    middle = len(line) // 2
+    if len(line) % 2:
+        return float(np.partition(line, middle)[middle])
+    part = np.partition(line, (middle - 1, middle))
+    return (int(part[middle - 1]) + int(part[middle])) / 2
+
+
+def _uniform(lines: np.ndarray, level: float | np.ndarray, tolerance: int, share: float) -> np.ndarray:
+    """Which of ``lines`` (``(N, L)``) have ``share`` of their pixels within ``tolerance`` of
+    ``level``: ``(np.abs(lines - level) <= tolerance).mean(axis=1) >= share`` in fewer steps
+    (a count over the length is the float mean of the booleans)."""
+    return np.count_nonzero(np.abs(lines - level) <= tolerance, axis=1) / lines.shape[1] >= share
+
+
+def _any_uniform_edge(grey: np.ndarray) -> bool:
+    """Whether any outermost row or column of ``grey`` (``(H, W)`` int16) is uniform by the test
+    of ``_uniform_run`` (against its own median). When none is, ``trim_box``'s first round
+    trims nothing and stops: the same answer from the four edges at once."""
+    for edges in (grey[[0, -1]], grey[:, [0, -1]].T):
+        levels = np.array([[line_median(edges[0])], [line_median(edges[1])]])
+        if _uniform(edges, levels, TRIM_TOLERANCE, TRIM_SHARE).any():
+            return True
+    return False
+
+
 def _uniform_run(lines: np.ndarray, level: float, limit: int) -> int:
     """How many of the first ``lines`` (up to ``limit``; more would not be trimmed anyway)
     are uniform: ``TRIM_SHARE`` of their pixels within ``TRIM_TOLERANCE`` of ``level``.
@@ -68,7 +98,7 @@ def _uniform_run(lines: np.ndarray, level: float, limit: int) -> int:
     count, step = 0, 4
     while count < min(limit, len(lines)):
         chunk = lines[count : min(count + step, limit)]
-        uniform = (np.abs(chunk - level) <= TRIM_TOLERANCE).mean(axis=1) >= TRIM_SHARE
+        uniform = _uniform(chunk, level, TRIM_TOLERANCE, TRIM_SHARE)
         if not uniform.all():
             return count + int(np.argmin(uniform))
         count += len(chunk)

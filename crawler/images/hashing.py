@@ -6,7 +6,10 @@ rotations, two windows, quality, a 64x64 grey look) plus this module's 64-bit re
 (``image_hashes``: phash of the picture and of its ``VARIANTS`` windows, the colour signature),
 whose window pairs find the crops, caption bars and small turns PDQ's fine bits miss; the rest
 of this docstring is about that 64-bit recipe, which is also ``DEDUPE_HASH=phash`` (``dhash``,
-``average_hash``, ``whash``) on its own.
+``average_hash``, ``whash``) on its own. One difference: under PDQ the phashes are resampled
+in floating point, each window's as one linear map of the canonical grey image
+(``phash_boxes``), instead of by nine Pillow resizes in 8 bits and their DCTs, a sixth of the
+cost; a few hashes differ by 2 bits (``image_hashes``' ``float_resample``).
 
 Pure image code (Pillow, numpy, imagehash; no Scrapy): the crawl's worker processes, the
 pipelines, ``crawler.dataset rehash`` and the benchmarks hash through this module alone.
@@ -43,6 +46,7 @@ rehashed from its stored files when a crawl opens it (``crawler.images.rehash``)
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable
@@ -74,6 +78,7 @@ __all__ = [
     "image_hashes",
     "perceptual_hash",
     "phash_many",
+    "phash_boxes",
     "trim_borders",
 ]
 
@@ -108,7 +113,8 @@ def hash_recipe(hash_name: str = DEFAULT_HASH) -> str:
     if hash_name not in HASH_NAMES:
         raise ValueError(f"unknown perceptual hash {hash_name!r}; valid: {', '.join(HASH_NAMES)}")
     if hash_name == PDQ:
-        return f"pdq256-sq64-dihedral-pdqwin2-phash8win9-look64-canonical{CANONICAL_SIDE}-jpegdraft"
+        # phash8win9float: the phashes resampled in floating point (``phash_boxes``)
+        return f"pdq256-sq64-dihedral-pdqwin2-phash8win9float-look64-canonical{CANONICAL_SIDE}-jpegdraft"
     return f"{hash_name}{HASH_SIZE}-canonical{CANONICAL_SIDE}-jpegdraft"
 
 
@@ -213,12 +219,97 @@ def phash_many(greys: list[Image.Image]) -> list[str]:
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
+# phash's recipe as linear maps (``phash_boxes``): the first HASH_SIZE rows of the unnormalised
+# DCT-II of 32 samples (scipy.fftpack.dct's type 2, as imagehash takes it).
+_PHASH_SIDE = HASH_SIZE * 4  # imagehash's highfreq_factor
+_PHASH_DCT = 2 * np.cos(np.pi / (2 * _PHASH_SIDE) * np.arange(HASH_SIZE)[:, None] * (2 * np.arange(_PHASH_SIDE)[None, :] + 1))
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    """Pillow's LANCZOS filter (``lanczos_filter`` in its ``Resample.c``): sinc(x) sinc(x/3) on
+    [-3, 3), 0 elsewhere, as 3 sin(pi x) sin(pi x / 3) / (pi x)^2 (1 at 0)."""
+    px = np.pi * x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = 3 * np.sin(px) * np.sin(px / 3) / (px * px)
+    weights[x == 0] = 1.0
+    weights[(x < -3) | (x >= 3)] = 0.0
+    return weights
+
+
+@functools.lru_cache(maxsize=1024)
+def _phash_rows(start: float, end: float, size: int) -> np.ndarray:
+    """``(HASH_SIZE, size)`` float64: the lowest DCT-II frequencies of ``[start, end)`` (pixels,
+    fractions allowed) of a line of ``size`` pixels resampled to 32 by Pillow's LANCZOS, as one
+    matrix. The weights are Pillow's (``precompute_coeffs`` in ``Resample.c``): output ``i``
+    centred at ``start + (i + 0.5) * scale``, the filter stretched by ``max(scale, 1)``, cut at
+    the line's ends and normalised to sum 1. Cached (at most 1,024 lines of up to
+    ``CANONICAL_SIDE`` pixels, 10 MiB): the windows' lines repeat from picture to picture of
+    the same canonical size; a new one costs about 0.07 ms."""
+    scale = (end - start) / _PHASH_SIDE
+    stretch = max(scale, 1.0)
+    centres = start + (np.arange(_PHASH_SIDE) + 0.5) * scale
+    # Only the pixels within 3 * stretch of each centre weigh (a fifth of the line or less).
+    span = math.ceil(3 * stretch)
+    taps = np.floor(centres).astype(np.intp)[:, None] + np.arange(-span - 1, span + 2)[None, :]
+    inside = (taps >= 0) & (taps < size)
+    weights = np.where(inside, _lanczos((taps + 0.5 - centres[:, None]) / stretch), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    dense = np.zeros((_PHASH_SIDE, size))
+    dense[np.nonzero(inside)[0], taps[inside]] = weights[inside]
+    return _PHASH_DCT @ dense
+
+
+def phash_boxes(grey: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> list[str]:
+    """phash (64 bits, 16 hex chars) of each box ``(left, top, right, bottom)`` (pixels,
+    fractions allowed) of the ``(H, W)`` grey array ``grey``: imagehash's recipe (LANCZOS
+    resample to 32x32, 2-D DCT-II, bits of the 8x8 low-frequency corner above its median)
+    computed in floating point, the resample and the DCT of each axis one matrix
+    (``_phash_rows``), so each box's 64 coefficients are ``Y @ grey @ X.T`` and all boxes are
+    one batched product: 0.1-0.2 ms for the 9 windows of a canonical image, a sixth of what
+    ``phash_many`` (Pillow's resizes, then the DCTs) takes. imagehash resamples in 8 bits (Pillow rounds
+    after each pass), which moves a few coefficients across the median: of the windows of the
+    397 hymenoptera photos' canonical images 12% hash differently from ``phash_many``, by 2 bits
+    (rarely 4).
+    """
+    height, width = grey.shape
+    ys = np.stack([_phash_rows(b[1], b[3], height) for b in boxes])
+    xs = np.stack([_phash_rows(b[0], b[2], width) for b in boxes])
+    low = (ys @ grey.astype(np.float64) @ xs.transpose(0, 2, 1)).reshape(len(boxes), HASH_BITS)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+
+
+def _window_boxes(size: tuple[int, int], trim: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes of the whole picture (``phash``) and of each ``VARIANTS`` window, in that
+    order, in a picture of ``size`` whose ``trim_box`` is ``trim``."""
+    left, top = trim[0], trim[1]
+    trimmed_size = (trim[2] - left, trim[3] - top)
+    boxes = [(0, 0, *size)]
+    for kind, fractions in VARIANTS.items():
+        if kind == "trim90":
+            x0, y0, x1, y1 = _window(fractions, trimmed_size)
+            boxes.append((left + x0, top + y0, left + x1, top + y1))
+        else:
+            boxes.append(_window(fractions, size))
+    return boxes
+
+
+def _colour_signature(canonical: Image.Image, trim: tuple[int, int, int, int]) -> str:
+    """``colour``: mean and standard deviation of R, G, B (one byte each, 12 hex chars) of the
+    central 80% of the trimmed RGB ``canonical`` image."""
+    left, top = trim[0], trim[1]
+    x0, y0, x1, y1 = _window((0.1, 0.1, 0.9, 0.9), (trim[2] - left, trim[3] - top))
+    mean, stddev = _colour_stats(canonical.crop((left + x0, top + y0, left + x1, top + y1)))
+    return bytes(min(255, round(v)) for v in (*mean, *stddev)).hex()
+
+
 def image_hashes(
     image: Image.Image,
     hash_name: str = "phash",
     *,
     grey: Image.Image | None = None,
     trim: tuple[int, int, int, int] | None = None,
+    float_resample: bool = False,
 ) -> dict[str, str]:
     """Every perceptual hash dedupe compares, as ``{kind: 16 hex chars}``.
 
@@ -234,32 +325,33 @@ def image_hashes(
     The windows are cut from one grey copy of the canonical image: converting to grey is per
     pixel, so cropping before or after it gives the same pixels, and one conversion replaces
     ten (plus the one ``trim_borders`` needs).
+
+    ``float_resample`` (the PDQ recipe, ``hashes_of``; ``phash`` only): the phashes by
+    ``phash_boxes``, the same recipe with the resample in floating point, one linear map per
+    window: a sixth of the cost, within 2 bits of imagehash's (8-bit) phash on most windows.
+
+    Raises:
+        ValueError: ``float_resample`` with a ``hash_name`` other than ``phash``.
     """
     canonical = canonical_image(image)
     if grey is None or grey.size != canonical.size:  # the caller's grey (and its trim) not usable
         grey, trim = canonical.convert("L"), None
     box = trim if trim is not None else trim_box(np.asarray(grey))
-    left, top = box[0], box[1]
-    trimmed_size = (box[2] - left, box[3] - top)
-    centre = _window((0.1, 0.1, 0.9, 0.9), trimmed_size)
-    mean, stddev = _colour_stats(canonical.crop((left + centre[0], top + centre[1], left + centre[2], top + centre[3])))
-    boxes = [(0, 0, *canonical.size)]
-    for kind, fractions in VARIANTS.items():
-        if kind == "trim90":
-            x0, y0, x1, y1 = _window(fractions, trimmed_size)
-            boxes.append((left + x0, top + y0, left + x1, top + y1))
-        else:
-            boxes.append(_window(fractions, canonical.size))
+    boxes = _window_boxes(canonical.size, box)
     # Without borders to trim (most pictures) "trim90" is the same window as "c90": hash once.
     unique = list(dict.fromkeys(boxes))
-    windows = [grey if box == boxes[0] else grey.crop(box) for box in unique]
-    if hash_name == "phash":
-        values = phash_many(windows)
+    if float_resample:
+        if hash_name != "phash":
+            raise ValueError(f"float_resample: phash only, not {hash_name!r}")
+        values = phash_boxes(np.asarray(grey), unique)
+    elif hash_name == "phash":
+        values = phash_many([grey if b == boxes[0] else grey.crop(b) for b in unique])
     else:
+        windows = [grey if b == boxes[0] else grey.crop(b) for b in unique]
         values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
     of_box = dict(zip(unique, values, strict=True))
-    hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: bytes(min(255, round(v)) for v in (*mean, *stddev)).hex()}
-    hashes.update((kind, of_box[box]) for kind, box in zip(VARIANTS, boxes[1:], strict=True))
+    hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: _colour_signature(canonical, box)}
+    hashes.update((kind, of_box[b]) for kind, b in zip(VARIANTS, boxes[1:], strict=True))
     return hashes
 
 
@@ -273,14 +365,19 @@ def hashes_of(image: Image.Image, hash_name: str = DEFAULT_HASH, *, variants: bo
     ``WINDOWS``) plus, with ``variants``, every kind of ``image_hashes`` (imagehash's phash of
     the picture and of its ``VARIANTS`` windows, and the colour signature), whose pairs find
     copies cropped, captioned or turned a little; without, ``"phash"`` alone (the catalog's
-    ``phash`` column, which the trainer's split groups by).
+    ``phash`` column, which the trainer's split groups by). Under ``pdq`` every phash is
+    resampled in floating point (``phash_boxes``; ``image_hashes``' ``float_resample``).
     """
     if hash_name == PDQ:
         canonical = canonical_image(image)
         grey = canonical.convert("L")
         trim = trim_box(np.asarray(grey))  # borders: both recipes' trimmed windows
         record = pdq_hashes(canonical, windows=variants, grey=grey, trim=trim)
-        hashes: dict[str, Any] = image_hashes(canonical, grey=grey, trim=trim) if variants else {"phash": phash_many([grey])[0]}
+        hashes: dict[str, Any] = (
+            image_hashes(canonical, grey=grey, trim=trim, float_resample=True)
+            if variants
+            else {"phash": phash_boxes(np.asarray(grey), [(0, 0, *grey.size)])[0]}
+        )
         hashes.update(zip(DIHEDRAL_KINDS, record.dihedral, strict=True))
         hashes.update(record.windows)
         hashes["pdq_quality"] = record.quality

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from crawler.images.borders import trim_box
+from crawler.images.borders import line_median, trim_box
 
 __all__ = [
     "DIHEDRAL",
@@ -176,13 +176,17 @@ def _caption_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     top and bottom whose rows are ``CAPTION_SHARE`` uniform (text on a band: a caption bar)."""
     height, width = grey.shape
     limit = int(height * CAPTION_MAX_SHARE)
+    if not limit:
+        return 0, 0, width, height
     values = grey.astype(np.int16)
     cut = []
     for rows in (values[:limit], values[::-1][:limit]):
-        if not len(rows):
+        level = line_median(rows[0])
+        # A band starts at the edge row: most pictures stop there, so test it alone first.
+        if not (np.count_nonzero(np.abs(rows[0] - level) <= CAPTION_TOLERANCE) / width >= CAPTION_SHARE):
             cut.append(0)
             continue
-        uniform = (np.abs(rows - np.median(rows[0])) <= CAPTION_TOLERANCE).mean(axis=1) >= CAPTION_SHARE
+        uniform = np.count_nonzero(np.abs(rows - level) <= CAPTION_TOLERANCE, axis=1) / width >= CAPTION_SHARE
         cut.append(len(rows) if uniform.all() else int(np.argmin(uniform)))
     return 0, cut[0], width, height - cut[1]
 

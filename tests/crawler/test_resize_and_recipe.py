@@ -240,6 +240,42 @@ def test_a_crawl_rehashes_a_dataset_made_with_another_recipe(make_crawler, build
         close(stages)
 
 
+# The PDQ recipe before its phashes were resampled in floating point (Pillow's 8-bit resample).
+PREVIOUS_PDQ_RECIPE = f"pdq256-sq64-dihedral-pdqwin2-phash8win9-look64-canonical{CANONICAL_SIDE}-jpegdraft"
+
+
+def test_a_crawl_rehashes_a_catalog_of_the_previous_pdq_recipe(make_crawler, build, dataset_dir: Path) -> None:
+    """A catalog that records the previous PDQ recipe (its phashes resampled in 8 bits: a few
+    differ by 2 bits) gets today's hashes when a crawl opens it. Its hashes stand in as
+    today's with every bit inverted, so that any not recomputed shows."""
+    assert HASH_RECIPE != PREVIOUS_PDQ_RECIPE
+    bodies = [encode(picture(seed, (300, 200)), "JPEG", quality=90) for seed in (18, 19)]
+    stages = stored_chain(make_crawler(), build)
+    try:
+        for body in bodies:
+            feed(stages, body)
+    finally:
+        close(stages)
+    today = [hashes_of(verify_image(body).image) for body in bodies]
+    kinds = ("phash", *VARIANTS)
+    conn = sqlite3.connect(dataset_dir / "catalog.sqlite")  # as the previous recipe left it
+    for body, hashes in zip(bodies, today, strict=True):
+        stale = {k: f"{int(hashes[k], 16) ^ (2**64 - 1):016x}" for k in kinds}
+        (row_id,) = conn.execute("SELECT id FROM images WHERE sha256 = ?", (hashlib.sha256(body).hexdigest(),)).fetchone()
+        conn.execute("UPDATE images SET phash = ? WHERE id = ?", (stale["phash"], row_id))
+        conn.executemany("UPDATE image_hashes SET hash = ? WHERE image_id = ? AND kind = ?", [(stale[k], row_id, k) for k in VARIANTS])
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'hash_recipe'", (PREVIOUS_PDQ_RECIPE,))
+    conn.commit()
+    conn.close()
+    close(stored_chain(make_crawler(), build))  # a crawl opens the dataset
+    with Catalog(dataset_dir) as catalog:
+        assert catalog.meta()["hash_recipe"] == HASH_RECIPE
+        for body, hashes in zip(bodies, today, strict=True):
+            (row,) = catalog.rows("sha256 = ?", (hashlib.sha256(body).hexdigest(),))
+            stored = dict(catalog._conn.execute("SELECT kind, hash FROM image_hashes WHERE image_id = ?", (row["id"],)).fetchall())
+            assert {"phash": row["phash"], **{k: stored[k] for k in VARIANTS}} == {k: hashes[k] for k in kinds}
+
+
 def test_rehash_command(tmp_path: Path) -> None:
     root = tmp_path / "old"
     v1_dataset(root, [encode(picture(15, (300, 200)), "JPEG")])

@@ -13,6 +13,7 @@ from typing import Any
 import imagehash
 import numpy as np
 import pytest
+import scipy.fftpack
 from crawler_testkit import encode, make_item, picture
 from PIL import Image, ImageOps, ImageStat
 from scrapy.exceptions import DropItem
@@ -23,10 +24,15 @@ from crawler.images.hashing import (
     CANONICAL_SIDE,
     COLOUR_KIND,
     VARIANTS,
+    hashes_of,
     image_hashes,
+    _phash_rows,
     phash_many,
+    phash_boxes,
     trim_borders,
 )
+from crawler.images.borders import trim_box
+from crawler.images.pdq import _caption_box
 from crawler.pipelines.dedupe import DedupePipeline
 from crawler.pipelines.prepare import PreparePipeline
 from crawler.pipelines.store import StorePipeline
@@ -35,6 +41,11 @@ from crawler.threads import INLINE_HASH_BYTES, sha256_hex
 
 def reference_trim(image: Image.Image) -> Image.Image:
     """``trim_borders`` as first written: every row and column tested at once."""
+    return image.crop(reference_trim_box(image))
+
+
+def reference_trim_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The box ``reference_trim`` keeps, in pixels."""
     grey = np.asarray(image.convert("L"), dtype=np.int16)
     top, left = 0, 0
     bottom, right = grey.shape
@@ -61,7 +72,7 @@ def reference_trim(image: Image.Image) -> Image.Image:
                 right -= count
         if not changed:
             break
-    return image.crop((left, top, right, bottom))
+    return left, top, right, bottom
 
 
 def reference_hashes(image: Image.Image) -> dict[str, str]:
@@ -92,6 +103,49 @@ def photo_like(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.blend(coarse, fine, 0.35)
 
 
+def reference_caption_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """``crawler.images.pdq._caption_box`` as first written: every row of each 30% band tested."""
+    height, width = grey.shape
+    limit = int(height * 0.3)
+    values = grey.astype(np.int16)
+    cut = []
+    for rows in (values[:limit], values[::-1][:limit]):
+        if not len(rows):
+            cut.append(0)
+            continue
+        uniform = (np.abs(rows - np.median(rows[0])) <= 40).mean(axis=1) >= 0.75
+        cut.append(len(rows) if uniform.all() else int(np.argmin(uniform)))
+    return 0, cut[0], width, height - cut[1]
+
+
+def edged(seed: int) -> np.ndarray:
+    """A grey picture whose edges are uniform, nearly so or not at all, in every combination:
+    bands of a flat level with a share of noisy pixels near the thresholds (75%, 97%)."""
+    rng = np.random.default_rng(seed)
+    grey = rng.integers(0, 256, (int(rng.integers(4, 90)), int(rng.integers(4, 90)))).astype(np.uint8)
+    for lines in (grey, grey[::-1], grey.T, grey.T[::-1]):  # views: writing a band writes grey
+        if rng.random() < 0.6:
+            band = lines[: int(rng.integers(1, max(2, len(lines) // 2)))]
+            band[...] = rng.integers(0, 256)
+            noisy = rng.random(band.shape) < rng.choice([0.0, 0.02, 0.03, 0.05, 0.25, 0.3])
+            band[noisy] = rng.integers(0, 256, int(noisy.sum()))
+    return grey
+
+
+def test_trim_and_caption_boxes_equal_the_plain_ones() -> None:
+    """The edge-first shortcuts of ``trim_box`` and ``_caption_box`` (and their medians by
+    partition) give the boxes the plain row-by-row versions give."""
+    trimmed = captioned = 0
+    for seed in range(400):
+        grey = edged(seed)
+        full = (0, 0, grey.shape[1], grey.shape[0])
+        assert trim_box(grey) == reference_trim_box(Image.fromarray(grey)), seed
+        assert _caption_box(grey) == reference_caption_box(grey), seed
+        trimmed += trim_box(grey) != full
+        captioned += _caption_box(grey) != full
+    assert trimmed > 100 and captioned > 100  # both paths taken, often
+
+
 def test_phash_many_is_imagehash_phash_bit_for_bit() -> None:
     rng = random.Random(0)
     greys = [photo_like(n, (rng.randint(8, 400), rng.randint(8, 400))).convert("L") for n in range(150)]
@@ -116,6 +170,68 @@ def test_image_hashes_match_the_plain_recipe(seed: int) -> None:
         assert trim_borders(copy).size == reference_trim(copy).size
         assert image_hashes(copy) == reference_hashes(copy)
         assert list(image_hashes(copy)) == list(reference_hashes(copy))
+
+
+def float_phash(grey: Image.Image, box: tuple[float, float, float, float]) -> tuple[str, np.ndarray]:
+    """imagehash's phash recipe of ``box`` of ``grey`` with Pillow resampling in floating point
+    (mode ``F``) instead of 8 bits, and its 8x8 DCT coefficients."""
+    window = np.asarray(grey.convert("F").resize((32, 32), Image.Resampling.LANCZOS, box=box), dtype=np.float64)
+    low = scipy.fftpack.dct(scipy.fftpack.dct(window, axis=0), axis=1)[:8, :8]
+    return np.packbits(low > np.median(low)).tobytes().hex(), low
+
+
+def test_phash_boxes_are_phash_of_a_float_lanczos_resample() -> None:
+    """``phash_boxes`` is Pillow's LANCZOS (its float path) and scipy's DCT as one linear map:
+    the same coefficients, hence the same bits; imagehash's 8-bit resample moves a few."""
+    rng = random.Random(2)
+    differing = 0
+    for n in range(60):
+        grey = photo_like(n, (rng.randint(16, 160), rng.randint(16, 160))).convert("L")
+        x0, y0 = rng.uniform(0, grey.width / 3), rng.uniform(0, grey.height / 3)
+        boxes = [(0, 0, *grey.size), (x0, y0, rng.uniform(x0 + 4, grey.width), rng.uniform(y0 + 4, grey.height))]
+        for box, value in zip(boxes, phash_boxes(np.asarray(grey), boxes), strict=True):
+            assert value == float_phash(grey, box)[0]
+            bits = bin(int(value, 16) ^ int(str(imagehash.phash(grey.resize((32, 32), Image.Resampling.LANCZOS, box=box))), 16))
+            assert bits.count("1") <= 4
+            differing += bits.count("1") > 0
+    assert differing < 24  # of 120: mostly the same hash
+    # The coefficients themselves, not only their order.
+    grey = photo_like(7, (160, 107)).convert("L")
+    box = (16.0, 10.7, 144.0, 96.3)
+    ours = _phash_rows(box[1], box[3], grey.height) @ np.asarray(grey, dtype=np.float64) @ _phash_rows(box[0], box[2], grey.width).T
+    assert np.allclose(ours, float_phash(grey, box)[1], rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pdq_recipe_phashes_are_the_phash_recipes_resampled_in_floating_point(seed: int) -> None:
+    """Under PDQ the 64-bit kinds are the phash recipe's windows of the canonical image (the
+    plain recipe's boxes) hashed by ``phash_boxes``: phash with a float resample. They are the
+    phash recipe's hashes but for a few bits; the colour signature is the same."""
+    rng = random.Random(seed)
+    image = photo_like(seed, (rng.randint(40, 700), rng.randint(40, 700)))
+    copies = [
+        image,
+        ImageOps.pad(image, (max(image.size),) * 2, color="white"),  # letterbox: trim90 differs
+        ImageOps.expand(image, border=(0, 0, 0, max(8, image.size[1] // 8)), fill="white"),  # caption bar
+    ]
+    for copy in copies:
+        hashes = hashes_of(copy, "pdq")
+        plain = reference_hashes(copy)
+        canonical = copy
+        if max(copy.size) > CANONICAL_SIDE:
+            scale = CANONICAL_SIDE / max(copy.size)
+            canonical = copy.resize((round(copy.width * scale), round(copy.height * scale)), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        grey = canonical.convert("L")
+        left, top, right, bottom = reference_trim_box(canonical)
+        for kind, fractions in {"phash": (0.0, 0.0, 1.0, 1.0), **VARIANTS}.items():
+            w, h = (right - left, bottom - top) if kind == "trim90" else canonical.size
+            x0, y0 = (left, top) if kind == "trim90" else (0, 0)
+            box = (round(fractions[0] * w) + x0, round(fractions[1] * h) + y0, round(fractions[2] * w) + x0, round(fractions[3] * h) + y0)
+            assert hashes[kind] == float_phash(grey, box)[0], kind
+        assert hashes[COLOUR_KIND] == plain[COLOUR_KIND]
+        distances = [bin(int(hashes[k], 16) ^ int(plain[k], 16)).count("1") for k in ("phash", *VARIANTS)]
+        assert max(distances) <= 4 and sum(distances) / len(distances) <= 2, distances
+    assert hashes_of(image, "pdq", variants=False)["phash"] == hashes_of(image, "pdq")["phash"]
 
 
 def test_query_batch_equals_single_queries_with_and_without_a_merge() -> None:
