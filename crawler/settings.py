@@ -59,6 +59,7 @@ EXTENSIONS = {
     "crawler.threads.PipelineThreads": 100,
     "crawler.recorder.CatalogRecorder": 500,
     "crawler.progress.CrawlProgress": 510,
+    "crawler.gcfreeze.FreezeStartupObjects": 900,
 }
 # Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
 # 0: one per CPU this process may use (more only adds GIL and cache contention).

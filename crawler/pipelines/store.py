@@ -79,7 +79,7 @@ def _full_picture(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # A task of the catalog-commit thread: the bytes or their temporary file, the row, max_images.
-_Task = tuple["bytes | Path", dict[str, Any], "int | None"]
+_Task = tuple["bytes | str", dict[str, Any], "int | None"]
 # Columns of ``Catalog.stored_since`` rows, for the rows a batch adds itself.
 _RECHECK_COLUMNS = (
     "label", "status", "path", "sha256", "phash", "pdq", "pdq_quality", "width", "height",
@@ -193,6 +193,7 @@ class StorePipeline:
         # The commit thread's copy of the rows stored lately (see _rows_since).
         self._recent: _RowsSince | None = None
         self._recent_version: int | None = None
+        self._labels: dict[str, str] = {}  # sanitize_label's answers (one per label, not per image)
         self.stored = 0
         self._closing: Any = None
 
@@ -224,11 +225,16 @@ class StorePipeline:
         if max_images is not None and self.stored >= max_images:
             adapter.pop("body", None)
             raise DropItem("max_images", log_level="DEBUG")
-        label = sanitize_label(adapter["label"])
+        raw_label = adapter["label"]
+        label = self._labels.get(raw_label) if isinstance(raw_label, str) else None
+        if label is None:
+            label = sanitize_label(raw_label)
+            if isinstance(raw_label, str):
+                self._labels[raw_label] = label
         adapter["label"] = label
         staged = adapter.pop("staged", None)
         if staged:  # the prepare stage already wrote the bytes to a temporary file
-            source: bytes | Path = Path(staged[0])
+            source: bytes | str = os.fspath(staged[0])
             digest = staged[1]
         else:
             source = adapter.pop("body")
@@ -269,13 +275,13 @@ class StorePipeline:
         renamed go back to their temporary names, and each item is tried again in a
         transaction of its own, so a bad row fails only its own item."""
         assert self.catalog is not None
-        items: list[tuple[Path, dict[str, Any], int | None]] = []
+        items: list[tuple[str, dict[str, Any], int | None]] = []
         outcomes: list[Any] = []
         stored: list[Any] = []
         try:
             for source, row, max_images in tasks:
                 try:
-                    tmp = source if isinstance(source, Path) else write_tmp(source, self.tmp_dir, fsync=self.fsync)
+                    tmp = os.fspath(write_tmp(source, self.tmp_dir, fsync=self.fsync)) if isinstance(source, bytes) else source
                 except OSError as exc:
                     outcomes.append(exc)
                     continue
@@ -295,14 +301,14 @@ class StorePipeline:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
 
-    def _commit_alone(self, item: tuple[Path, dict[str, Any], int | None]) -> Any:
+    def _commit_alone(self, item: tuple[str, dict[str, Any], int | None]) -> Any:
         """``_commit`` of one item; its exception is its outcome."""
         try:
             return self._commit([item])[0]
         except Exception as exc:  # noqa: BLE001 (the item's outcome)
             return exc
 
-    def _commit(self, items: list[tuple[Path, dict[str, Any], int | None]]) -> list[Any]:
+    def _commit(self, items: list[tuple[str, dict[str, Any], int | None]]) -> list[Any]:
         """One transaction for ``items`` (temporary file, row, max_images): for each, in order,
         the re-check against rows stored since its dedupe decision (and the items before it),
         the rename into its label folder and its rows, unless a duplicate was stored meanwhile
@@ -320,7 +326,7 @@ class StorePipeline:
         demoted_all: list[str] = []
         added = 0
         folders: set[str] = set()
-        renamed: list[tuple[Path, str]] = []
+        renamed: list[tuple[str, str]] = []
         since = min(row.get("catalog_seen_id") or 0 for _, row, _ in items)
         body_done = False
         try:
