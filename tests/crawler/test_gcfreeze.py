@@ -1,0 +1,25 @@
+"""The crawl process moves its start-up objects out of the garbage collector's reach."""
+
+from __future__ import annotations
+
+import gc
+
+from scrapy import signals
+from scrapy.utils.test import get_crawler
+
+from crawler import settings as project
+from crawler.gcfreeze import FreezeStartupObjects
+
+
+def test_the_start_up_objects_are_frozen_when_the_spider_opens() -> None:
+    assert "crawler.gcfreeze.FreezeStartupObjects" in project.EXTENSIONS
+    crawler = get_crawler(settings_dict={"EXTENSIONS_BASE": {}})  # no extension but this one
+    extension = FreezeStartupObjects.from_crawler(crawler)  # signals hold handlers weakly
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        crawler.signals.send_catch_log(signals.spider_opened, spider=None)
+        assert extension is not None
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
