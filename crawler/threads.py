@@ -8,8 +8,9 @@ speed, they cost it: on the 2-core benchmark machine (``benchmarks/pipeline_thro
 crawl used 26 CPU seconds for 2000 images with asyncio's default pool of 6 threads and 20-22
 with 2-4 threads, and went from 98 to 113-125 images/s, because oversubscribed threads thrash
 the GIL and the CPU caches. The per-image decode, hashes and file write run in worker processes
-by default (``crawler.workers``); these threads then keep the catalog commits, and the
-per-image work too when worker processes are off (``PIPELINE_PROCESSES = 0``).
+by default (``crawler.workers``); these threads then keep the dedupe decisions, and the
+per-image work too when worker processes are off (``PIPELINE_PROCESSES = 0``). The store's
+catalog commits have a thread of their own (``BatchThread``: group commit).
 """
 
 from __future__ import annotations
