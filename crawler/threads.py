@@ -21,6 +21,7 @@ import functools
 import hashlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -86,16 +87,66 @@ async def run_in_thread(func: Callable[..., T], *args: object) -> T:
 
     Uses the pool under the asyncio reactor (Scrapy's default) or whenever an asyncio loop is
     running (unit tests driving ``process_item`` with ``asyncio.run``), and the Twisted thread
-    pool under any other reactor.
+    pool under any other reactor. The answers of several calls finishing while the loop is busy
+    reach it with one wake-up (``_Wakeups``), not one each as ``loop.run_in_executor``'s do.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None or is_asyncio_available():
-        loop = loop or asyncio.get_event_loop()
+    loop = _running_loop()
+    if loop is None and is_asyncio_available():
+        loop = asyncio.get_event_loop()
         return await loop.run_in_executor(_executor(), functools.partial(func, *args))
-    return await maybe_deferred_to_future(deferToThread(func, *args))
+    if loop is None:
+        return await maybe_deferred_to_future(deferToThread(func, *args))
+    future = loop.create_future()
+    _executor().submit(_run_and_answer, _wakeups(loop), future, func, args)
+    return await future
+
+
+def _run_and_answer(wakeups: _Wakeups, future: asyncio.Future[Any], func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        answer = (future, True, func(*args))
+    except BaseException as exc:  # noqa: BLE001 (the caller's exception, raised where it awaits)
+        answer = (future, False, exc)
+    wakeups.answer([answer])
+
+
+class _Wakeups:
+    """Answers from threads for the futures of one event loop: the first answer since the loop
+    last ran schedules one ``call_soon_threadsafe`` (a write to the loop's wake-up pipe), and
+    the ones that arrive before it runs ride along."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._answers: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self._lock = threading.Lock()
+
+    def answer(self, answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        """Hand ``(future, ok, value)`` answers to the loop (from any thread): the value is the
+        result, or (not ``ok``) the exception raised to the awaiting coroutine."""
+        with self._lock:
+            wake = not self._answers
+            self._answers.extend(answers)
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed: nobody waits for these any more
+                with self._lock:
+                    self._answers.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            answers, self._answers = self._answers, []
+        _resolve(answers)
+
+
+_loop_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = weakref.WeakKeyDictionary()
+
+
+def _wakeups(loop: asyncio.AbstractEventLoop) -> _Wakeups:
+    found = _loop_wakeups.get(loop)
+    if found is None:
+        with _lock:
+            found = _loop_wakeups.setdefault(loop, _Wakeups(loop))
+    return found
 
 
 async def sha256_hex(data: bytes) -> str:
@@ -117,14 +168,14 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _resolve(done: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, outcome in done:
+def _resolve(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
         if future.done():  # cancelled meanwhile
             continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
+        if ok:
+            future.set_result(value)
         else:
-            future.set_result(outcome)
+            future.set_exception(value)
 
 
 class BatchThread(Generic[Task]):
@@ -204,12 +255,12 @@ class BatchThread(Generic[Task]):
             if not batch:
                 return  # closed, nothing left
             outcomes = self._run_batch([task for task, _ in batch])
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             for (_, future), outcome in zip(batch, outcomes, strict=True):
-                by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-            for loop, done in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop closed (its waiters are gone)
-                    loop.call_soon_threadsafe(_resolve, done)
+                answer = (future, not isinstance(outcome, BaseException), outcome)
+                by_loop.setdefault(future.get_loop(), []).append(answer)
+            for loop, answers in by_loop.items():
+                _wakeups(loop).answer(answers)
 
     def close(self) -> None:
         """Finish the queued tasks and stop the thread (blocking; idempotent). Later ``run``
