@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import threading
 from pathlib import Path
@@ -276,6 +277,35 @@ def test_a_failing_item_in_a_batch_fails_alone(make_crawler, build, dataset_dir:
     with Catalog(dataset_dir) as catalog:
         rows = catalog.rows()
     assert sorted(r["sha256"] for r in rows) == sorted(hashlib.sha256(b).hexdigest() for n, b in enumerate(bodies) if n != 3)
+    assert sorted(r["path"] for r in rows) == sorted(f"cats/{p.name}" for p in (dataset_dir / "cats").iterdir())
+    assert list((dataset_dir / ".tmp").iterdir()) == []
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+def test_a_file_that_cannot_be_moved_into_place_fails_alone(make_crawler, build, dataset_dir: Path, monkeypatch) -> None:
+    """A rename that fails at the end of a batch: the rows are rolled back, the files already
+    moved go back to ``.tmp/``, the other items are stored one by one, and no file is left
+    under a label without its row."""
+    stages = store_crawl(make_crawler, build)
+    gate, sizes, _ = gate_commits(stages[2])
+    bodies = [encode(picture(n), "PNG") for n in range(70, 76)]
+    bad_sha = hashlib.sha256(bodies[4]).hexdigest()
+    replace = os.replace
+
+    def failing_replace(source: Any, target: Any) -> None:
+        if bad_sha in str(target):
+            raise OSError("read-only folder (test)")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    results = asyncio.run(all_queued(stages, bodies, gate))
+    assert max(sizes) > 4
+    assert isinstance(results[4], OSError)
+    assert all(r["status"] == "stored" for n, r in enumerate(results) if n != 4)
+    with Catalog(dataset_dir) as catalog:
+        rows = catalog.rows()
+    assert len(rows) == 5 and bad_sha not in {r["sha256"] for r in rows}
     assert sorted(r["path"] for r in rows) == sorted(f"cats/{p.name}" for p in (dataset_dir / "cats").iterdir())
     assert list((dataset_dir / ".tmp").iterdir()) == []
     stages[1].close_spider()
