@@ -134,8 +134,9 @@ def serve(images: list[bytes], latency: float) -> ImageServer:
 class ReactorLag:
     """Scrapy extension (benchmark only): how late a 10 ms ``LoopingCall`` on the reactor runs
     (longest and 99th percentile, seconds), the reactor thread's CPU time, the CPU time of the
-    work each pipeline hands to worker threads, and garbage-collection time; written as JSON
-    to ``BENCH_RESULT_FILE`` when the spider closes."""
+    work each pipeline hands to worker threads (``run_in_thread``) or to a group-commit thread
+    (``crawler.threads.BatchThread``: the store's ``catalog-commit``, with its batches), and
+    garbage-collection time; written as JSON to ``BENCH_RESULT_FILE`` when the spider closes."""
 
     INTERVAL = 0.01
     STAGES = ("crawler.pipelines.prepare", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")

@@ -376,3 +376,63 @@ def test_colour_stats_are_imagestats_bit_for_bit(seed: int) -> None:
         image = Image.fromarray(pixels, "RGB")
         stat = ImageStat.Stat(image)
         assert _colour_stats(image) == (stat.mean, stat.stddev)
+
+
+class _RowsOf:
+    """A catalog whose ``stored_since`` answers from a list (the re-check's only read)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def stored_since(self, last_id: int) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["id"] > last_id]
+
+
+@pytest.mark.parametrize("hash_name", ["pdq", "phash"])
+def test_the_store_recheck_prefilter_finds_what_find_in_rows_finds(make_crawler, hash_name: str) -> None:
+    """The store's re-check passes only rows that can match to ``find_in_rows``: on random
+    hashes with near and exact copies among them, its answer is ``find_in_rows``'s over every
+    row newer than the item's decision."""
+    from crawler.images.matching import find_in_rows
+    from crawler.images.pdq import DIHEDRAL_KINDS
+    from crawler.pipelines.store import _full_picture, _RowsSince
+    from crawler.setting_values import dedupe_rule
+
+    rule = dedupe_rule(make_crawler(DEDUPE_HASH=hash_name).settings)
+    rng = random.Random(hash_name)
+    bits = 256 if rule.pdq else 64
+
+    def near(value: int, flips: int) -> int:
+        for _ in range(flips):
+            value ^= 1 << rng.randrange(bits)
+        return value
+
+    def hexed(value: int) -> str:
+        return f"{value:0{bits // 4}x}"
+
+    stored = []
+    for n in range(1, 121):
+        code = rng.getrandbits(bits)
+        stored.append({
+            "id": n, "label": "cats", "status": "stored", "path": f"cats/{n}.png", "sha256": f"sha{n}",
+            "phash": hexed(code) if not rule.pdq else "0" * 16, "pdq": hexed(code) if rule.pdq else None,
+            "pdq_quality": 100, "width": 10, "height": 10, "source_width": 10, "source_height": 10,
+        })
+    found = 0
+    for trial in range(300):
+        source = stored[rng.randrange(len(stored))]
+        base = int(source["pdq" if rule.pdq else "phash"], 16)
+        distance = rng.choice([0, 3, rule.max_distance - 1, rule.max_distance + 1, 60 if rule.pdq else 20])
+        code = near(base, distance) if trial % 5 else rng.getrandbits(bits)
+        row: dict[str, Any] = {"sha256": source["sha256"] if trial % 17 == 0 else f"new{trial}",
+                               "phash": hexed(code) if not rule.pdq else "0" * 16, "catalog_seen_id": rng.randrange(120)}
+        if rule.pdq:
+            dihedral = [hexed(code)] + [hexed(rng.getrandbits(256)) for _ in DIHEDRAL_KINDS[1:]]
+            rng.shuffle(dihedral)
+            row.update(pdq_dihedral=tuple(dihedral), pdq_quality=100, look=b"")
+        newer = [r for r in stored if r["id"] > row["catalog_seen_id"]]
+        expected = find_in_rows(newer, row["sha256"], row["phash"], rule.max_distance, rule, _full_picture(row), lambda _: None)
+        got = _RowsSince(_RowsOf(stored), 0, rule).find(row, row["catalog_seen_id"], lambda _: None)
+        assert (got and (got.path, got.distance)) == (expected and (expected.path, expected.distance))
+        found += expected is not None
+    assert 30 < found < 270  # both answers were tried often
