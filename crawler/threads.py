@@ -251,7 +251,7 @@ class BatchThread(Generic[Task]):
         started = time.thread_time()
         try:
             outcomes = list(self.func(tasks))
-        except Exception as exc:  # noqa: BLE001 (every waiting task gets it)
+        except BaseException as exc:  # noqa: BLE001 (every waiting task gets it; the thread lives on)
             outcomes = [exc] * len(tasks)
         self.batches += 1
         self.tasks += len(tasks)
