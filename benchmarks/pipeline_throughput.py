@@ -17,7 +17,8 @@ list in the same run:
   once like the peers' 32 workers (``CONCURRENT_REQUESTS``/``CONCURRENT_REQUESTS_PER_DOMAIN`` =
   ``--concurrency``, ``AUTOTHROTTLE_ENABLED=0``; ``CONCURRENT_ITEMS`` the project's, ``--items``),
   printed under the table. ``BENCH_PROFILE=<file>`` runs the crawl process under cProfile
-  (stats written to <file>; the worker processes are not profiled). The ``ReactorLag`` extension ticks every 10 ms on Scrapy's reactor
+  timed by the main thread's CPU clock (the reactor thread's CPU per function; stats written to
+  <file>; pipeline threads and worker processes are not profiled). The ``ReactorLag`` extension ticks every 10 ms on Scrapy's reactor
   and reports the longest late tick: CPU work that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
   Scrapy stats; ``--variant SETTING=VALUE`` adds a row with settings changed.
 * img2dataset (its own venv, no torch beside it): ``--thread_count 32 --processes_count 2``
@@ -133,8 +134,9 @@ def serve(images: list[bytes], latency: float) -> ImageServer:
 class ReactorLag:
     """Scrapy extension (benchmark only): how late a 10 ms ``LoopingCall`` on the reactor runs
     (longest and 99th percentile, seconds), the reactor thread's CPU time, the CPU time of the
-    work each pipeline hands to worker threads, and garbage-collection time; written as JSON
-    to ``BENCH_RESULT_FILE`` when the spider closes."""
+    work each pipeline hands to worker threads (``run_in_thread``) or to a group-commit thread
+    (``crawler.threads.BatchThread``: the store's ``catalog-commit``, with its batches), and
+    garbage-collection time; written as JSON to ``BENCH_RESULT_FILE`` when the spider closes."""
 
     INTERVAL = 0.01
     STAGES = ("crawler.pipelines.prepare", "crawler.pipelines.dedupe", "crawler.pipelines.store", "crawler.recorder")
@@ -218,6 +220,16 @@ class ReactorLag:
         if self._loop.running:
             self._loop.stop()
         lags = sorted(self.lags) or [(0.0, 0.0)]
+        # Group-commit threads (crawler.threads.BatchThread) count their own CPU time.
+        batches = {}
+        engine = getattr(self.crawler, "engine", None)
+        itemproc = getattr(getattr(engine, "scraper", None), "itemproc", None)
+        for pipeline in getattr(itemproc, "middlewares", ()):
+            committer = getattr(pipeline, "committer", None)
+            if committer is not None:
+                name = f"{type(pipeline).__module__.rsplit('.', 1)[-1]}.{committer.name}"
+                self.thread_cpu[name] = committer.cpu_seconds
+                batches[name] = (committer.batches, committer.tasks)
         result = {
             "opened": self._opened,
             "closed": time.time(),
@@ -228,11 +240,28 @@ class ReactorLag:
             "thread_cpu": self.thread_cpu,
             "thread_wall": self.thread_wall,
             "awaited": self.awaited,
+            "batches": batches,
             "gc": self.gc_seconds,
             "gc_counts": [generation["collections"] for generation in gc.get_stats()],
             "stats": {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, int | float)},
         }
         Path(self.path).write_text(json.dumps(result))
+
+
+# Runs a script (argv[2:]) under cProfile timed by the thread's CPU clock, stats to argv[1]: the
+# default wall clock would charge the reactor thread's functions for the time other threads and
+# the workers held the cores. cProfile (Python < 3.12) sees only the thread that enabled it.
+PROFILE_CPU = """
+import cProfile, runpy, sys, time
+out, sys.argv = sys.argv[1], sys.argv[2:]
+profiler = cProfile.Profile(time.thread_time)
+profiler.enable()
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
 
 
 def ours_settings(concurrency: int, items: int) -> dict[str, object]:
@@ -253,9 +282,9 @@ def run_ours(base: str, tmp: Path, settings: dict[str, object]) -> tuple[float, 
     extensions = {**project.EXTENSIONS, "benchmarks.pipeline_throughput.ReactorLag": 900}
     options = {**settings, "LOG_LEVEL": "WARNING", "DATASET_DIR": dataset,
                "BENCH_RESULT_FILE": result, "EXTENSIONS": json.dumps(extensions)}
-    # BENCH_PROFILE=<file>: the crawl process (not its workers) under cProfile, stats to <file>.
+    # BENCH_PROFILE=<file>: the crawl process's main (reactor) thread under cProfile, stats to <file>.
     profile = os.environ.get("BENCH_PROFILE")
-    command = [sys.executable, "-m", "cProfile", "-o", profile, str(_SCRAPY)] if profile else SCRAPY
+    command = [sys.executable, "-c", PROFILE_CPU, profile, str(_SCRAPY)] if profile else SCRAPY
     started, wall = time.perf_counter(), time.time()
     subprocess.run(
         [*command, "crawl", "gallery", "-a", "label=bench", "-a", f"start_urls={base}/list.html",
@@ -352,13 +381,16 @@ def describe(label: str, info: dict[str, Any]) -> str:
     """One line of where our crawl's time went (from ``ReactorLag``)."""
     startup, crawl, exit_ = info["phases"]
     gc = ", ".join(f"gen{n} {c}x {t:.2f} s" for n, (c, t) in enumerate(zip(info["gc_counts"], info["gc"], strict=True)))
-    cpu = ", ".join(
-        f"{name} {seconds:.1f} (ran {info['thread_wall'].get(name, 0.0):.1f}, awaited {info['awaited'].get(name, 0.0):.1f})"
-        for name, seconds in sorted(info["thread_cpu"].items())
-    )
+    def work(name: str, seconds: float) -> str:
+        if name in info.get("batches", {}):
+            batches, tasks = info["batches"][name]
+            return f"{name} {seconds:.2f} ({batches} batches of {tasks / max(batches, 1):.1f} items)"
+        return f"{name} {seconds:.2f} (ran {info['thread_wall'].get(name, 0.0):.1f}, awaited {info['awaited'].get(name, 0.0):.1f})"
+
+    cpu = ", ".join(work(name, seconds) for name, seconds in sorted(info["thread_cpu"].items()))
     return (
         f"{label}: start-up {startup:.1f} s, crawl {crawl:.1f} s, exit {exit_:.1f} s; longest lag "
-        f"{info['max_lag_at']:.1f} s after opening; CPU s: reactor thread {info['main_cpu']:.1f}; work in threads, CPU s "
+        f"{info['max_lag_at']:.1f} s after opening; CPU s: reactor thread {info['main_cpu']:.2f}; work in threads, CPU s "
         f"(ran s, awaited s, summed over items): {cpu}; "
         f"garbage collection {gc}"
     )

@@ -74,6 +74,10 @@ COLUMNS: tuple[str, ...] = (
     "pdq",
     "pdq_quality",
 )
+_INSERTED = tuple(key for key in COLUMNS if key != "id")
+_INSERT_SQL = (
+    f"INSERT INTO images ({', '.join(_INSERTED)}) VALUES ({', '.join('?' for _ in _INSERTED)}) RETURNING id"  # noqa: S608 (fixed column names)
+)
 # Columns added after version 1, with their SQL types (appended by ALTER TABLE on old catalogs).
 _ADDED_COLUMNS = {
     "source_width": "INTEGER",
@@ -244,21 +248,18 @@ class Catalog:
         URLs are cut to 100 characters. Pass ``conn`` (from ``transaction()``) to insert inside
         an open transaction; otherwise the insert is its own transaction.
         """
-        values = {key: row.get(key) for key in COLUMNS if key != "id"}
+        values = {key: row.get(key) for key in _INSERTED}
         values["created_at"] = values["created_at"] or datetime.now(UTC).isoformat(
             timespec="milliseconds"
         )
-        url = values.get("url")
+        url = values["url"]
         if isinstance(url, str) and url.startswith("data:"):
             values["url"] = url[:DATA_URI_KEEP_CHARS]
-        names = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        sql = f"INSERT INTO images ({names}) VALUES ({marks}) RETURNING id"  # noqa: S608 (fixed column names)
         look = row.get("look") if values["status"] == "stored" else None
         if conn is not None:
-            return self._insert(conn, sql, tuple(values.values()), row.get("hashes"), look)
+            return self._insert(conn, _INSERT_SQL, tuple(values.values()), row.get("hashes"), look)
         with self.transaction() as tx:
-            return self._insert(tx, sql, tuple(values.values()), row.get("hashes"), look)
+            return self._insert(tx, _INSERT_SQL, tuple(values.values()), row.get("hashes"), look)
 
     @staticmethod
     def _insert(conn: Any, sql: str, values: tuple[Any, ...], hashes: Any, look: Any) -> int:
@@ -339,6 +340,13 @@ class Catalog:
         handed out in commit order). Equal tokens mean no new rows."""
         with self._lock:
             return self._engine.version()
+
+    def others_version(self) -> int | None:
+        """A token that changes whenever another connection (another component or process)
+        commits to the catalog, or ``None`` when the engine has none (PostgreSQL): then what
+        was read before must be read again. SQLite: ``data_version``, reading no table."""
+        with self._lock:
+            return self._engine.others_version()
 
     def count_stored(self) -> int:
         """Number of ``stored`` rows."""

@@ -100,6 +100,10 @@ class SqliteEngine:
         connection's ``total_changes``: no table is read."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0]), self.conn.total_changes
 
+    def others_version(self) -> int | None:
+        """SQLite's ``data_version``: it changes when another connection commits."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         self.conn.close()
 
@@ -215,6 +219,11 @@ class PostgresEngine:
         unchanged value means no new row. One index look-up."""
         found = self.conn.raw.execute("SELECT MAX(id) FROM images").fetchone()[0]
         return int(found or 0), 0
+
+    def others_version(self) -> int | None:
+        """``None``: PostgreSQL has no cheap token for other sessions' commits (a status
+        change adds no id), so callers read again."""
+        return None
 
     def close(self) -> None:
         self.conn.raw.close()

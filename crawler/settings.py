@@ -54,11 +54,14 @@ ITEM_PIPELINES = {
     "crawler.pipelines.dedupe.DedupePipeline": 300,
     "crawler.pipelines.store.StorePipeline": 400,
 }
+# GarbageCollection: gc.freeze() once the spider opens, so that full garbage collections no
+# longer walk the start-up objects, and fewer young collections (crawler/gctuning.py).
 EXTENSIONS = {
     "crawler.jobdir.JobQueueGuard": 50,
     "crawler.threads.PipelineThreads": 100,
     "crawler.recorder.CatalogRecorder": 500,
     "crawler.progress.CrawlProgress": 510,
+    "crawler.gctuning.GarbageCollection": 900,
 }
 # Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
 # 0: one per CPU this process may use (more only adds GIL and cache contention).

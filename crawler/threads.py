@@ -8,19 +8,23 @@ speed, they cost it: on the 2-core benchmark machine (``benchmarks/pipeline_thro
 crawl used 26 CPU seconds for 2000 images with asyncio's default pool of 6 threads and 20-22
 with 2-4 threads, and went from 98 to 113-125 images/s, because oversubscribed threads thrash
 the GIL and the CPU caches. The per-image decode, hashes and file write run in worker processes
-by default (``crawler.workers``); these threads then keep the catalog commits, and the
-per-image work too when worker processes are off (``PIPELINE_PROCESSES = 0``).
+by default (``crawler.workers``); these threads then keep the dedupe decisions, and the
+per-image work too when worker processes are off (``PIPELINE_PROCESSES = 0``). The store's
+catalog commits have a thread of their own (``BatchThread``: group commit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import threading
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import maybe_deferred_to_future
@@ -33,9 +37,10 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from typing_extensions import Self
 
-__all__ = ["PipelineThreads", "default_thread_count", "run_in_thread", "set_thread_count", "sha256_hex"]
+__all__ = ["BatchThread", "PipelineThreads", "default_thread_count", "run_in_thread", "set_thread_count", "sha256_hex"]
 
 T = TypeVar("T")
+Task = TypeVar("Task")
 
 # Below this many bytes a SHA-256 (~2 us per KiB) costs less than a trip to a worker thread;
 # above it, it would hold up the reactor (a 32 MiB body takes ~60 ms).
@@ -82,16 +87,66 @@ async def run_in_thread(func: Callable[..., T], *args: object) -> T:
 
     Uses the pool under the asyncio reactor (Scrapy's default) or whenever an asyncio loop is
     running (unit tests driving ``process_item`` with ``asyncio.run``), and the Twisted thread
-    pool under any other reactor.
+    pool under any other reactor. The answers of several calls finishing while the loop is busy
+    reach it with one wake-up (``_Wakeups``), not one each as ``loop.run_in_executor``'s do.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None or is_asyncio_available():
-        loop = loop or asyncio.get_event_loop()
+    loop = _running_loop()
+    if loop is None and is_asyncio_available():
+        loop = asyncio.get_event_loop()
         return await loop.run_in_executor(_executor(), functools.partial(func, *args))
-    return await maybe_deferred_to_future(deferToThread(func, *args))
+    if loop is None:
+        return await maybe_deferred_to_future(deferToThread(func, *args))
+    future = loop.create_future()
+    _executor().submit(_run_and_answer, _wakeups(loop), future, func, args)
+    return await future
+
+
+def _run_and_answer(wakeups: _Wakeups, future: asyncio.Future[Any], func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        answer = (future, True, func(*args))
+    except BaseException as exc:  # noqa: BLE001 (the caller's exception, raised where it awaits)
+        answer = (future, False, exc)
+    wakeups.answer([answer])
+
+
+class _Wakeups:
+    """Answers from threads for the futures of one event loop: the first answer since the loop
+    last ran schedules one ``call_soon_threadsafe`` (a write to the loop's wake-up pipe), and
+    the ones that arrive before it runs ride along."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._answers: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self._lock = threading.Lock()
+
+    def answer(self, answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        """Hand ``(future, ok, value)`` answers to the loop (from any thread): the value is the
+        result, or (not ``ok``) the exception raised to the awaiting coroutine."""
+        with self._lock:
+            wake = not self._answers
+            self._answers.extend(answers)
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed: nobody waits for these any more
+                with self._lock:
+                    self._answers.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            answers, self._answers = self._answers, []
+        _resolve(answers)
+
+
+_loop_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = weakref.WeakKeyDictionary()
+
+
+def _wakeups(loop: asyncio.AbstractEventLoop) -> _Wakeups:
+    found = _loop_wakeups.get(loop)
+    if found is None:
+        with _lock:
+            found = _loop_wakeups.setdefault(loop, _Wakeups(loop))
+    return found
 
 
 async def sha256_hex(data: bytes) -> str:
@@ -104,6 +159,135 @@ async def sha256_hex(data: bytes) -> str:
 
 def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _resolve(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
+        if future.done():  # cancelled meanwhile
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class BatchThread(Generic[Task]):
+    """One thread that runs ``func`` over every task queued while it was busy: group commit.
+
+    ``await batches.run(task)`` queues ``task``; the thread takes all queued tasks at once,
+    calls ``func(tasks)`` (which returns one outcome per task, in order) and wakes the waiting
+    coroutines with one call onto their event loop per batch. The thread is woken once the
+    loop has run what was ready when the first task arrived (``call_soon``), so tasks queued by
+    the callbacks of one loop pass (items whose previous stage finished together) make one
+    batch rather than the first alone and the rest after it; no task waits for a timer. A catalog commit per batch instead
+    of per image cuts both the database's work (one transaction, one re-check query) and the
+    reactor's (one wake-up instead of a thread-pool round trip per image). An outcome that is an
+    exception instance is raised by that task's ``run``; an exception from ``func`` itself is
+    raised by every task of the batch.
+
+    Without a running asyncio loop (a reactor other than Scrapy's asyncio one) each task runs
+    alone in the pipeline threads (``run_in_thread``). Counters: ``batches``, ``tasks``, and
+    ``cpu_seconds`` (the thread's CPU time spent in ``func``).
+    """
+
+    def __init__(self, func: Callable[[list[Task]], Sequence[Any]], *, name: str) -> None:
+        self.func = func
+        self.name = name
+        self.batches = 0
+        self.tasks = 0
+        self.cpu_seconds = 0.0
+        self._queue: list[tuple[Task, asyncio.Future[Any]]] = []  # for the thread
+        self._arriving: list[tuple[Task, asyncio.Future[Any]]] = []  # until the loop's pass ends
+        self._kick_scheduled = False
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    async def run(self, task: Task) -> Any:
+        """Await ``task``'s outcome (see the class docstring).
+
+        Raises:
+            RuntimeError: the thread was closed.
+            BaseException: the task's exception outcome, or the one ``func`` raised.
+        """
+        loop = _running_loop()
+        if loop is None:
+            return self._outcome((await run_in_thread(self._run_batch, [task]))[0])
+        future = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError(f"{self.name} is closed")
+            self._arriving.append((task, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+            if not self._kick_scheduled:
+                self._kick_scheduled = True
+                loop.call_soon(self._kick)
+        return await future
+
+    def _kick(self) -> None:
+        """Hand the tasks that arrived to the thread."""
+        with self._ready:
+            self._kick_scheduled = False
+            self._queue.extend(self._arriving)
+            self._arriving.clear()
+            self._ready.notify()
+
+    @staticmethod
+    def _outcome(outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _run_batch(self, tasks: list[Task]) -> list[Any]:
+        started = time.thread_time()
+        try:
+            outcomes = list(self.func(tasks))
+        except BaseException as exc:  # noqa: BLE001 (every waiting task gets it; the thread lives on)
+            outcomes = [exc] * len(tasks)
+        self.batches += 1
+        self.tasks += len(tasks)
+        self.cpu_seconds += time.thread_time() - started
+        if len(outcomes) != len(tasks):
+            error = RuntimeError(f"{self.name}: {len(outcomes)} outcomes for {len(tasks)} tasks")
+            outcomes = [error] * len(tasks)
+        return outcomes
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                batch, self._queue = self._queue, []
+            if not batch:
+                return  # closed, nothing left
+            outcomes = self._run_batch([task for task, _ in batch])
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                answer = (future, not isinstance(outcome, BaseException), outcome)
+                by_loop.setdefault(future.get_loop(), []).append(answer)
+            for loop, answers in by_loop.items():
+                _wakeups(loop).answer(answers)
+
+    def close(self) -> None:
+        """Finish the queued tasks and stop the thread (blocking; idempotent). Later ``run``
+        calls raise ``RuntimeError``."""
+        with self._ready:
+            self._closed = True
+            self._queue.extend(self._arriving)
+            self._arriving.clear()
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 class PipelineThreads:

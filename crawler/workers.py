@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -82,6 +83,7 @@ def worker_main(preload: Iterable[str] = ()) -> None:
     sys.stdout = sys.stderr  # a stray print() must not corrupt the protocol
     for module in preload:
         importlib.import_module(module)
+    gc.freeze()  # the imported modules are for life: no full collection walks them (crawler.gctuning)
     while True:
         header = requests.read(_HEADER.size)
         if len(header) < _HEADER.size:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +316,141 @@ def test_a_failing_item_rolls_back_alone(make_crawler, build, dataset_dir: Path,
     stages[2].close_spider()
 
 
+def gate_commits(store: StorePipeline) -> tuple[threading.Event, list[int], list[int]]:
+    """Hold the store's commit thread until the returned event is set; record each batch's
+    size and count the catalog's COMMITs."""
+    gate, sizes, commits = threading.Event(), [], []
+    func, commit = store.committer.func, store.catalog._engine.commit
+
+    def gated(tasks: list[Any]) -> list[Any]:
+        assert gate.wait(30)
+        sizes.append(len(tasks))
+        return func(tasks)
+
+    def counted() -> None:
+        commits.append(1)
+        commit()
+
+    store.committer.func = gated
+    store.catalog._engine.commit = counted
+    return gate, sizes, commits
+
+
+async def all_queued(stages: Any, bodies: list[bytes], gate: threading.Event) -> list[Any]:
+    """Every body through prepare and dedupe, then all into the store at once; the gate opens
+    once they all wait for the commit thread."""
+    items = []
+    for body in bodies:
+        item = make_item(body=body, bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+        items.append(await stages[1].process_item(await stages[0].process_item(item)))
+    stored = [asyncio.ensure_future(stages[2].process_item(item)) for item in items]
+    await asyncio.sleep(0.2)
+    gate.set()
+    return await asyncio.gather(*stored, return_exceptions=True)
+
+
+def test_items_ready_at_once_are_stored_in_one_transaction_each_rechecked(make_crawler, build, dataset_dir: Path) -> None:
+    """Group commit: the items waiting together go in one transaction (one COMMIT), their ids in
+    arrival order; a copy of a picture stored earlier in the same batch is still caught."""
+    stages = store_crawl(make_crawler, build)
+    gate, sizes, commits = gate_commits(stages[2])
+    bodies = [encode(picture(n), "PNG") for n in range(40, 48)]
+    bodies.append(encode(picture(43).resize((96, 96), Image.Resampling.LANCZOS), "JPEG", quality=70))
+    results = asyncio.run(all_queued(stages, bodies, gate))
+    assert [str(r) for r in results if isinstance(r, DropItem)] == ["near"]
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    assert len(stored) == 8
+    assert max(sizes) >= 8 and len(commits) == len(sizes) < len(bodies)
+    with Catalog(dataset_dir) as catalog:
+        rows = catalog.rows("status = 'stored'")
+    assert [r["sha256"] for r in rows] == [item["sha256"] for item in stored]  # ids in arrival order
+    assert sorted(r["path"] for r in rows) == sorted(f"cats/{p.name}" for p in (dataset_dir / "cats").iterdir())
+    assert list((dataset_dir / ".tmp").iterdir()) == []
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+def test_a_failing_item_in_a_batch_fails_alone(make_crawler, build, dataset_dir: Path, monkeypatch) -> None:
+    """One item whose row cannot be written fails alone: the batch is rolled back, its renamed
+    files go back, and the others are committed one by one; no file is left without its row."""
+    stages = store_crawl(make_crawler, build)
+    store = stages[2]
+    gate, sizes, _ = gate_commits(store)
+    insert = store.catalog.insert
+    bodies = [encode(picture(n), "PNG") for n in range(50, 56)]
+    bad_sha = hashlib.sha256(bodies[3]).hexdigest()
+
+    def failing_insert(row: dict[str, Any], **kwargs: Any) -> int:
+        if row["sha256"] == bad_sha:
+            raise OSError("disk full (test)")
+        return insert(row, **kwargs)
+
+    monkeypatch.setattr(store.catalog, "insert", failing_insert)
+    results = asyncio.run(all_queued(stages, bodies, gate))
+    assert max(sizes) > 3
+    assert isinstance(results[3], OSError)
+    assert all(r["status"] == "stored" for n, r in enumerate(results) if n != 3)
+    with Catalog(dataset_dir) as catalog:
+        rows = catalog.rows()
+    assert sorted(r["sha256"] for r in rows) == sorted(hashlib.sha256(b).hexdigest() for n, b in enumerate(bodies) if n != 3)
+    assert sorted(r["path"] for r in rows) == sorted(f"cats/{p.name}" for p in (dataset_dir / "cats").iterdir())
+    assert list((dataset_dir / ".tmp").iterdir()) == []
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+def test_a_file_that_cannot_be_moved_into_place_fails_alone(make_crawler, build, dataset_dir: Path, monkeypatch) -> None:
+    """A rename that fails at the end of a batch: the rows are rolled back, the files already
+    moved go back to ``.tmp/``, the other items are stored one by one, and no file is left
+    under a label without its row."""
+    stages = store_crawl(make_crawler, build)
+    gate, sizes, _ = gate_commits(stages[2])
+    bodies = [encode(picture(n), "PNG") for n in range(70, 76)]
+    bad_sha = hashlib.sha256(bodies[4]).hexdigest()
+    replace = os.replace
+
+    def failing_replace(source: Any, target: Any) -> None:
+        if bad_sha in str(target):
+            raise OSError("read-only folder (test)")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    results = asyncio.run(all_queued(stages, bodies, gate))
+    assert max(sizes) > 4
+    assert isinstance(results[4], OSError)
+    assert all(r["status"] == "stored" for n, r in enumerate(results) if n != 4)
+    with Catalog(dataset_dir) as catalog:
+        rows = catalog.rows()
+    assert len(rows) == 5 and bad_sha not in {r["sha256"] for r in rows}
+    assert sorted(r["path"] for r in rows) == sorted(f"cats/{p.name}" for p in (dataset_dir / "cats").iterdir())
+    assert list((dataset_dir / ".tmp").iterdir()) == []
+    stages[1].close_spider()
+    stages[2].close_spider()
+
+
+def test_a_copy_another_process_stored_is_caught_after_earlier_batches(make_crawler, build, dataset_dir: Path) -> None:
+    """The commit thread keeps the rows it read for the next batches, but reads again once
+    another connection committed (SQLite ``data_version``): a copy stored by another process
+    after this item's dedupe decision is still found."""
+    ours = store_crawl(make_crawler, build)
+    theirs = store_crawl(make_crawler, build)
+    asyncio.run(through(ours, encode(picture(60), "PNG")))  # a batch: the kept rows are warm
+    body = encode(picture(61), "PNG")
+
+    async def copy_stored_meanwhile() -> Any:
+        item = make_item(body=body, bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+        item = await ours[1].process_item(await ours[0].process_item(item))  # decided: unique
+        copy = encode(picture(61).resize((160, 160), Image.Resampling.LANCZOS), "JPEG", quality=90)  # larger: it stays
+        await through(theirs, copy)  # another process stores a copy now
+        return await ours[2].process_item(item)
+
+    with pytest.raises(DropItem, match="near"):
+        asyncio.run(copy_stored_meanwhile())
+    for stages in (ours, theirs):
+        stages[1].close_spider()
+        stages[2].close_spider()
+
+
 @pytest.mark.parametrize(("value", "expected"), [(None, False), ("0", False), ("1", True)])
 def test_store_fsync_setting(make_crawler, build, value: str | None, expected: bool) -> None:
     settings = {} if value is None else {"STORE_FSYNC": value}
@@ -355,3 +492,63 @@ def test_colour_stats_are_imagestats_bit_for_bit(seed: int) -> None:
         image = Image.fromarray(pixels, "RGB")
         stat = ImageStat.Stat(image)
         assert _colour_stats(image) == (stat.mean, stat.stddev)
+
+
+class _RowsOf:
+    """A catalog whose ``stored_since`` answers from a list (the re-check's only read)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def stored_since(self, last_id: int) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["id"] > last_id]
+
+
+@pytest.mark.parametrize("hash_name", ["pdq", "phash"])
+def test_the_store_recheck_prefilter_finds_what_find_in_rows_finds(make_crawler, hash_name: str) -> None:
+    """The store's re-check passes only rows that can match to ``find_in_rows``: on random
+    hashes with near and exact copies among them, its answer is ``find_in_rows``'s over every
+    row newer than the item's decision."""
+    from crawler.images.matching import find_in_rows
+    from crawler.images.pdq import DIHEDRAL_KINDS
+    from crawler.pipelines.store import _full_picture, _RowsSince
+    from crawler.setting_values import dedupe_rule
+
+    rule = dedupe_rule(make_crawler(DEDUPE_HASH=hash_name).settings)
+    rng = random.Random(hash_name)
+    bits = 256 if rule.pdq else 64
+
+    def near(value: int, flips: int) -> int:
+        for _ in range(flips):
+            value ^= 1 << rng.randrange(bits)
+        return value
+
+    def hexed(value: int) -> str:
+        return f"{value:0{bits // 4}x}"
+
+    stored = []
+    for n in range(1, 121):
+        code = rng.getrandbits(bits)
+        stored.append({
+            "id": n, "label": "cats", "status": "stored", "path": f"cats/{n}.png", "sha256": f"sha{n}",
+            "phash": hexed(code) if not rule.pdq else "0" * 16, "pdq": hexed(code) if rule.pdq else None,
+            "pdq_quality": 100, "width": 10, "height": 10, "source_width": 10, "source_height": 10,
+        })
+    found = 0
+    for trial in range(300):
+        source = stored[rng.randrange(len(stored))]
+        base = int(source["pdq" if rule.pdq else "phash"], 16)
+        distance = rng.choice([0, 3, rule.max_distance - 1, rule.max_distance + 1, 60 if rule.pdq else 20])
+        code = near(base, distance) if trial % 5 else rng.getrandbits(bits)
+        row: dict[str, Any] = {"sha256": source["sha256"] if trial % 17 == 0 else f"new{trial}",
+                               "phash": hexed(code) if not rule.pdq else "0" * 16, "catalog_seen_id": rng.randrange(120)}
+        if rule.pdq:
+            dihedral = [hexed(code)] + [hexed(rng.getrandbits(256)) for _ in DIHEDRAL_KINDS[1:]]
+            rng.shuffle(dihedral)
+            row.update(pdq_dihedral=tuple(dihedral), pdq_quality=100, look=b"")
+        newer = [r for r in stored if r["id"] > row["catalog_seen_id"]]
+        expected = find_in_rows(newer, row["sha256"], row["phash"], rule.max_distance, rule, _full_picture(row), lambda _: None)
+        got = _RowsSince(_RowsOf(stored), 0, rule).find(row, row["catalog_seen_id"], lambda _: None)
+        assert (got and (got.path, got.distance)) == (expected and (expected.path, expected.distance))
+        found += expected is not None
+    assert 30 < found < 270  # both answers were tried often

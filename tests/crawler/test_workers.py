@@ -10,6 +10,7 @@ the workers' PYTHONPATH (``worker_path``; ``WorkerPool`` passes ``os.environ`` o
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import os
@@ -628,3 +629,13 @@ def test_a_worker_dying_on_an_image_rejects_it_as_worker_crashed(make_crawler, b
     assert verify.crawler.stats.get_value("verify/rejected/worker_crashed") == 1
     assert verify.crawler.stats.get_value("verify/ok") is None
     assert list((dataset_dir / ".tmp").iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_workers_freeze_their_start_up_objects() -> None:
+    """A worker has moved the modules it preloaded out of the garbage collector's reach."""
+
+    async def work(pool: WorkerPool) -> int:
+        return await pool.run(gc.get_freeze_count)
+
+    assert in_pool(1, work, preload=("json",)) > 1000
