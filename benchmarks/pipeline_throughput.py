@@ -22,7 +22,8 @@ list in the same run:
   and reports the longest late tick: CPU work that blocked the reactor would show up there. ``BENCH_STATS=1`` also prints our crawl's
   Scrapy stats; ``--variant SETTING=VALUE`` adds a row with settings changed.
 * img2dataset (its own venv, no torch beside it): ``--thread_count 32 --processes_count 2``
-  (up to 64 downloads at once), files output, no resize.
+  (files output, no resize). With img2dataset's default 10,000 samples per shard the 2000 URLs
+  make one shard, so one of its two processes downloads them, 32 at once, as ours does.
 * fastai ``download_images(..., n_workers=32)`` (its venv, with torch).
 
 ``--rounds N`` runs every tool N times, alternating (ours, img2dataset, fastai, ours, ...), and
