@@ -469,11 +469,13 @@ class WordsHashIndex:
         self._base = np.arange(self.tables, dtype=np.int64) * buckets
         self._offsets = np.zeros(self.tables * buckets + 1, dtype=np.int32)
         self._entries = np.empty(0, dtype=np.int32)  # positions sorted by (table, key), then position
+        self._filled = np.zeros(self.tables * buckets, dtype=bool)  # buckets holding an entry
         self._values = np.empty((max(256, expected), self.words), dtype=np.uint64)  # by position
         self._key_array = np.empty(max(256, expected), dtype=np.int64)  # by position
         self._count = 0
         self._indexed = 0  # positions below this are in the tables
         self._probes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._plans: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._word_indexes: list[MultiIndexHashIndex] | None = None  # past SMALL_LIMIT
         self.last_checked = 0
         if expected > self.SMALL_LIMIT:
@@ -507,7 +509,11 @@ class WordsHashIndex:
 
     def _substrings(self, words: np.ndarray) -> np.ndarray:
         """``(N, tables)`` int64 bucket numbers (table base added) of ``(N, words)`` uint64."""
-        return words.astype(">u8").view(">u2").astype(np.int64) + self._base
+        return self._raw_substrings(words) + self._base
+
+    def _raw_substrings(self, words: np.ndarray) -> np.ndarray:
+        """``(N, tables)`` int64 substring values (no table base) of ``(N, words)`` uint64."""
+        return words.astype(">u8").view(">u2").astype(np.int64)
 
     def _grow(self, need: int) -> None:
         if need > len(self._values):
@@ -563,6 +569,7 @@ class WordsHashIndex:
         self._indexed = count
         self._entries = np.empty(0, dtype=np.int32)
         self._offsets = np.zeros(1, dtype=np.int32)
+        self._filled = np.zeros(0, dtype=bool)
 
     def _merge(self) -> None:
         """Move the scanned tail into the tables: each new position goes at the end of its
@@ -573,13 +580,18 @@ class WordsHashIndex:
         order = np.argsort(buckets, kind="stable")
         buckets, positions = buckets[order], positions[order]
         self._entries = np.insert(self._entries, self._offsets[buckets + 1], positions)
-        self._offsets[1:] += np.cumsum(np.bincount(buckets, minlength=len(self._offsets) - 1), dtype=np.int32)
+        self._filled[buckets] = True
+        # Bucket k starts later by the number of new entries in buckets below k: a step
+        # function of k, written by one repeat (a cumulative count over the 1 M buckets costs
+        # several times more).
+        edges = np.concatenate([[0], buckets + 1, [len(self._offsets)]])
+        self._offsets += np.repeat(np.arange(len(buckets) + 1, dtype=np.int32), np.diff(edges))
         self._indexed = stop
 
     def _probe_template(self, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (table, flip mask) of every bucket a query at ``radius`` bits looks up: masks of
-        up to ``r`` bits in the first ``a + 1`` tables and ``r - 1`` in the others, for
-        ``radius = tables * r + a`` (the class docstring)."""
+        """The (table, flip mask with the table's base) of every bucket a query at ``radius``
+        bits looks up: masks of up to ``r`` bits in the first ``a + 1`` tables and ``r - 1``
+        in the others, for ``radius = tables * r + a`` (the class docstring)."""
         if radius not in self._probes:
             r, a = divmod(radius, self.tables)
             tables: list[int] = []
@@ -588,27 +600,43 @@ class WordsHashIndex:
                 flips = _flip_masks(self.SUBSTRING_BITS, r if t <= a else r - 1)
                 tables.extend([t] * len(flips))
                 masks.extend(flips)
-            self._probes[radius] = (np.array(tables, dtype=np.int64), np.array(masks, dtype=np.int64))
+            table_of = np.array(tables, dtype=np.int64)
+            # A table's base sits above its 16 key bits: XOR with base | mask adds the base.
+            self._probes[radius] = (table_of, np.array(masks, dtype=np.int64) | self._base[table_of])
         return self._probes[radius]
+
+    def _probe_plan(self, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For queries at ``radii``: the index into their flattened ``(N, tables)``
+        substrings, the mask and the query number of every bucket to look up. A crawl asks
+        the same radii for every picture: small plans are kept."""
+        key = radii.tobytes()
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        flat, masks, which = [], [], []
+        for radius in np.unique(radii).tolist():
+            chosen = np.flatnonzero(radii == radius)
+            tables, radius_masks = self._probe_template(radius)
+            flat.append((chosen[:, None] * self.tables + tables[None, :]).ravel())
+            masks.append(np.tile(radius_masks, chosen.size))
+            which.append(np.repeat(chosen, tables.size))
+        plan = (np.concatenate(flat), np.concatenate(masks), np.concatenate(which))
+        if radii.size <= 64 and len(self._plans) < 64:
+            self._plans[key] = plan
+        return plan
 
     def _candidates(self, queries: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query number, position) of every merged hash sharing a bucket within the substring
         radius with a query, repeats included: every key within that radius, in every table,
         for every query, gathered in one indexing."""
-        substrings = self._substrings(queries)
-        which_parts, probe_parts = [], []
-        for radius in np.unique(radii).tolist():
-            chosen = np.flatnonzero(radii == radius)
-            tables, masks = self._probe_template(radius)
-            # A table's base sits above its 16 key bits, so XOR with a mask keeps it.
-            probe_parts.append((substrings[chosen][:, tables] ^ masks).ravel())
-            which_parts.append(np.repeat(chosen, len(masks)))
-        probes = probe_parts[0] if len(probe_parts) == 1 else np.concatenate(probe_parts)
-        which = which_parts[0] if len(which_parts) == 1 else np.concatenate(which_parts)
+        flat, masks, which = self._probe_plan(radii)
+        probes = self._raw_substrings(queries).ravel()[flat] ^ masks
+        # Most probes find an empty bucket: a byte per bucket (1 MiB at 256 bits) tells which,
+        # where reading the offsets (4 MiB) of every probe missed the cache.
+        hit = np.flatnonzero(self._filled[probes])
+        probes = probes[hit]
         starts = self._offsets[probes]
         lengths = self._offsets[probes + 1] - starts
-        hit = np.flatnonzero(lengths)
-        lengths, starts = lengths[hit], starts[hit]
         firsts = np.cumsum(lengths) - lengths
         gather = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
         return np.repeat(which[hit], lengths), self._entries[gather].astype(np.int64)
