@@ -64,8 +64,8 @@ class _RefreshingIndex:
     hashes) by id, reading nothing when no commit happened since the last look.
 
     Subclasses set ``catalog``, ``ids_of_sha256``, ``stored``, ``last_id``, ``_version`` and
-    ``_lock`` in ``__init__`` and say what new rows add (``_add_rows``, by id), whether the
-    extra hashes are read (``_reads_hashes``) and what they add (``_add_hashes``).
+    ``_lock`` in ``__init__`` and say whether the extra hashes are read (``_reads_hashes``)
+    and what new rows and their extra hashes add (``_add``: rows by id, then hashes).
     """
 
     def refresh(self) -> int:
@@ -86,10 +86,9 @@ class _RefreshingIndex:
                     self.ids_of_sha256.setdefault(row["sha256"], row["id"])
                 self.stored += row["status"] == "stored"
             self.last_id = rows[-1]["id"]
-            self._add_rows(rows)
-            if self._reads_hashes():
-                last = self.last_id
-                self._add_hashes([row for row in self.catalog.hashes_since(since, deleted=True) if row["image_id"] <= last])
+            last = self.last_id
+            extra = self.catalog.hashes_since(since, deleted=True) if self._reads_hashes() else []
+            self._add(rows, [row for row in extra if row["image_id"] <= last])
             return self.last_id
 
 
@@ -131,16 +130,14 @@ class CatalogHashIndex(_RefreshingIndex):
         self._version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
-    def _add_rows(self, rows: list[Any]) -> None:
-        for row in rows:
-            if row["phash"]:
-                self.index.add(int(row["phash"], 16), row["id"] * 16)
-
     def _reads_hashes(self) -> bool:
         return bool(self.variant_distance)
 
-    def _add_hashes(self, rows: list[Any]) -> None:
+    def _add(self, rows: list[Any], hash_rows: list[Any]) -> None:
         for row in rows:
+            if row["phash"]:
+                self.index.add(int(row["phash"], 16), row["id"] * 16)
+        for row in hash_rows:
             code = self._codes.get(row["kind"])
             if code:  # a variant (0 is phash, which lives in the images table)
                 self.index.add(int(row["hash"], 16), row["image_id"] * 16 + code)
@@ -245,6 +242,8 @@ class PdqCatalogIndex(_RefreshingIndex):
             for mine in self.WINDOW_KINDS
         }
         self._limits = self._pdq_limits()
+        self._row_limits: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._coarse_radii = np.full(len(self.WINDOW_KINDS), rule.coarse_distance, dtype=np.int64)
         self._window_limits = np.full((len(self.WINDOW_KINDS), 16), -1, dtype=np.int64)
         for kind, code in self._window_codes.items():
             self._window_limits[code, list(self._window_partners[kind])] = rule.coarse_distance
@@ -269,26 +268,28 @@ class PdqCatalogIndex(_RefreshingIndex):
                 limits[row, list(self._partners[kind])] = rule.variant_distance
         return limits
 
-    def _add_rows(self, rows: list[Any]) -> None:
-        with_pdq = [row for row in rows if row["pdq"]]
-        if with_pdq:
-            words = self.index.words_of([row["pdq"] for row in with_pdq])
-            self.index.add_many(words, [row["id"] * 16 for row in with_pdq])
-        if self.rule.coarse_distance:
-            with_phash = [row for row in rows if row["phash"]]
-            if with_phash:
-                words = self.windows.words_of([row["phash"] for row in with_phash])
-                self.windows.add_many(words, [row["id"] * 16 for row in with_phash])
+    def _limits_of(self, rows: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``_limits`` of these query rows and each row's search radius (kept: a crawl asks
+        the same rows for nearly every picture)."""
+        found = self._row_limits.get(rows)
+        if found is None:
+            limits = self._limits[list(rows)]
+            found = self._row_limits[rows] = (limits, limits.max(axis=1))
+        return found
 
     def _reads_hashes(self) -> bool:
         return bool(self.rule.variant_distance or self.rule.coarse_distance)
 
-    def _add_hashes(self, rows: list[Any]) -> None:
-        pdq_values: list[str] = []
-        pdq_keys: list[int] = []
+    def _add(self, rows: list[Any], hash_rows: list[Any]) -> None:
+        """Rows' full-picture PDQ and phash, then their windows: one ``add_many`` per index."""
+        pdq_values = [row["pdq"] for row in rows if row["pdq"]]
+        pdq_keys = [row["id"] * 16 for row in rows if row["pdq"]]
         window_values: list[str] = []
         window_keys: list[int] = []
-        for row in rows:
+        if self.rule.coarse_distance:
+            window_values = [row["phash"] for row in rows if row["phash"]]
+            window_keys = [row["id"] * 16 for row in rows if row["phash"]]
+        for row in hash_rows:
             kind = row["kind"]
             code = self._codes.get(kind)
             if code:
@@ -327,13 +328,13 @@ class PdqCatalogIndex(_RefreshingIndex):
                 if kind in hashes:
                     rows.append(row)
                     values.append(hashes[kind])
-        limits = self._limits[rows]
+        limits, radii = self._limits_of(tuple(rows))
         coarse = [kind for kind in self.WINDOW_KINDS if kind in hashes] if rule.coarse_distance else []
         with self._lock:
-            which, keys, distances = self.index.search(values, limits.max(axis=1))
+            which, keys, distances = self.index.search(values, radii)
             if coarse:
                 coarse_which, coarse_keys, coarse_distances = self.windows.search(
-                    [hashes[kind] for kind in coarse], np.full(len(coarse), rule.coarse_distance)
+                    [hashes[kind] for kind in coarse], self._coarse_radii[: len(coarse)]
                 )
         # Each hit at its own (query kind, stored kind) distance; most pictures have none.
         kept = np.flatnonzero(distances <= limits[which, keys & 15])
