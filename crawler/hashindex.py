@@ -679,25 +679,31 @@ class WordsHashIndex:
         # ~11); a merge costs a pass over the offsets (1 M int32 at 256 bits).
         if self._word_indexes is None and self._count - self._indexed > self.TAIL:
             self._merge()
-        count, total = len(queries), self._count
-        if self._indexed:
+        total, indexed = self._count, self._indexed
+        if indexed:
             which, where = self._candidates(queries, radii) if self._word_indexes is None else self._word_candidates(queries, radii)
         else:
             which, where = empty, empty
-        if self._indexed < total:  # the unmerged tail, against every query
-            tail = total - self._indexed
-            which = np.concatenate([which, np.repeat(np.arange(count), tail)])
-            where = np.concatenate([where, np.tile(np.arange(self._indexed, total), count)])
-        self.last_checked = len(where)
+        self.last_checked = len(where) + (total - indexed) * len(queries)
         # Check every candidate, then drop the repeats (a match is found in several tables):
         # cheaper than deduplicating the many candidates that fail.
         distance = np.bitwise_count(self._values[where] ^ queries[which]).sum(axis=1, dtype=np.int64)
         close = np.flatnonzero(distance <= radii[which])
-        if not close.size:
+        which, where, distance = which[close], where[close], distance[close]
+        repeats = len(close) > 1
+        if indexed < total:  # the unmerged tail, every query against every hash in one broadcast
+            tail = np.bitwise_count(self._values[indexed:total][None, :, :] ^ queries[:, None, :]).sum(axis=2, dtype=np.int64)
+            near_q, near_p = np.nonzero(tail <= radii[:, None])
+            if near_q.size:
+                which = np.concatenate([which, near_q])
+                where = np.concatenate([where, near_p + indexed])
+                distance = np.concatenate([distance, tail[near_q, near_p]])
+        if not which.size:
             return empty, empty, empty
-        span = max(total, 1)
-        pairs, first = np.unique(which[close] * span + where[close], return_index=True)
-        which, where, distance = pairs // span, pairs % span, distance[close[first]]
+        if repeats:
+            span = max(total, 1)
+            _, first = np.unique(which * span + where, return_index=True)
+            which, where, distance = which[first], where[first], distance[first]
         order = np.lexsort((where, distance, which))
         return which[order], self._key_array[where[order]], distance[order]
 
