@@ -337,7 +337,7 @@ class PdqCatalogIndex(_RefreshingIndex):
                     [hashes[kind] for kind in coarse], self._coarse_radii[: len(coarse)]
                 )
         # Each hit at its own (query kind, stored kind) distance; most pictures have none.
-        kept = np.flatnonzero(distances <= limits[which, keys & 15])
+        kept = np.flatnonzero(distances <= limits[which, keys & 15]) if which.size else which
         # (distance, transform, (query kind, stored kind), row id), nearest first.
         found = set()
         for n, key, distance in zip(which[kept].tolist(), keys[kept].tolist(), distances[kept].tolist(), strict=True):
@@ -366,7 +366,7 @@ class PdqCatalogIndex(_RefreshingIndex):
             standing = _standing_row(self.catalog, row_id)
             if standing is not None:
                 return Match.of_row(standing, distance, False)
-        if not coarse:
+        if not coarse or not coarse_which.size:
             return None
         # phash windows: the WINDOW_LOOKS nearest pairs of each stored picture that agrees on
         # colour, as ``window_candidates`` orders them; pictures by their nearest pair.
