@@ -494,6 +494,12 @@ class WordsHashIndex:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def tabled(self) -> bool:
+        """True while the 16-bit tables serve the queries (up to ``SMALL_LIMIT`` hashes):
+        a query's cost is then its numpy calls more than its candidates."""
+        return self._word_indexes is None
+
     def _split(self, value: int | str) -> list[int]:
         number = int(value, 16) if isinstance(value, str) else value
         if not 0 <= number < (1 << self.bits):
