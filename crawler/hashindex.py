@@ -662,15 +662,16 @@ class WordsHashIndex:
         return np.repeat(which[hit], lengths), self._entries[gather]
 
     def _word_candidates(self, queries: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As ``_candidates``, from the per-word indexes (each at ``radius // words`` bits)."""
+        """As ``_candidates``, from the per-word indexes, every query at the largest radius's
+        ``radius // words`` bits (each word index's calls cost more than the few extra
+        candidates of the nearer queries, which the full check drops)."""
+        radius = int(radii.max()) // self.words
         which: list[int] = []
         where: list[int] = []
-        for radius in np.unique(radii).tolist():
-            chosen = np.flatnonzero(radii == radius).tolist()
-            for w, index in enumerate(self._word_indexes or ()):
-                for n, hits in zip(chosen, index.query_batch(queries[chosen, w].tolist(), radius // self.words), strict=True):
-                    which.extend([n] * len(hits))
-                    where.extend(position for _, position in hits)
+        for w, index in enumerate(self._word_indexes or ()):
+            for n, hits in enumerate(index.query_batch(queries[:, w].tolist(), radius)):
+                which.extend([n] * len(hits))
+                where.extend(position for _, position in hits)
         return np.array(which, dtype=np.int64), np.array(where, dtype=np.int64)
 
     def search(
