@@ -494,6 +494,11 @@ class WordsHashIndex:
     def __len__(self) -> int:
         return self._count
 
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored hash, as ``(N, bits / 64)`` uint64 words, and its int64 key, in
+        insertion order (views: copy before adding more)."""
+        return self._values[: self._count], self._key_array[: self._count]
+
     @property
     def tabled(self) -> bool:
         """True while the 16-bit tables serve the queries (up to ``SMALL_LIMIT`` hashes):

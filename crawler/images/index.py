@@ -230,10 +230,10 @@ class PdqCatalogIndex(_RefreshingIndex):
             max(rule.max_distance, rule.variant_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored * kinds
         )
         # The full-picture hashes again, alone, for the identity's wide (second look) query
-        # once ``index`` has left its tables: then candidates cost more than calls, and the
+        # once ``index`` has left its tables (filled then): then candidates cost more than calls, and the
         # windows would triple them (``benchmarks/dedupe_decide`` at 2,000 pictures; 100,000
         # random pictures: 1.6 ms per picture with this index, 2.3 without).
-        self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored) if kinds > 1 else None
+        self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS) if kinds > 1 else None
         self.windows = WordsHashIndex(max(1, rule.coarse_distance), bits=HASH_BITS, expected=2 * stored * len(self.WINDOW_KINDS))
         self.colours: dict[int, bytes] = {}
         self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
@@ -314,9 +314,13 @@ class PdqCatalogIndex(_RefreshingIndex):
         if pdq_values:
             words = self.index.words_of(pdq_values)
             self.index.add_many(words, pdq_keys)
-            if self.full is not None:
+            if self.full is not None and len(self.full):
                 fulls = [n for n, key in enumerate(pdq_keys) if key & 15 == 0]
                 self.full.add_many(words[fulls], [pdq_keys[n] for n in fulls])
+            elif self.full is not None and not self.index.tabled:  # filled when first needed
+                every, keys = self.index.stored()
+                first = np.flatnonzero(keys & 15 == 0)
+                self.full.add_many(every[first], keys[first].tolist())
         if window_values:
             self.windows.add_many(self.windows.words_of(window_values), window_keys)
 
