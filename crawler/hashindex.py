@@ -710,7 +710,8 @@ class WordsHashIndex:
         which = where = distance = empty
         self.last_checked = (total - indexed) * len(queries)
         if indexed:
-            found, candidates = self._candidates(queries, radii) if self._word_indexes is None else self._word_candidates(queries, radii)
+            tables = self._candidates if self._word_indexes is None else self._word_candidates
+            found, candidates = tables(queries, radii)
             self.last_checked += len(candidates)
             # Check every candidate, then drop the repeats (a match is found in several
             # tables): cheaper than deduplicating the many candidates that fail.

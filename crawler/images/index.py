@@ -202,8 +202,9 @@ class PdqCatalogIndex(_RefreshingIndex):
     """The catalog's stored hashes under the PDQ rule (``DedupeRule``, ``pdq_verdict``,
     ``window_verdict``), kept up to date like ``CatalogHashIndex``: the full-picture PDQ hashes
     and PDQ's ``WINDOWS`` in ``index`` (a 256-bit ``WordsHashIndex`` under ``row_id * 16 +
-    kind``), the full-picture ones again in ``full`` (with windows on); imagehash's phash of the picture and of its ``VARIANTS`` in ``windows`` (a 64-bit
-    ``WordsHashIndex``, same keys), with the colour signatures in ``colours``.
+    kind``), the full-picture ones again in ``full`` (with windows on); imagehash's phash of
+    the picture and of its ``VARIANTS`` in ``windows`` (a 64-bit ``WordsHashIndex``, same
+    keys), with the colour signatures in ``colours``.
 
     A picture's 256-bit hashes are one search, each at its own radius: the identity hash at
     the widest distance it needs (``look_distance`` for the second look, ``max_distance``,
@@ -230,11 +231,13 @@ class PdqCatalogIndex(_RefreshingIndex):
             max(rule.max_distance, rule.variant_distance, rule.look_distance), bits=PDQ_BITS, expected=2 * stored * kinds
         )
         # The full-picture hashes again, alone, for the identity's wide (second look) query
-        # once ``index`` has left its tables (filled then): then candidates cost more than calls, and the
-        # windows would triple them (``benchmarks/dedupe_decide`` at 2,000 pictures; 100,000
-        # random pictures: 1.6 ms per picture with this index, 2.3 without).
+        # once ``index`` has left its tables (filled then): candidates then cost more than
+        # calls, and the windows would triple them (100,000 random pictures: 1.6 ms per
+        # picture with this index, 2.3 without).
         self.full = WordsHashIndex(max(rule.max_distance, rule.look_distance), bits=PDQ_BITS) if kinds > 1 else None
-        self.windows = WordsHashIndex(max(1, rule.coarse_distance), bits=HASH_BITS, expected=2 * stored * len(self.WINDOW_KINDS))
+        self.windows = WordsHashIndex(
+            max(1, rule.coarse_distance), bits=HASH_BITS, expected=2 * stored * len(self.WINDOW_KINDS)
+        )
         self.colours: dict[int, bytes] = {}
         self._codes = {kind: code for code, kind in enumerate(self.KINDS)}
         self._window_codes = {kind: code for code, kind in enumerate(self.WINDOW_KINDS)}

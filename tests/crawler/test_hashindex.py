@@ -201,7 +201,9 @@ def test_words_index_search_gives_each_query_its_own_radius(bits: int) -> None:
     index = WordsHashIndex(limit, bits=bits)
     digits = bits // 4
     index.add_many(index.words_of([f"{v:0{digits}x}" for v in stored[:1200]]), list(range(1200)))
-    queries = [near(stored[3], limit), near(stored[5], limit + 1), stored[7], near(centres[0], 4), rng.getrandbits(bits)]
+    queries = [
+        near(stored[3], limit), near(stored[5], limit + 1), stored[7], near(centres[0], 4), rng.getrandbits(bits),
+    ]
     radii = [limit, limit, 0, limit // 2, limit]
     index.search(queries[:1], [0])  # merges the first 1200 into the tables
     for key, value in enumerate(stored[1200:], start=1200):
