@@ -409,30 +409,34 @@ def _flip_masks(width: int, radius: int) -> list[int]:
     return masks
 
 
-def _gather(starts: np.ndarray, lengths: np.ndarray, entries: np.ndarray, per_query: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query number, entry) of every entry in the buckets ``entries[start:start + length]``
-    of a flat probe array holding ``per_query`` probes per query, in one indexing."""
-    hit = np.flatnonzero(lengths)
-    lengths, starts = lengths[hit], starts[hit]
-    firsts = np.cumsum(lengths) - lengths
-    gather = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
-    return np.repeat(hit // per_query, lengths), entries[gather].astype(np.int64)
+def _bit_distances(xored: np.ndarray) -> np.ndarray:
+    """Set bits of ``(..., words)`` uint64 XORs, summed over the last axis (int16): one
+    addition per word, several times faster than ``sum(axis=-1)`` over so short an axis."""
+    counts = np.bitwise_count(xored)
+    total = counts[..., 0].astype(np.int16)
+    for w in range(1, counts.shape[-1]):
+        total += counts[..., w]
+    return total
 
 
 class WordsHashIndex:
-    """Find every stored hash within a Hamming radius, for hashes longer than 64 bits (PDQ's
-    256): multi-index hashing (Norouzi et al. 2012, as above) on 16-bit substrings, every table
-    in one directly addressed bucket array, so a batch of queries is one pass of whole-array
-    numpy operations whatever its size.
+    """Find every stored hash within a Hamming radius, for hashes of 64 bits or more (PDQ's
+    256, and the 64-bit phash windows of the pdq recipe): multi-index hashing (Norouzi et al.
+    2012, as above) on 16-bit substrings, every table in one directly addressed bucket array,
+    so a batch of queries, each at its own radius, is one pass of whole-array numpy operations
+    whatever its size.
 
-    Two hashes within ``d`` bits agree on at least one of their ``bits / 16`` substrings to
-    within ``d // (bits / 16)`` bits (pigeonhole: 31 bits of 256 leave one substring within 1
-    bit, 17 keys to look up per substring; 50 bits, 3 bits and 697 keys). The candidates of all
-    queries and tables are gathered at once, each checked on all bits. Why one array and not an
-    index per 64-bit word: a crawl asks about 20 hashes per new picture (8 flips and rotations,
-    windows) against an index that is small for most of the crawl, so the fixed cost of a query
-    (numpy calls, not candidates) decides the crawl's CPU (``benchmarks/neardup_index
-    --per-image``: 0.4 ms per picture at 2,000 stored against 1.6 ms for per-word indexes).
+    Two hashes within ``d = m * r + a`` bits (``m = bits / 16`` substrings, ``0 <= a < m``)
+    agree to within ``r`` bits on one of their first ``a + 1`` substrings or to within ``r - 1``
+    on one of the others (the paper's section 4; the module docstring): 31 bits of 256 leave
+    one substring within 1 bit, 17 keys to look up in each of the 16 tables; 50 bits, 3 bits
+    in 3 tables and 2 in the other 13 (697 and 137 keys); 8 bits of 64, 2 bits in 1 table and
+    1 in the other 3. The candidates of all queries and tables are gathered at once, each
+    checked on all bits. Why one array and not an index per 64-bit word: a crawl asks about 20
+    hashes per new picture (8 flips and rotations, windows) against an index that is small for
+    most of the crawl, so the fixed cost of a query (numpy calls, not candidates) decides the
+    crawl's CPU (``benchmarks/neardup_index --per-image``: 0.4 ms per picture at 2,000 stored
+    against 1.6 ms for per-word indexes; ``benchmarks/dedupe_decide`` for the whole decision).
 
     Past ``SMALL_LIMIT`` hashes a 16-bit bucket holds more than half a hash on average and the
     candidates, not the calls, cost: the index then moves to one ``MultiIndexHashIndex`` per
@@ -446,10 +450,12 @@ class WordsHashIndex:
         bits: hash length, a multiple of 64.
         expected: about how many hashes will be stored (sizes the first arrays).
 
-    Keys are ints (e.g. ``row_id * 16 + kind``). Hashes are given as ints or hex strings.
+    Keys are ints in int64 (e.g. ``row_id * 16 + kind``). Hashes are given as ints or hex
+    strings (``bits / 4`` hex digits; shorter or ``0x``-prefixed strings are read one by one).
 
-    Memory: 8 bytes per 64 bits of each stored hash, 4 bytes per substring entry (``bits / 16``
-    per hash) and a fixed ``bits / 16 * 65,536 + 1`` int32 offsets (4 MiB at 256 bits).
+    Memory: 8 bytes per 64 bits of each stored hash and per key, 4 bytes per substring entry
+    (``bits / 16`` per hash) and a fixed ``bits / 16 * 65,536 + 1`` int32 offsets (4 MiB at
+    256 bits).
 
     Raises:
         ValueError: on a negative distance or ``bits`` not a multiple of 64.
@@ -473,17 +479,31 @@ class WordsHashIndex:
         self._base = np.arange(self.tables, dtype=np.int64) * buckets
         self._offsets = np.zeros(self.tables * buckets + 1, dtype=np.int32)
         self._entries = np.empty(0, dtype=np.int32)  # positions sorted by (table, key), then position
+        self._filled = np.zeros(self.tables * buckets, dtype=bool)  # buckets holding an entry
         self._values = np.empty((max(256, expected), self.words), dtype=np.uint64)  # by position
-        self._keys: list[int] = []
+        self._key_array = np.empty(max(256, expected), dtype=np.int64)  # by position
+        self._count = 0
         self._indexed = 0  # positions below this are in the tables
-        self._masks: dict[int, np.ndarray] = {}
+        self._probes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._plans: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._word_indexes: list[MultiIndexHashIndex] | None = None  # past SMALL_LIMIT
         self.last_checked = 0
         if expected > self.SMALL_LIMIT:
             self._to_word_indexes(expected)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._count
+
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored hash, as ``(N, bits / 64)`` uint64 words, and its int64 key, in
+        insertion order (views: copy before adding more)."""
+        return self._values[: self._count], self._key_array[: self._count]
+
+    @property
+    def tabled(self) -> bool:
+        """True while the 16-bit tables serve the queries (up to ``SMALL_LIMIT`` hashes):
+        a query's cost is then its numpy calls more than its candidates."""
+        return self._word_indexes is None
 
     def _split(self, value: int | str) -> list[int]:
         number = int(value, 16) if isinstance(value, str) else value
@@ -491,15 +511,40 @@ class WordsHashIndex:
             raise ValueError(f"hash does not fit in {self.bits} bits")
         return [(number >> (64 * (self.words - 1 - w))) & 0xFFFF_FFFF_FFFF_FFFF for w in range(self.words)]
 
+    def words_of(self, values: Sequence[int | str]) -> np.ndarray:
+        """``(N, bits / 64)`` uint64 words (most significant first) of hashes given as ints or
+        hex strings; full-length hex strings are read in one ``bytes.fromhex``.
+
+        Raises:
+            ValueError: if a hash does not fit in ``bits``.
+        """
+        digits = self.bits // 4
+        if all(type(v) is str and len(v) == digits for v in values):
+            try:
+                raw = bytes.fromhex("".join(values))  # type: ignore[arg-type]
+            except ValueError:
+                pass  # not plain hex digits: one by one, as int() reads them
+            else:
+                return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(values), self.words)
+        return np.array([self._split(v) for v in values], dtype=np.uint64).reshape(len(values), self.words)
+
     def _substrings(self, words: np.ndarray) -> np.ndarray:
         """``(N, tables)`` int64 bucket numbers (table base added) of ``(N, words)`` uint64."""
-        return words.astype(">u8").view(">u2").astype(np.int64) + self._base
+        return self._raw_substrings(words) + self._base
+
+    def _raw_substrings(self, words: np.ndarray) -> np.ndarray:
+        """``(N, tables)`` int64 substring values (no table base) of ``(N, words)`` uint64."""
+        return words.astype(">u8").view(">u2").astype(np.int64)
 
     def _grow(self, need: int) -> None:
         if need > len(self._values):
-            grown = np.empty((max(need, 2 * len(self._values)), self.words), dtype=np.uint64)
-            grown[: len(self._keys)] = self._values[: len(self._keys)]
+            size = max(need, 2 * len(self._values))
+            grown = np.empty((size, self.words), dtype=np.uint64)
+            grown[: self._count] = self._values[: self._count]
             self._values = grown
+            keys = np.empty(size, dtype=np.int64)
+            keys[: self._count] = self._key_array[: self._count]
+            self._key_array = keys
 
     def add(self, value: int | str, key: int) -> None:
         """Store ``key`` under the hash ``value``; amortised O(1) (merged into the tables in
@@ -508,21 +553,12 @@ class WordsHashIndex:
         Raises:
             ValueError: if the hash does not fit in ``bits``.
         """
-        words = self._split(value)
-        position = len(self._keys)
-        self._grow(position + 1)
-        self._values[position] = words
-        self._keys.append(key)
-        if self._word_indexes is not None:
-            for index, word in zip(self._word_indexes, words, strict=True):
-                index.add(word, position)
-            self._indexed = position + 1
-        elif position >= self.SMALL_LIMIT:
-            self._to_word_indexes(position + 1)
+        self.add_many(np.array([self._split(value)], dtype=np.uint64), [key])
 
-    def add_many(self, words: np.ndarray, keys: list[int]) -> None:
+    def add_many(self, words: np.ndarray, keys: Sequence[int]) -> None:
         """Store many hashes at once: ``words`` is ``(N, bits / 64)`` uint64, most significant
-        word first (``np.frombuffer(raw, ">u8")`` of the hashes' bytes, as uint64).
+        word first (``words_of``, or ``np.frombuffer(raw, ">u8")`` of the hashes' bytes, as
+        uint64). Like ``add``, they are merged into the tables in batches.
 
         Raises:
             ValueError: if ``words`` and ``keys`` differ in length or shape.
@@ -530,23 +566,23 @@ class WordsHashIndex:
         words = np.asarray(words, dtype=np.uint64).reshape(-1, self.words)
         if len(words) != len(keys):
             raise ValueError(f"{len(words)} hashes but {len(keys)} keys")
-        start = len(self._keys)
-        self._grow(start + len(words))
-        self._values[start : start + len(words)] = words
-        self._keys.extend(keys)
+        start = self._count
+        stop = start + len(words)
+        self._grow(stop)
+        self._values[start:stop] = words
+        self._key_array[start:stop] = keys
+        self._count = stop
         if self._word_indexes is not None:
-            positions = list(range(start, start + len(words)))
+            positions = list(range(start, stop))
             for w, index in enumerate(self._word_indexes):
                 index.add_many(words[:, w], positions)
-            self._indexed = len(self._keys)
-        elif len(self._keys) > self.SMALL_LIMIT:
-            self._to_word_indexes(len(self._keys))
-        else:
-            self._merge()
+            self._indexed = stop
+        elif stop > self.SMALL_LIMIT:
+            self._to_word_indexes(stop)
 
     def _to_word_indexes(self, expected: int) -> None:
         """Leave the 16-bit tables for one ``MultiIndexHashIndex`` per word (class docstring)."""
-        count = len(self._keys)
+        count = self._count
         self._word_indexes = [MultiIndexHashIndex.for_size(self.max_distance // self.words, 2 * expected) for _ in range(self.words)]
         if count:
             for w, index in enumerate(self._word_indexes):
@@ -554,44 +590,153 @@ class WordsHashIndex:
         self._indexed = count
         self._entries = np.empty(0, dtype=np.int32)
         self._offsets = np.zeros(1, dtype=np.int32)
+        self._filled = np.zeros(0, dtype=bool)
 
     def _merge(self) -> None:
         """Move the scanned tail into the tables: each new position goes at the end of its
         buckets, one ``np.insert`` for all, and the offsets shift by a cumulative count."""
-        start, stop = self._indexed, len(self._keys)
+        start, stop = self._indexed, self._count
         buckets = self._substrings(self._values[start:stop]).ravel()
         positions = np.repeat(np.arange(start, stop, dtype=np.int32), self.tables)
         order = np.argsort(buckets, kind="stable")
         buckets, positions = buckets[order], positions[order]
         self._entries = np.insert(self._entries, self._offsets[buckets + 1], positions)
-        self._offsets[1:] += np.cumsum(np.bincount(buckets, minlength=len(self._offsets) - 1), dtype=np.int32)
+        self._filled[buckets] = True
+        # Bucket k starts later by the number of new entries in buckets below k: a step
+        # function of k, written by one repeat (a cumulative count over the 1 M buckets costs
+        # several times more).
+        edges = np.concatenate([[0], buckets + 1, [len(self._offsets)]])
+        self._offsets += np.repeat(np.arange(len(buckets) + 1, dtype=np.int32), np.diff(edges))
         self._indexed = stop
 
-    def _flip_masks(self, radius: int) -> np.ndarray:
-        if radius not in self._masks:
-            self._masks[radius] = np.array(_flip_masks(self.SUBSTRING_BITS, radius), dtype=np.int64)
-        return self._masks[radius]
+    def _probe_template(self, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (table, flip mask with the table's base) of every bucket a query at ``radius``
+        bits looks up: masks of up to ``r`` bits in the first ``a + 1`` tables and ``r - 1``
+        in the others, for ``radius = tables * r + a`` (the class docstring)."""
+        if radius not in self._probes:
+            r, a = divmod(radius, self.tables)
+            tables: list[int] = []
+            masks: list[int] = []
+            for t in range(self.tables):
+                flips = _flip_masks(self.SUBSTRING_BITS, r if t <= a else r - 1)
+                tables.extend([t] * len(flips))
+                masks.extend(flips)
+            table_of = np.array(tables, dtype=np.int64)
+            # A table's base sits above its 16 key bits: XOR with base | mask adds the base.
+            self._probes[radius] = (table_of, np.array(masks, dtype=np.int64) | self._base[table_of])
+        return self._probes[radius]
 
-    def _candidates(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    def _probe_plan(self, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For queries at ``radii``: the index into their flattened ``(N, tables)``
+        substrings, the mask and the query number of every bucket to look up. A crawl asks
+        the same radii for every picture: small plans are kept."""
+        key = radii.tobytes()
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        flat, masks, which = [], [], []
+        for radius in np.unique(radii).tolist():
+            chosen = np.flatnonzero(radii == radius)
+            tables, radius_masks = self._probe_template(radius)
+            flat.append((chosen[:, None] * self.tables + tables[None, :]).ravel())
+            masks.append(np.tile(radius_masks, chosen.size))
+            which.append(np.repeat(chosen, tables.size))
+        plan = (np.concatenate(flat), np.concatenate(masks), np.concatenate(which))
+        if radii.size <= 64 and len(self._plans) < 64:
+            self._plans[key] = plan
+        return plan
+
+    def _candidates(self, queries: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query number, position) of every merged hash sharing a bucket within the substring
         radius with a query, repeats included: every key within that radius, in every table,
         for every query, gathered in one indexing."""
-        probes = (self._substrings(queries)[:, :, None] ^ self._flip_masks(radius // self.tables)).reshape(len(queries), -1)
-        starts = self._offsets[probes].ravel()
-        lengths = self._offsets[probes + 1].ravel() - starts
-        return _gather(starts, lengths, self._entries, probes.shape[1])
+        flat, masks, which = self._probe_plan(radii)
+        probes = self._raw_substrings(queries).ravel()[flat] ^ masks
+        # Most probes find an empty bucket: a byte per bucket (1 MiB at 256 bits) tells which,
+        # where reading the offsets (4 MiB) of every probe missed the cache.
+        hit = np.flatnonzero(self._filled[probes])
+        if not hit.size:
+            return hit, hit
+        probes = probes[hit]
+        starts = self._offsets[probes]
+        lengths = self._offsets[probes + 1] - starts
+        ends = np.cumsum(lengths)
+        if int(ends[-1]) == len(hit):  # one entry per bucket (a small index): no expansion
+            return which[hit], self._entries[starts]
+        gather = np.repeat(starts - ends + lengths, lengths) + np.arange(int(ends[-1]))
+        return np.repeat(which[hit], lengths), self._entries[gather]
 
-    def _word_candidates(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """As ``_candidates``, from the per-word indexes (each at ``radius // words`` bits)."""
+    def _word_candidates(self, queries: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As ``_candidates``, from the per-word indexes, every query at the largest radius's
+        ``radius // words`` bits (each word index's calls cost more than the few extra
+        candidates of the nearer queries, which the full check drops)."""
+        radius = int(radii.max()) // self.words
         which: list[int] = []
         where: list[int] = []
         for w, index in enumerate(self._word_indexes or ()):
-            for n, hits in enumerate(index.query_batch(queries[:, w].tolist(), radius // self.words)):
+            for n, hits in enumerate(index.query_batch(queries[:, w].tolist(), radius)):
                 which.extend([n] * len(hits))
                 where.extend(position for _, position in hits)
         return np.array(which, dtype=np.int64), np.array(where, dtype=np.int64)
 
-    def query_batch(self, values: list[int | str], max_distance: int | None = None) -> list[list[tuple[int, int]]]:
+    def search(
+        self, values: Sequence[int | str] | np.ndarray, radii: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored hash within ``radii[n]`` bits of ``values[n]``, for all queries in one
+        pass: ``(query number, key, distance)`` int64 arrays, sorted by query, then distance,
+        then insertion. ``values``: ints, hex strings, or ``(N, bits / 64)`` uint64 words.
+
+        Raises:
+            ValueError: if a radius is larger than the index's or negative.
+        """
+        radii = np.asarray(radii, dtype=np.int64).ravel()
+        if radii.tobytes() not in self._plans:  # a kept plan's radii were checked
+            if radii.size and int(radii.max()) > self.max_distance:
+                raise ValueError(f"index built for at most {self.max_distance} bits, asked for {int(radii.max())}")
+            if radii.size and int(radii.min()) < 0:
+                raise ValueError(f"a radius must be >= 0 bits, got {int(radii.min())}")
+        queries = values if isinstance(values, np.ndarray) else self.words_of(values)
+        queries = queries.reshape(-1, self.words)
+        if len(queries) != radii.size:
+            raise ValueError(f"{len(queries)} hashes but {radii.size} radii")
+        empty = np.empty(0, dtype=np.int64)
+        if not radii.size:
+            return empty, empty, empty
+        # Every query scans the unmerged tail (a crawl asks ~20 hashes per picture and adds
+        # ~11); a merge costs a pass over the offsets (1 M int32 at 256 bits).
+        if self._word_indexes is None and self._count - self._indexed > self.TAIL:
+            self._merge()
+        total, indexed = self._count, self._indexed
+        which = where = distance = empty
+        self.last_checked = (total - indexed) * len(queries)
+        if indexed:
+            tables = self._candidates if self._word_indexes is None else self._word_candidates
+            found, candidates = tables(queries, radii)
+            self.last_checked += len(candidates)
+            # Check every candidate, then drop the repeats (a match is found in several
+            # tables): cheaper than deduplicating the many candidates that fail.
+            checked = _bit_distances(self._values[candidates] ^ queries[found])
+            close = np.flatnonzero(checked <= radii[found])
+            if close.size:
+                which, where, distance = found[close], candidates[close], checked[close]
+        repeats = len(which) > 1
+        if indexed < total:  # the unmerged tail, every query against every hash in one broadcast
+            tail = _bit_distances(self._values[indexed:total][None, :, :] ^ queries[:, None, :])
+            near_q, near_p = np.nonzero(tail <= radii[:, None])
+            if near_q.size:
+                which = np.concatenate([which, near_q])
+                where = np.concatenate([where, near_p + indexed])
+                distance = np.concatenate([distance, tail[near_q, near_p]])
+        if not which.size:
+            return empty, empty, empty
+        if repeats:
+            span = max(total, 1)
+            _, first = np.unique(which * span + where, return_index=True)
+            which, where, distance = which[first], where[first], distance[first]
+        order = np.lexsort((where, distance, which))
+        return which[order], self._key_array[where[order]], distance[order].astype(np.int64)
+
+    def query_batch(self, values: Sequence[int | str], max_distance: int | None = None) -> list[list[tuple[int, int]]]:
         """``(distance, key)`` of every stored hash within ``max_distance`` bits (default and
         at most the index's) of each of ``values``, nearest first, then by insertion.
 
@@ -601,36 +746,9 @@ class WordsHashIndex:
         radius = self.max_distance if max_distance is None else max_distance
         if radius > self.max_distance:
             raise ValueError(f"index built for at most {self.max_distance} bits, asked for {radius}")
-        if not values:
+        if not len(values):
             return []
-        # Every query scans the unmerged tail (a crawl asks ~20 hashes per picture and adds
-        # ~11); a merge costs a pass over the offsets (1 M int32 at 256 bits).
-        if self._word_indexes is None and len(self._keys) - self._indexed > self.TAIL:
-            self._merge()
-        queries = np.array([self._split(v) for v in values], dtype=np.uint64).reshape(len(values), self.words)
-        count = len(values)
-        total = len(self._keys)
-        which, where = self._candidates(queries, radius) if self._word_indexes is None else self._word_candidates(queries, radius)
-        if self._indexed < total:  # the unmerged tail, against every query
-            tail = total - self._indexed
-            which = np.concatenate([which, np.repeat(np.arange(count), tail)])
-            where = np.concatenate([where, np.tile(np.arange(self._indexed, total), count)])
-        self.last_checked = len(where)
-        # Check every candidate, then drop the repeats (a match is found in several tables):
-        # cheaper than deduplicating the many candidates that fail.
-        counts = np.bitwise_count(self._values[where] ^ queries[which]).astype(np.int16)
-        distance = counts[:, 0]
-        for w in range(1, self.words):
-            distance = distance + counts[:, w]
-        close = np.flatnonzero(distance <= radius)
-        span = max(total, 1)
-        pairs, first = np.unique(which[close] * span + where[close], return_index=True)
-        which, where, distance = pairs // span, pairs % span, distance[close[first]]
-        order = np.lexsort((where, distance, which))
-        which, where, distance = which[order], where[order], distance[order]
-        bounds = np.searchsorted(which, np.arange(count + 1))
-        keys = self._keys
-        return [
-            [(d, keys[p]) for d, p in zip(distance[a:b].tolist(), where[a:b].tolist(), strict=True)]
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
-        ]
+        which, keys, distance = self.search(values, np.full(len(values), radius, dtype=np.int64))
+        bounds = np.searchsorted(which, np.arange(len(values) + 1)).tolist()
+        found = list(zip(distance.tolist(), keys.tolist(), strict=True))
+        return [found[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -122,8 +122,9 @@ class DedupePipeline:
         hashes = dict(hashes)
         # phash: on the reactor, not in a thread: the lookup is in memory (0.2-0.3 ms) plus at
         # most two small indexed reads of rows committed since, which a WAL reader never waits
-        # for; a trip to a thread and back cost the reactor more than that. pdq's lookup (11
-        # hashes of 256 bits and 9 of 64 per image, about 1 ms) goes to a thread.
+        # for; a trip to a thread and back cost the reactor more than that. pdq's lookup (10
+        # hashes of 256 bits and 9 of 64 per image, 0.4-0.5 ms with its catch-up;
+        # ``benchmarks/dedupe_decide``) goes to a thread.
         if self.rule.pdq:
             seen_id, match = await run_in_thread(self._decide, hashes, adapter["sha256"])
         else:

@@ -400,3 +400,56 @@ def test_a_caption_bar_is_caught_whichever_comes_first(first: str, make_crawler,
             assert linked == [stored["path"]], (n, outcome)
     finally:
         crawl.close()
+
+
+def test_the_index_decides_the_same_past_its_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PdqCatalogIndex`` past ``WordsHashIndex.SMALL_LIMIT`` (per-word indexes, the look's
+    wide reach from its ``full`` index) decides every picture as it does in its 16-bit tables:
+    distinct drawn pictures stored, their mirrored, smaller, cropped and contrasted copies found, at the
+    same distance, as the same stored picture; copies beyond ``max_distance`` by the second
+    look."""
+    from PIL import ImageEnhance
+
+    from crawler.hashindex import WordsHashIndex
+    from crawler.images.index import PdqCatalogIndex
+    from crawler.images.matching import DedupeRule
+
+    originals = [drawn(seed) for seed in range(30)]
+    bodies = [jpeg(image) for image in originals]
+    for image in originals[:6]:
+        w, h = image.size
+        bodies += [
+            jpeg(image.transpose(T.FLIP_LEFT_RIGHT)),
+            jpeg(image.resize((w // 2, h // 2)), quality=60),
+            jpeg(image.crop((w // 20, h // 20, w - w // 20, h - h // 20))),
+            # 12-22 bits away: beyond max_distance below, found by the second look alone.
+            jpeg(ImageEnhance.Contrast(image).enhance(1.8)),
+        ]
+
+    def decide_all(small_limit: int) -> tuple[list[Any], PdqCatalogIndex]:
+        monkeypatch.setattr(WordsHashIndex, "SMALL_LIMIT", small_limit)
+        catalog = Catalog(tmp_path / str(small_limit))
+        index = PdqCatalogIndex(catalog, DedupeRule(max_distance=8, variant_distance=8))
+        decisions = []
+        for n, body in enumerate(bodies):
+            sha256 = hashlib.sha256(body).hexdigest()
+            hashes = hashes_of(Image.open(io.BytesIO(body)).convert("RGB"))
+            index.refresh()
+            match = index.find(sha256, hashes)
+            decisions.append(None if match is None else (match.path, match.distance))
+            if match is None:
+                dihedral = [hashes.pop(kind) for kind in DIHEDRAL_KINDS]
+                catalog.insert({
+                    "url": f"http://x/{n}", "label": "x", "status": "stored", "sha256": sha256, "path": f"x/{n}.jpg",
+                    "phash": hashes.pop("phash"), "pdq": dihedral[0], "pdq_quality": hashes.pop("pdq_quality"),
+                    "look": hashes.pop("look"), "hashes": hashes,
+                })
+        return decisions, index
+
+    tabled, small = decide_all(1 << 15)
+    per_word, large = decide_all(40)
+    assert small.index.tabled and not large.index.tabled and not large.windows.tabled
+    assert per_word == tabled
+    assert tabled[:30] == [None] * 30
+    assert [found and found[0] for found in tabled[30:]] == [f"x/{n // 4}.jpg" for n in range(24)]
+    assert all(found[1] > 8 for found in tabled[33::4])  # the contrast copies

@@ -179,3 +179,56 @@ def test_words_index_finds_what_brute_force_finds_at_every_radius(small_limit: i
             assert hits == expected
     with pytest.raises(ValueError, match="at most 50 bits"):
         index.query_batch(queries, 51)
+
+
+@pytest.mark.parametrize("bits", [256, 64])
+def test_words_index_search_gives_each_query_its_own_radius(bits: int) -> None:
+    """``search`` (the dedupe stage's one pass per picture): each query at its own radius, the
+    tables (at the sharper per-table radii) and the unmerged tail together, equal a linear
+    scan; near hashes in clusters (buckets of several entries), copies under two keys, and a
+    hash at exactly the radius and one bit beyond."""
+    from crawler.hashindex import WordsHashIndex
+
+    rng = random.Random(11)
+
+    def near(value: int, count: int) -> int:
+        return flip(value, rng.sample(range(bits), count))
+
+    centres = [rng.getrandbits(bits) for _ in range(40)]
+    stored = [near(rng.choice(centres), rng.randrange(0, 20)) for _ in range(1500)]
+    stored.append(stored[7])  # the same hash under a second key
+    limit = 50 if bits == 256 else 8
+    index = WordsHashIndex(limit, bits=bits)
+    digits = bits // 4
+    index.add_many(index.words_of([f"{v:0{digits}x}" for v in stored[:1200]]), list(range(1200)))
+    queries = [
+        near(stored[3], limit), near(stored[5], limit + 1), stored[7], near(centres[0], 4), rng.getrandbits(bits),
+    ]
+    radii = [limit, limit, 0, limit // 2, limit]
+    index.search(queries[:1], [0])  # merges the first 1200 into the tables
+    for key, value in enumerate(stored[1200:], start=1200):
+        index.add(value, key)  # the last ones stay in the unmerged tail
+    assert index._indexed == 1200 and len(index) == len(stored)
+    which, keys, distances = index.search([f"{q:0{digits}x}" for q in queries], radii)
+    found = list(zip(which.tolist(), distances.tolist(), keys.tolist(), strict=True))
+    expected = sorted(
+        (n, (q ^ v).bit_count(), k) for n, (q, r) in enumerate(zip(queries, radii, strict=True))
+        for k, v in enumerate(stored) if (q ^ v).bit_count() <= r
+    )
+    assert found == expected
+    assert (0, limit, 3) in found and not any(n == 1 and k == 5 for n, _, k in found)
+    assert [(d, k) for n, d, k in found if n == 2] == [(0, 7), (0, len(stored) - 1)]
+    with pytest.raises(ValueError, match=f"at most {limit} bits"):
+        index.search(queries[:1], [limit + 1])
+    with pytest.raises(ValueError, match="radii"):
+        index.search(queries[:2], [1])
+
+
+def test_words_index_reads_hex_of_any_spelling() -> None:
+    """Full-length hex strings are read in one go; shorter or ``0x`` ones as ``int`` reads them."""
+    from crawler.hashindex import WordsHashIndex
+
+    index = WordsHashIndex(2, bits=64)
+    assert index.words_of(["00000000000000ff", "0xff", "FF"]).tolist() == [[255], [255], [255]]
+    with pytest.raises(ValueError, match="64 bits"):
+        index.words_of(["1" + "0" * 16])
