@@ -63,6 +63,10 @@ EXTENSIONS = {
     "crawler.progress.CrawlProgress": 510,
     "crawler.gctuning.GarbageCollection": 900,
 }
+# Scrapy >= 2.14's RemoteControl extension (on by default) serves an HTTP endpoint that runs
+# Python code sent to it (for Scrapy's MCP server) and writes a job file in the user's profile at
+# every crawl's start; a crawl here has no use for it.
+REMOTE_CONTROL_ENABLED = False
 # Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
 # 0: one per CPU this process may use (more only adds GIL and cache contention).
 PIPELINE_THREADS = 0
