@@ -31,21 +31,17 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import warnings
 from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import redis
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider, NotConfigured, ScrapyDeprecationWarning
 from scrapy.http import Request, Response
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.misc import load_object
-from scrapy_redis.connection import get_redis_from_settings
-from scrapy_redis.dupefilter import RFPDupeFilter
-from scrapy_redis.queue import PriorityQueue
-from scrapy_redis.scheduler import Scheduler as RedisScheduler
 from twisted.internet import task
 
 from crawler.catalog import Catalog
@@ -54,6 +50,7 @@ from crawler.setting_values import get_int
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+    from scrapy_redis.scheduler import Scheduler as RedisScheduler
     from scrapy.settings import BaseSettings
     from typing_extensions import Self
 
@@ -63,8 +60,7 @@ __all__ = [
     "ENTRY",
     "Frontier",
     "FrontierEntryMiddleware",
-    "LeasedPriorityQueue",
-    "catalogued_urls",
+        "catalogued_urls",
     "enabled",
     "entry_request",
     "install",
@@ -73,26 +69,13 @@ __all__ = [
 # request.meta key marking a frontier entry (its value: {"label": ..., "query": ...}).
 ENTRY = "frontier_entry"
 # request.meta key holding the serialised request as leased (the lease hash's field).
-_LEASE = "frontier_lease"
+LEASE = "frontier_lease"
 # SQL parameters per catalog look-up (SQLite's default limit is 32766; 500 keeps them short).
 _CHUNK = 500
+# The scheduler queue class of the shared frontier (in a module of its own: it subclasses
+# scrapy-redis's queue, which imports redis; this module imports neither until the frontier is on).
+_LEASED_QUEUE = "crawler.frontier_queue.LeasedPriorityQueue"
 
-# Pop the best request (scrapy-redis's priority order) and lease it in one atomic step.
-_POP_AND_LEASE = """
-local popped = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #popped == 0 then return false end
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
-redis.call('HSET', KEYS[2], popped[1], popped[2])
-return popped[1]
-"""
-# Mark an entry seen (KEYS[1], the seen-set) and queue it (KEYS[2]) in one step, or neither:
-# scrapy-redis's scheduler does the two in two commands, and a kill between them left a URL
-# "seen" that no queue or lease held.
-_SEEN_THEN_QUEUE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
 # Move every lease of a dead worker (KEYS[1]) to our claimed hash (KEYS[2]): whoever moves them owns them.
 _TAKE_OVER = """
 local leases = redis.call('HGETALL', KEYS[1])
@@ -120,7 +103,10 @@ def enabled(settings: BaseSettings) -> bool:
     if not scheduler:
         return False
     cls = load_object(scheduler) if isinstance(scheduler, str) else scheduler
-    return isinstance(cls, type) and issubclass(cls, RedisScheduler)
+    # A subclass of scrapy-redis's scheduler imported scrapy_redis.scheduler to be defined; while
+    # that module is not loaded, nothing here imports it (and redis: ~60 ms of every crawl's start).
+    redis_scheduler = sys.modules.get("scrapy_redis.scheduler")
+    return redis_scheduler is not None and isinstance(cls, type) and issubclass(cls, redis_scheduler.Scheduler)
 
 
 def install(settings: BaseSettings) -> None:
@@ -132,6 +118,8 @@ def install(settings: BaseSettings) -> None:
     warnings.filterwarnings(
         "ignore", message=".*'spider' argument to StatsCollector", category=ScrapyDeprecationWarning
     )
+    from scrapy_redis.dupefilter import RFPDupeFilter
+
     dupefilter = settings.get("DUPEFILTER_CLASS")
     if not issubclass(load_object(dupefilter) if isinstance(dupefilter, str) else dupefilter, RFPDupeFilter):
         raise UserError(
@@ -140,8 +128,8 @@ def install(settings: BaseSettings) -> None:
         )
     queue = settings.get("SCHEDULER_QUEUE_CLASS") or "scrapy_redis.queue.PriorityQueue"
     if queue == "scrapy_redis.queue.PriorityQueue":
-        _override(settings, "SCHEDULER_QUEUE_CLASS", f"{__name__}.LeasedPriorityQueue")
-    elif queue != f"{__name__}.LeasedPriorityQueue":
+        _override(settings, "SCHEDULER_QUEUE_CLASS", _LEASED_QUEUE)
+    elif queue != _LEASED_QUEUE:
         raise UserError(
             f"the shared frontier needs its leased priority queue, not SCHEDULER_QUEUE_CLASS={queue} "
             "(leave SCHEDULER_QUEUE_CLASS unset)"
@@ -193,45 +181,9 @@ def _without_password(url: str | None) -> str | None:
     return url.replace(f":{password}@", ":***@") if url and password else url
 
 
-def _keys(spider_name: str, worker: str) -> tuple[str, str]:
+def worker_keys(spider_name: str, worker: str) -> tuple[str, str]:
     prefix = f"{spider_name}:frontier"
     return f"{prefix}:alive:{worker}", f"{prefix}:leases:{worker}"
-
-
-class LeasedPriorityQueue(PriorityQueue):
-    """scrapy-redis's priority queue whose ``pop`` also leases the request to this process.
-
-    The request is removed from the queue and written to the process's lease hash by one Lua
-    script, so no instant exists where a kill loses it; an entry is pushed only if the seen-set
-    did not hold it, in one script too. The worker is the spider's
-    :class:`Frontier`'s (``spider.frontier_worker``).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pop = self.server.register_script(_POP_AND_LEASE)
-        self._seen_then_queue = self.server.register_script(_SEEN_THEN_QUEUE)
-
-    def push(self, request: Request) -> None:
-        if ENTRY not in request.meta:
-            super().push(request)
-            return
-        seen = self.spider.crawler.engine.scheduler.df
-        self._seen_then_queue(
-            keys=[seen.key, self.key],
-            args=[seen.request_fingerprint(request), -request.priority, self._encode_request(request)],
-        )
-
-    def pop(self, timeout: int = 0) -> Request | None:
-        worker = getattr(self.spider, "frontier_worker", None)
-        if worker is None:  # pragma: no cover - Frontier sets it before the engine starts
-            raise RuntimeError("LeasedPriorityQueue needs crawler.frontier.Frontier enabled")
-        raw = self._pop(keys=[self.key, _keys(self.spider.name, worker)[1]])
-        if not raw:
-            return None
-        request = self._decode_request(raw)
-        request.meta[_LEASE] = raw
-        return request
 
 
 class FrontierEntryMiddleware:
@@ -258,6 +210,9 @@ class Frontier:
     def __init__(self, crawler: Crawler) -> None:
         settings = crawler.settings
         self.crawler = crawler
+        import redis
+        from scrapy_redis.connection import get_redis_from_settings
+
         self.server = get_redis_from_settings(settings)
         try:
             self.server.ping()
@@ -307,7 +262,7 @@ class Frontier:
     def _scheduler(self) -> RedisScheduler:
         return self.crawler.engine.scheduler  # type: ignore[union-attr,return-value]
 
-    def _queue(self) -> LeasedPriorityQueue:
+    def _queue(self) -> Any:  # crawler.frontier_queue.LeasedPriorityQueue
         return self._scheduler().queue
 
     def _prefix(self) -> str:
@@ -317,7 +272,7 @@ class Frontier:
     def spider_opened(self) -> None:
         spider = self.spider
         spider.frontier_worker = self.worker
-        alive, _ = _keys(spider.name, self.worker)
+        alive, _ = worker_keys(spider.name, self.worker)
         self.server.set(alive, "1", ex=self.ttl)
         start_urls = self.start_urls_key % {"name": spider.name}
         keys = [self._queue().key, self._scheduler().df.key, start_urls]
@@ -329,7 +284,7 @@ class Frontier:
         logger.info("frontier: worker %s on %s", self.worker, self.server.connection_pool.connection_kwargs.get("host"))
 
     def heartbeat(self) -> None:
-        alive, leases = _keys(self.spider.name, self.worker)
+        alive, leases = worker_keys(self.spider.name, self.worker)
         self.server.set(alive, "1", ex=self.ttl)
         dropped, self._dropped = self._dropped, []
         if dropped:
@@ -350,7 +305,7 @@ class Frontier:
     def spider_closed(self) -> None:
         if self._beat is not None and self._beat.running:
             self._beat.stop()
-        alive, leases = _keys(self.spider.name, self.worker)
+        alive, leases = worker_keys(self.spider.name, self.worker)
         self.heartbeat()  # release the dropped items' leases
         requeued = self._requeue(leases)
         self.server.delete(alive)
@@ -361,7 +316,7 @@ class Frontier:
     # -- leases --------------------------------------------------------------------------
     def entry_popped(self, request: Request, **kwargs: Any) -> None:
         """Remember the lease of an entry answered by :class:`FrontierEntryMiddleware`."""
-        raw = request.meta.get(_LEASE)
+        raw = request.meta.get(LEASE)
         if raw is not None:
             self.taken += 1
             self._leases[request.url] = raw
@@ -370,7 +325,7 @@ class Frontier:
         # The store pipeline committed the item's row before the item counts as scraped.
         raw = self._leases.pop(item.get("url"), None)
         if raw is not None:
-            self.server.hdel(_keys(self.spider.name, self.worker)[1], raw)
+            self.server.hdel(worker_keys(self.spider.name, self.worker)[1], raw)
 
     def item_dropped(self, item: Any, **kwargs: Any) -> None:
         # CatalogRecorder writes the drop's row in its own handler of this same signal: the
@@ -453,7 +408,7 @@ class Frontier:
         name = self.spider.name
         if self.server.zcard(self._queue().key) or self.server.llen(self.start_urls_key % {"name": name}):
             return True
-        own = _keys(name, self.worker)[1].encode()
+        own = worker_keys(name, self.worker)[1].encode()
         held = [*self.server.scan_iter(f"{self._prefix()}:leases:*"), *self.server.scan_iter(f"{self._prefix()}:claimed:*")]
         return any(key != own for key in held)
 
