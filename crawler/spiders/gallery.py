@@ -51,6 +51,8 @@ from crawler.spiders.page_parts import (
     card_signature,
     chrome_reason,
     detail_image_candidates,
+    element_signature,
+    nearest_link_href,
 )
 from crawler.threads import run_in_thread
 
@@ -388,8 +390,8 @@ class GallerySpider(ImageSpider):
             if card is not None:
                 entries.append((url, ("detail", *card_signature(card[0])), card[1]))
             else:
-                parent = node.xpath("..")
-                entries.append((url, ("image", *card_signature(parent[0])) if parent else None, None))
+                parent = node.root.getparent()
+                entries.append((url, ("image", *element_signature(parent)) if parent is not None else None, None))
         counts: dict[Any, set[str]] = {}
         for url, signature, detail in entries:
             counts.setdefault(signature, set()).add(detail or url)
@@ -425,7 +427,7 @@ class GallerySpider(ImageSpider):
         for node in response.css("img"):
             # The link to the full-size file was taken above; its thumbnail would be a
             # near-duplicate of it.
-            parent_href = node.xpath("ancestor::a[@href][1]/@href").get()
+            parent_href = nearest_link_href(node.root)
             if parent_href and is_image_link(parent_href.strip()):
                 continue
             url = self._img_url(node)
@@ -442,8 +444,11 @@ class GallerySpider(ImageSpider):
         attrib = img.attrib
         # <picture><source srcset> siblings describe the same image at other sizes/formats.
         # (`ancestor`, not `parent`: libxml2's HTML parser nests the <img> inside <source>.)
-        sources = img.xpath("ancestor::picture[1]//source/@srcset").getall()
-        lazy_sources = img.xpath("ancestor::picture[1]//source/@data-srcset").getall()
+        # (``ancestor::picture[1]//source/@srcset`` and ``.../@data-srcset``, walked with lxml.)
+        picture = next(img.root.iterancestors("picture"), None)
+        found = () if picture is None else list(picture.iterdescendants("source"))
+        sources = [s.get("srcset") for s in found if s.get("srcset") is not None]
+        lazy_sources = [s.get("data-srcset") for s in found if s.get("data-srcset") is not None]
         lazy = [attrib.get(name, "") for name in LAZY_SRCSET_ATTRIBUTES]
         # A lazy-loading page keeps placeholders in srcset/src and the real set in data-*.
         best = _largest_of([*lazy, *lazy_sources]) or _largest_of([attrib.get("srcset", ""), *sources])

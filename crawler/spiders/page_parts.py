@@ -36,8 +36,10 @@ __all__ = [
     "card_of",
     "chrome_reason",
     "detail_image_candidates",
+    "element_signature",
     "is_page_link",
     "json_ld_images",
+    "nearest_link_href",
 ]
 
 # Fewer cards of one structure than this are not a listing (a page's two promo tiles are not).
@@ -65,7 +67,8 @@ _CHROME_WORDS = frozenset({
 # A header or footer inside an article or the main content is that content's own (a post's
 # title and featured image), not the site's: HTML-AAM maps only the others to banner/contentinfo.
 _SECTION_WORDS = frozenset({"header", "masthead", "footer"})
-_SECTIONING = "ancestor::article | ancestor::main | ancestor::section | ancestor::aside | ancestor::nav"
+_SECTIONING = frozenset({"article", "main", "section", "aside", "nav"})
+_NOT_CONTAINERS = frozenset({"html", "body", "main"})
 # "has-sidebar" or "with-header" describe the page's layout, not a part of it.
 _LAYOUT_PREFIXES = frozenset({"has", "with", "no", "is", "without"})
 _ICON_WORDS = frozenset({"icon", "icons", "sprite", "sprites", "favicon", "emoji", "spinner", "loader", "pixel"})
@@ -73,6 +76,17 @@ _LOGO_WORDS = frozenset({"logo", "logos"})
 _WORD = re.compile(r"[a-z]+")
 _NOT_PAGES = ("#", "javascript:", "mailto:", "tel:", "data:")
 _JSON_LD_TYPES = frozenset({"product", "imageobject", "photograph", "visualartwork", "individualproduct"})
+
+
+def nearest_link_href(element: Any) -> str | None:
+    """The ``href`` of the nearest ``<a href>`` around an lxml element (``ancestor::a[@href][1]/@href``
+    walked with lxml: a crawl asks it of every image, and an XPath evaluation per image cost
+    the reactor more than the walk)."""
+    for link in element.iterancestors("a"):
+        href = link.get("href")
+        if href is not None:
+            return href
+    return None
 
 
 def _words(name: str) -> set[str]:
@@ -109,11 +123,14 @@ def chrome_reason(img: Selector, url: str) -> str | None:
         return "icon"
     if (file_words | own_words | _words(attrib.get("alt", ""))) & _LOGO_WORDS:
         return "logo"
-    for node in img.xpath("ancestor::*[not(self::html) and not(self::body) and not(self::main)]"):
-        tag = (node.root.tag if isinstance(node.root.tag, str) else "").lower()
-        if node.attrib.get("role", "").lower() in _CHROME_ROLES:
+    # The ancestors outermost first (document order), as lxml elements: the XPath
+    # ``ancestor::*[not(self::html) and not(self::body) and not(self::main)]`` walked by hand.
+    ancestors = [node for node in img.root.iterancestors() if node.tag not in _NOT_CONTAINERS]
+    for node in reversed(ancestors):
+        tag = (node.tag if isinstance(node.tag, str) else "").lower()
+        if node.get("role", "").lower() in _CHROME_ROLES:
             return "container"
-        names = f"{node.attrib.get('class', '')} {node.attrib.get('id', '')}"
+        names = f"{node.get('class', '')} {node.get('id', '')}"
         found = set().union(*_block_words(names)) & _CHROME_WORDS
         if tag in ("header", "footer"):
             found.add(tag)
@@ -121,7 +138,7 @@ def chrome_reason(img: Selector, url: str) -> str | None:
             return "container"
         if found - _SECTION_WORDS:
             return "container"
-        if found and not node.xpath(_SECTIONING):
+        if found and not any(up.tag in _SECTIONING for up in node.iterancestors()):
             return "container"
     return None
 
@@ -155,33 +172,39 @@ def card_of(img: Selector, page_url: str, host: str, urljoin: Any, is_image: Any
     on hover) and a few links (item, vendor, "compare"); an ancestor with more of either
     (:data:`CARD_MAX_IMAGES`, :data:`CARD_MAX_LINKS`) is a grid or a page, not a card.
     """
-    for depth, node in enumerate(reversed(img.xpath("ancestor::*"))):
-        tag = node.root.tag if isinstance(node.root.tag, str) else ""
+    # The ancestors nearest first, as lxml elements (``ancestor::*`` walked by hand).
+    for depth, element in enumerate(img.root.iterancestors()):
+        tag = element.tag if isinstance(element.tag, str) else ""
         if depth >= CARD_MAX_DEPTH or tag.lower() in ("body", "html", "main"):
             return None
-        if len({_img_key(i) for i in node.xpath(".//img")}) > CARD_MAX_IMAGES:
+        if len({_img_key(i) for i in element.iterdescendants("img")}) > CARD_MAX_IMAGES:
             return None
-        hrefs = [urljoin(h.strip()) for h in node.xpath("descendant-or-self::a/@href").getall()]
+        hrefs = [urljoin(h.strip()) for h in (a.get("href") for a in element.iter("a")) if h is not None]
         pages = list(dict.fromkeys(h for h in hrefs if is_page_link(h, page_url, host, is_image)))
         if len(pages) > CARD_MAX_LINKS:
             return None
         if pages:
-            wrapping = img.xpath("ancestor::a[@href][1]/@href").get()
+            wrapping = nearest_link_href(img.root)
             wrapping = urljoin(wrapping.strip()) if wrapping else None
+            node = type(img)(root=element, type=img.type, namespaces=img.namespaces)
             return node, (wrapping if wrapping in pages else pages[0])
     return None
 
 
-def _img_key(img: Selector) -> str:
+def _img_key(img: Any) -> str:
     # A card may show one picture twice (a second, hover rendition): count distinct sources.
-    attrib = img.attrib
-    return attrib.get("src") or attrib.get("data-src") or attrib.get("srcset") or ""
+    return img.get("src") or img.get("data-src") or img.get("srcset") or ""
 
 
 def card_signature(node: Selector) -> tuple[str, str]:
     """The structure cards of one listing share: tag and sorted class names."""
-    tag = node.root.tag if isinstance(node.root.tag, str) else ""
-    return tag.lower(), " ".join(sorted(node.attrib.get("class", "").split()))
+    return element_signature(node.root)
+
+
+def element_signature(element: Any) -> tuple[str, str]:
+    """``card_signature`` of an lxml element."""
+    tag = element.tag if isinstance(element.tag, str) else ""
+    return tag.lower(), " ".join(sorted(element.get("class", "").split()))
 
 
 def json_ld_images(selector: Selector) -> list[str]:
