@@ -10,7 +10,7 @@ download, and the spider turns it into the item the pipelines download once.
 
 What scrapy-redis lacks, added here: a popped request lives only in the popping process's
 memory, so a SIGKILL loses it while the seen-set keeps saying "seen". ``LeasedPriorityQueue``
-therefore pops a request and records it in the process's *lease* hash in one Redis script;
+(``crawler.frontier_queue``) therefore pops a request and records it in the process's *lease* hash in one Redis script;
 the lease is released once the entry's item has gone through the pipelines (its catalog row is
 written). Each process keeps a heartbeat key alive (``FRONTIER_LEASE_TTL`` seconds); any process,
 at start and whenever it is idle, takes over the leases of processes whose heartbeat expired and
@@ -50,8 +50,8 @@ from crawler.setting_values import get_int
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-    from scrapy_redis.scheduler import Scheduler as RedisScheduler
     from scrapy.settings import BaseSettings
+    from scrapy_redis.scheduler import Scheduler as RedisScheduler
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)

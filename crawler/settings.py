@@ -72,7 +72,9 @@ EXTENSIONS = {
 # imports every listed extension's module, even a disabled one: aiohttp, ~0.1 s of every crawl's
 # start-up.
 EXTENSIONS_BASE = {
-    name: order for name, order in _scrapy_defaults.EXTENSIONS_BASE.items() if name != "scrapy.extensions.remote_control.RemoteControl"
+    name: order
+    for name, order in _scrapy_defaults.EXTENSIONS_BASE.items()
+    if name != "scrapy.extensions.remote_control.RemoteControl"
 }
 # Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
 # 0: one per CPU this process may use (more only adds GIL and cache contention).
