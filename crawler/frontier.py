@@ -10,9 +10,9 @@ download, and the spider turns it into the item the pipelines download once.
 
 What scrapy-redis lacks, added here: a popped request lives only in the popping process's
 memory, so a SIGKILL loses it while the seen-set keeps saying "seen". ``LeasedPriorityQueue``
-(``crawler.frontier_queue``) therefore pops a request and records it in the process's *lease* hash in one Redis script;
-the lease is released once the entry's item has gone through the pipelines (its catalog row is
-written). Each process keeps a heartbeat key alive (``FRONTIER_LEASE_TTL`` seconds); any process,
+(``crawler.frontier_queue``) therefore pops a request and records it in the process's *lease*
+hash in one Redis script; the lease is released once the entry's item has gone through the
+pipelines (its catalog row is written). Each process keeps a heartbeat key alive (``FRONTIER_LEASE_TTL`` seconds); any process,
 at start and whenever it is idle, takes over the leases of processes whose heartbeat expired and
 puts back in the queue each entry whose URL has no catalog row. A process closes only once the
 queue, the pushed list and every other process's leases are empty. A process that starts alone
