@@ -6,8 +6,6 @@ default lives here and only here: components read them with the typed, validated
 ``crawler.setting_values`` and keep no fallback of their own.
 """
 
-from scrapy.settings import default_settings as _scrapy_defaults
-
 BOT_NAME = "crawler"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
@@ -70,11 +68,20 @@ EXTENSIONS = {
 # user's profile at every crawl's start; a crawl here has no use for it. Left out of the base
 # list rather than turned off (REMOTE_CONTROL_ENABLED) or set to None in EXTENSIONS, since Scrapy
 # imports every listed extension's module, even a disabled one: aiohttp, ~0.1 s of every crawl's
-# start-up.
+# start-up. Spelled out, not read from scrapy.settings.default_settings: the image core
+# (crawler/images/, worker processes) reads this module's defaults and must not import Scrapy;
+# tests/crawler/test_startup.py checks it equals Scrapy's list without RemoteControl.
 EXTENSIONS_BASE = {
-    name: order
-    for name, order in _scrapy_defaults.EXTENSIONS_BASE.items()
-    if name != "scrapy.extensions.remote_control.RemoteControl"
+    "scrapy.extensions.corestats.CoreStats": 0,
+    "scrapy.extensions.logcount.LogCount": 0,
+    "scrapy.extensions.telnet.TelnetConsole": 0,
+    "scrapy.extensions.memusage.MemoryUsage": 0,
+    "scrapy.extensions.memdebug.MemoryDebugger": 0,
+    "scrapy.extensions.closespider.CloseSpider": 0,
+    "scrapy.extensions.feedexport.FeedExporter": 0,
+    "scrapy.extensions.logstats.LogStats": 0,
+    "scrapy.extensions.spiderstate.SpiderState": 0,
+    "scrapy.extensions.throttle.AutoThrottle": 0,
 }
 # Worker threads for the pipelines' CPU and disk work (decode, hash, SQLite, writes);
 # 0: one per CPU this process may use (more only adds GIL and cache contention).
