@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import logging
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -63,10 +62,6 @@ class Command(ScrapyCrawlCommand):
             self.exitcode = report(self._unknown_spider(args[0]))
             return
         self._watch(self.crawler_process.crawl(crawler, **opts.spargs))
-        # Scrapy leaves the root logger at NOTSET and filters in its handlers, so every debug
-        # line ("Crawled", "Scraped", two per image) is built and then dropped; at the root
-        # they are not built at all. Its handlers keep their level, so nothing shown changes.
-        logging.root.setLevel(str(self.settings.get("LOG_LEVEL", "DEBUG")).upper())
         self.crawler_process.start()
         if self.user_error is not None:
             self.exitcode = report(self.user_error)
