@@ -344,11 +344,12 @@ def image_hashes(
         if hash_name != "phash":
             raise ValueError(f"float_resample: phash only, not {hash_name!r}")
         values = phash_boxes(np.asarray(grey), unique)
-    elif hash_name == "phash":
-        values = phash_many([grey if b == boxes[0] else grey.crop(b) for b in unique])
     else:
         windows = [grey if b == boxes[0] else grey.crop(b) for b in unique]
-        values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
+        if hash_name == "phash":
+            values = phash_many(windows)
+        else:
+            values = [str(HASH_FUNCTIONS[hash_name](window, hash_size=HASH_SIZE)) for window in windows]
     of_box = dict(zip(unique, values, strict=True))
     hashes = {"phash": of_box[boxes[0]], COLOUR_KIND: _colour_signature(canonical, box)}
     hashes.update((kind, of_box[b]) for kind, b in zip(VARIANTS, boxes[1:], strict=True))
