@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["line_median", "trim_borders", "trim_box"]
+__all__ = ["line_median", "trim_borders", "trim_box", "uniform_lines"]
 
 # trim_borders: a row or column belongs to a border when this share of its pixels is within
 # TRIM_TOLERANCE grey levels of the edge's median (JPEG noise and a stray pixel allowed).
@@ -73,7 +73,7 @@ def line_median(line: np.ndarray) -> float:
     return (int(part[middle - 1]) + int(part[middle])) / 2
 
 
-def _uniform(lines: np.ndarray, level: float | np.ndarray, tolerance: int, share: float) -> np.ndarray:
+def uniform_lines(lines: np.ndarray, level: float | np.ndarray, tolerance: int, share: float) -> np.ndarray:
     """Which of ``lines`` (``(N, L)``) have ``share`` of their pixels within ``tolerance`` of
     ``level``: ``(np.abs(lines - level) <= tolerance).mean(axis=1) >= share`` in fewer steps
     (a count over the length is the float mean of the booleans)."""
@@ -86,7 +86,7 @@ def _any_uniform_edge(grey: np.ndarray) -> bool:
     trims nothing and stops: the same answer from the four edges at once."""
     for edges in (grey[[0, -1]], grey[:, [0, -1]].T):
         levels = np.array([[line_median(edges[0])], [line_median(edges[1])]])
-        if _uniform(edges, levels, TRIM_TOLERANCE, TRIM_SHARE).any():
+        if uniform_lines(edges, levels, TRIM_TOLERANCE, TRIM_SHARE).any():
             return True
     return False
 
@@ -98,7 +98,7 @@ def _uniform_run(lines: np.ndarray, level: float, limit: int) -> int:
     count, step = 0, 4
     while count < min(limit, len(lines)):
         chunk = lines[count : min(count + step, limit)]
-        uniform = _uniform(chunk, level, TRIM_TOLERANCE, TRIM_SHARE)
+        uniform = uniform_lines(chunk, level, TRIM_TOLERANCE, TRIM_SHARE)
         if not uniform.all():
             return count + int(np.argmin(uniform))
         count += len(chunk)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from crawler.images.borders import line_median, trim_box
+from crawler.images.borders import line_median, trim_box, uniform_lines
 
 __all__ = [
     "DIHEDRAL",
@@ -183,10 +183,10 @@ def _caption_box(grey: np.ndarray) -> tuple[int, int, int, int]:
     for rows in (values[:limit], values[::-1][:limit]):
         level = line_median(rows[0])
         # A band starts at the edge row: most pictures stop there, so test it alone first.
-        if not (np.count_nonzero(np.abs(rows[0] - level) <= CAPTION_TOLERANCE) / width >= CAPTION_SHARE):
+        if not uniform_lines(rows[:1], level, CAPTION_TOLERANCE, CAPTION_SHARE)[0]:
             cut.append(0)
             continue
-        uniform = np.count_nonzero(np.abs(rows - level) <= CAPTION_TOLERANCE, axis=1) / width >= CAPTION_SHARE
+        uniform = uniform_lines(rows, level, CAPTION_TOLERANCE, CAPTION_SHARE)
         cut.append(len(rows) if uniform.all() else int(np.argmin(uniform)))
     return 0, cut[0], width, height - cut[1]
 
